@@ -1,0 +1,390 @@
+"""Put LoRALinear into any ``nn.Module``: find the target Linears by name, wrap them, freeze the rest.
+
+A target spec entry selects a module when it is the module's full name, a dotted suffix of it
+(``"query"``, ``"attention.self.query"``), or, when it holds regex metacharacters, a ``re.fullmatch``
+of the full name; ``"all-linear"`` selects every Linear outside the head. Injection fails loudly:
+zero matches, a match that is not ``nn.Linear``, or a layer wrapped twice is a ``LoraFtError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lora_ft.errors import LoraFtError
+from lora_ft.lora import LoRALinear
+
+log = logging.getLogger("lora_ft")
+
+ALL_LINEAR = "all-linear"
+_BERT_STYLE = (
+    "bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "data2vec-text", "mobilebert",
+    "albert", "xmod", "roberta-prelayernorm", "megatron-bert", "layoutlm",
+)  # fmt: skip
+# Query and value only: the LoRA paper's choice (§7.1), and PEFT's default for these architectures.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    **{t: ["query", "value"] for t in _BERT_STYLE},
+}
+# The modules a sequence classifier adds on top of the encoder; they start random, so they train fully.
+DEFAULT_HEADS: dict[str, list[str]] = {
+    "distilbert": ["pre_classifier", "classifier"],
+    **{t: ["classifier"] for t in DEFAULT_TARGETS if t != "distilbert"},
+}
+# Head names tried for architectures without an entry above (HF decoder classifiers call it `score`).
+_FALLBACK_HEADS = ("pre_classifier", "classifier", "score")
+# "." is left out: it is the separator of dotted suffixes, and module names hold no other regex syntax.
+_REGEX_CHARS = set("^$*+?{}[]\\|()")
+
+
+@dataclass
+class WrappedInfo:
+    name: str
+    in_features: int
+    out_features: int
+    r: int
+    params: int  # r * (in_features + out_features)
+
+
+@dataclass
+class InjectionReport:
+    """What ``inject_lora`` did; parameter counts are over the whole model after injection."""
+
+    wrapped: list[WrappedInfo] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)
+    lora_params: int = 0
+    head_params: int = 0
+    trainable_params: int = 0
+    total_params: int = 0
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def _linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear by its logical name: a wrapped one under its wrapper's name, never as ``<name>.base``."""
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear) or (
+            isinstance(module, nn.Linear) and not _inside_lora(model, name)
+        ):
+            out[name] = module
+    return out
+
+
+def _inside_lora(model: nn.Module, name: str) -> bool:
+    parent = name.rpartition(".")[0]
+    return bool(name) and isinstance(model.get_submodule(parent), LoRALinear)
+
+
+def _leaf_counts(names: Iterable[str]) -> str:
+    counts = Counter(n.rsplit(".", 1)[-1] for n in names)
+    return ", ".join(f"{leaf} (x{n})" if n > 1 else leaf for leaf, n in counts.items()) or "none"
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Full names of the model's Linear modules (wrapped ones included, under their own name)."""
+    return list(_linears(model))
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The model type's default target spec; ``LoraFtError`` for an architecture we have none for."""
+    model_type = _model_type(model)
+    if model_type in DEFAULT_TARGETS:
+        return list(DEFAULT_TARGETS[model_type])
+    raise LoraFtError(
+        f"no default LoRA targets for model type {model_type or type(model).__name__!r}; set lora.targets "
+        f"(names, dotted suffixes, regexes or {ALL_LINEAR!r}). Linear modules in this model: "
+        f"{_leaf_counts(linear_names(model))}"
+    )
+
+
+def _is_under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _resolve_head(model: nn.Module, head: Iterable[str]) -> list[str]:
+    """Head names -> full module names: exact, or a suffix of whole dotted components."""
+    names = [n for n, _ in model.named_modules() if n]
+    out: list[str] = []
+    for h in head:
+        found = [n for n in names if n == h or n.endswith("." + h)]
+        if not found:
+            close = difflib.get_close_matches(h, names, n=5, cutoff=0.6)
+            raise LoraFtError(
+                f"head module {h!r} is not in {type(model).__name__}; closest: {', '.join(close) or 'none'}"
+            )
+        out += [n for n in found if n not in out]
+    return out
+
+
+def default_head(model: nn.Module, newly_initialized: Iterable[str] = ()) -> list[str]:
+    """Full names of the classification head, plus the pooler when the checkpoint lacked it (random)."""
+    names = {n for n, _ in model.named_modules() if n}
+    spec = DEFAULT_HEADS.get(_model_type(model)) or [h for h in _FALLBACK_HEADS if h in names]
+    head = [h for h in spec if h in names or any(n.endswith("." + h) for n in names)]
+    if not head:
+        raise LoraFtError(f"cannot tell the classification head of {type(model).__name__}; set lora.head")
+    head = _resolve_head(model, head)
+    for new in newly_initialized:
+        if any(_is_under(new, h) for h in head):
+            continue
+        parts = new.split(".")
+        if "pooler" in parts:
+            pooler = ".".join(parts[: parts.index("pooler") + 1])
+            if pooler in names and pooler not in head:
+                head.append(pooler)
+        else:
+            log.warning("%s was newly initialised but is not in the head, so it stays random and frozen", new)
+    return head
+
+
+def match_targets(
+    model: nn.Module, targets: str | list[str] | None, exclude: Iterable[str] = ()
+) -> list[str]:
+    """Full names of the Linears that ``targets`` selects, skipping modules under ``exclude``.
+
+    Raises:
+        LoraFtError: no module matches, a match is not ``nn.Linear`` or is already wrapped, a bad regex.
+    """
+    if targets is None:
+        targets = default_targets(model)
+    spec = [targets] if isinstance(targets, str) else list(targets)
+    exclude = list(exclude)
+    modules = {n: m for n, m in model.named_modules() if n and not _inside_lora(model, n)}
+    kept = {n: m for n, m in modules.items() if not any(_is_under(n, e) for e in exclude)}
+    if ALL_LINEAR in spec:
+        if spec != [ALL_LINEAR]:
+            raise LoraFtError(f"lora.targets {spec}: {ALL_LINEAR!r} cannot be combined with other names")
+        matched = [n for n, m in kept.items() if isinstance(m, nn.Linear)]
+    else:
+        matched = [n for n in kept if any(_selects(t, n) for t in spec)]
+    if not matched:
+        raise LoraFtError(_no_match_message(model, spec, modules, exclude))
+    for name in matched:
+        module = kept[name]
+        if isinstance(module, LoRALinear):
+            raise LoraFtError(f"{name} is already wrapped with LoRA; a layer can be wrapped only once")
+        if not isinstance(module, nn.Linear):
+            raise LoraFtError(
+                f"lora.targets {spec} matched {name}, a {type(module).__name__}, not an nn.Linear; "
+                f"name Linears (inside it: {_leaf_counts(n for n in linear_names(module) if n)})"
+            )
+    return matched
+
+
+def _selects(target: str, name: str) -> bool:
+    if _REGEX_CHARS & set(target):
+        try:
+            return re.fullmatch(target, name) is not None
+        except re.error as exc:
+            raise LoraFtError(f"lora.targets entry {target!r} is not a valid regex: {exc}") from None
+    return name == target or name.endswith("." + target)
+
+
+def _no_match_message(model: nn.Module, spec: list[str], modules: dict, exclude: list[str]) -> str:
+    in_head = [
+        n for n in modules if any(_selects(t, n) for t in spec) and any(_is_under(n, e) for e in exclude)
+    ]
+    if in_head:
+        return f"lora.targets {spec} matched only head modules, which train fully: {', '.join(in_head)}"
+    candidates = sorted(set(modules) | {n.rsplit(".", 1)[-1] for n in modules})
+    close = {c for t in spec for c in difflib.get_close_matches(t, candidates, n=5, cutoff=0.6)}
+    return (
+        f"lora.targets {spec} matched no module in {type(model).__name__}; closest module names: "
+        f"{', '.join(sorted(close)) or 'none'}. Linear modules: {_leaf_counts(linear_names(model))}"
+    )
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def _head_params(model: nn.Module, head: list[str]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for h in head:
+        for p in model.get_submodule(h).parameters():
+            seen[id(p)] = p
+    return list(seen.values())
+
+
+def inject_lora(
+    model: nn.Module,
+    targets: str | list[str] | None,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    rslora: bool = False,
+    head: Iterable[str] = (),
+    exclude_head: bool = True,
+) -> InjectionReport:
+    """Wrap the target Linears in place, freeze everything, then unfreeze every LoRA layer and ``head``.
+
+    With ``exclude_head`` the spec never selects Linears inside the head (they already train fully).
+
+    Raises:
+        LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head.
+    """
+    head_names = _resolve_head(model, head)
+    names = match_targets(model, targets, exclude=head_names if exclude_head else ())
+    overlap = [n for n in names if any(_is_under(n, h) for h in head_names)]
+    if overlap:
+        # The head's base weights would train alongside their own LoRA update: two updates to one weight.
+        raise LoraFtError(f"targets {', '.join(overlap)} lie inside head modules {', '.join(head_names)}")
+    report = InjectionReport(head=head_names)
+    for name in names:
+        layer = LoRALinear(
+            model.get_submodule(name), r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora
+        )
+        _set_module(model, name, layer)
+        params = layer.lora_A.numel() + layer.lora_B.numel()
+        report.wrapped.append(WrappedInfo(name, layer.in_features, layer.out_features, r, params))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in lora_layers(model).values():
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+    head_params = _head_params(model, head_names)
+    for p in head_params:
+        p.requires_grad_(True)
+    report.lora_params = sum(w.params for w in report.wrapped)
+    report.head_params = sum(p.numel() for p in head_params)
+    report.trainable_params, report.total_params = count_parameters(model)
+    return report
+
+
+def freeze_for_method(model: nn.Module, method: str, head: list[str]) -> None:
+    """``full``: every parameter trains; ``head``: only the ``head`` modules train."""
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif method == "head":
+        head_params = _head_params(model, _resolve_head(model, head))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in head_params:
+            p.requires_grad_(True)
+    elif method == "lora":
+        raise LoraFtError("method 'lora' is built by inject_lora, not freeze_for_method")
+    else:
+        raise LoraFtError(f"unknown training method {method!r}; use lora, full or head")
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def merge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+
+
+def set_lora_disabled(model: nn.Module, disabled: bool) -> None:
+    for layer in lora_layers(model).values():
+        layer.disabled = disabled
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its base and put the plain ``nn.Linear`` back, in place.
+
+    Afterwards the state-dict keys are exactly those of the unwrapped model (no ``.base.``).
+    """
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        _set_module(model, name, layer.base)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)``; ``parameters()`` yields a shared or tied tensor once, so it counts once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"<name>.lora_A": (r, in), "<name>.lora_B": (out, r)}`` for every wrapped layer."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.lora_A"] = layer.lora_A.detach()
+        out[f"{name}.lora_B"] = layer.lora_B.detach()
+    return out
+
+
+def load_lora_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """Copy LoRA tensors into the wrapped layers; returns ``(missing, unexpected)`` keys.
+
+    Raises:
+        LoraFtError: a shape mismatch, or with ``strict`` any missing or unexpected key.
+    """
+    own = lora_state_dict(model)
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)} in the model"
+        for k in sorted(set(own) & set(state_dict))
+        if state_dict[k].shape != own[k].shape
+    ]
+    problems = [f"shape mismatch: {'; '.join(mismatched)}"] if mismatched else []
+    if strict and missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if problems:
+        raise LoraFtError("cannot load the LoRA weights: " + "; ".join(problems))
+    with torch.no_grad():
+        for key in sorted(set(own) & set(state_dict)):
+            own[key].copy_(state_dict[key])
+    return missing, unexpected
+
+
+def targets_table(model: nn.Module, targets, r: int, head: list[str]) -> tuple[list[dict], dict]:
+    """The dry run behind ``lora-ft targets``: one row per Linear, and the totals. The model is not touched.
+
+    Works on a meta-device skeleton: only shapes are read.
+    """
+    head_names = _resolve_head(model, head)
+    wrapped = set(match_targets(model, targets, exclude=head_names))
+    rows = [
+        dict(name=n, shape=(m.out_features, m.in_features), out_features=m.out_features,
+             in_features=m.in_features, wrapped=n in wrapped,
+             lora_params=r * (m.in_features + m.out_features) if n in wrapped else 0)
+        for n, m in _linears(model).items()
+    ]  # fmt: skip
+    lora_params = sum(row["lora_params"] for row in rows)
+    head_params = sum(p.numel() for p in _head_params(model, head_names))
+    total = count_parameters(model)[1] + lora_params
+    totals = {
+        "linears": len(rows),
+        "wrapped": len(wrapped),
+        "lora_params": lora_params,
+        "head_params": head_params,
+        "trainable_params": lora_params + head_params,
+        "total_params": total,
+        "trainable_percent": 100.0 * (lora_params + head_params) / total if total else 0.0,
+    }
+    return rows, totals
