@@ -1,0 +1,174 @@
+"""LoRALinear on its own: pure torch, tiny shapes, milliseconds."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_ft.lora import LoRALinear
+
+IN, OUT, R = 12, 10, 4
+
+
+def make(r=R, alpha=8.0, dropout=0.0, init="kaiming", rslora=False, bias=True, seed=0) -> LoRALinear:
+    torch.manual_seed(seed)
+    return LoRALinear(
+        nn.Linear(IN, OUT, bias=bias), r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora
+    )
+
+
+def randomize_b(layer: LoRALinear, seed=1) -> LoRALinear:
+    """An adapter that changes something, so equivalence tests cannot pass vacuously."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g))
+    return layer
+
+
+def x_of(*shape, seed=2, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def test_shapes_and_zero_update_at_init():
+    layer = make()
+    assert layer.lora_A.shape == (R, IN) and layer.lora_B.shape == (OUT, R)
+    assert torch.count_nonzero(layer.lora_B) == 0
+    x = x_of(3, 5, IN)  # (B, T, in)
+    out = layer(x)
+    assert out.shape == (3, 5, OUT)
+    assert (out - layer.base(x)).abs().max().item() == 0.0
+
+
+def test_scaling_plain_and_rslora():
+    assert make(r=4, alpha=8).scaling == 2.0
+    assert make(r=4, alpha=8, rslora=True).scaling == pytest.approx(8 / math.sqrt(4))
+    assert make(r=16, alpha=8, rslora=True).scaling == pytest.approx(2.0)
+
+
+def test_kaiming_bound_and_gaussian_std():
+    a = make().lora_A
+    assert a.abs().max() <= 1 / math.sqrt(IN)  # kaiming_uniform(a=sqrt(5)): bound 1/sqrt(fan_in)
+    torch.manual_seed(0)
+    g = LoRALinear(nn.Linear(2048, 4), r=4, init="gaussian").lora_A
+    assert g.std().item() == pytest.approx(1 / 4, rel=0.05)
+    assert g.mean().abs().item() < 0.01
+
+
+def test_forward_matches_formula_with_nonzero_b():
+    layer = randomize_b(make())
+    x = x_of(6, IN)
+    expected = layer.base(x) + x @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.delta_weight(), layer.lora_B @ layer.lora_A * layer.scaling)
+    torch.testing.assert_close(
+        layer(x), F.linear(x, layer.base.weight + layer.delta_weight(), layer.base.bias)
+    )
+
+
+def test_dropout_only_on_the_lora_branch():
+    layer = randomize_b(make(dropout=0.5))
+    x = x_of(8, IN)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))  # eval: deterministic, no dropout
+    torch.testing.assert_close(layer(x), layer.base(x) + x @ layer.lora_A.T @ layer.lora_B.T * layer.scaling)
+
+    layer.train()
+    torch.manual_seed(5)
+    out = layer(x)
+    torch.manual_seed(5)
+    expected = (
+        layer.base(x) + F.dropout(x, 0.5, training=True) @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    )
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        layer.lora_B.zero_()
+    # With no update, training-mode output is the base output exactly: the base path sees no dropout.
+    assert torch.equal(layer(x), layer.base(x))
+
+
+def test_merge_unmerge_round_trip_and_idempotence():
+    layer = randomize_b(make())
+    x = x_of(6, IN)
+    w0 = layer.base.weight.detach().clone()
+    unmerged = layer(x)
+    layer.merge()
+    assert layer.merged
+    merged_w = layer.base.weight.detach().clone()
+    assert not torch.allclose(merged_w, w0)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+    assert not torch.allclose(layer(x), F.linear(x, w0, layer.base.bias))  # merged differs from base
+    layer.merge()  # second merge: no-op
+    assert torch.equal(layer.base.weight, merged_w)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, w0, atol=1e-6, rtol=0)
+    layer.unmerge()  # second unmerge: no-op
+    torch.testing.assert_close(layer.base.weight, w0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+
+
+def test_eval_never_merges():
+    layer = randomize_b(make())
+    w0 = layer.base.weight.detach().clone()
+    layer.eval()
+    assert not layer.merged and torch.equal(layer.base.weight, w0)
+
+
+def test_disabled_gives_base_output_also_when_merged():
+    layer = randomize_b(make())
+    x = x_of(6, IN)
+    base_out = F.linear(x, layer.base.weight, layer.base.bias).detach()
+    layer.disabled = True
+    assert torch.equal(layer(x), base_out)
+    layer.merge()
+    torch.testing.assert_close(layer(x), base_out, atol=1e-5, rtol=0)
+    layer.disabled = False
+    assert not torch.allclose(layer(x), base_out)
+
+
+def test_only_lora_params_train_and_base_is_bit_identical_after_a_step():
+    layer = randomize_b(make())
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+    w0, b0 = layer.base.weight.detach().clone(), layer.base.bias.detach().clone()
+    a0, bb0 = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+    layer(x_of(6, IN)).pow(2).sum().backward()
+    assert layer.base.weight.grad is None and layer.base.bias.grad is None
+    opt.step()
+    assert torch.equal(layer.base.weight, w0) and torch.equal(layer.base.bias, b0)
+    assert not torch.equal(layer.lora_A, a0) and not torch.equal(layer.lora_B, bb0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"r": 0}, {"r": -1}, {"r": 2.0}, {"r": True}, {"dropout": 1.0}, {"dropout": -0.1}, {"init": "xavier"}],
+)
+def test_invalid_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        LoRALinear(nn.Linear(IN, OUT), **kwargs)
+
+
+def test_non_linear_base_raises():
+    with pytest.raises(ValueError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(IN, OUT, 1))
+
+
+def test_bf16_base():
+    torch.manual_seed(0)
+    layer = randomize_b(LoRALinear(nn.Linear(IN, OUT).to(torch.bfloat16), r=R, alpha=8))
+    assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
+    x = x_of(4, IN, dtype=torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    expected = layer.base(x).float() + x.float() @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
+    layer.merge()
+    assert layer.base.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(layer(x).float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_no_bias_base():
+    layer = randomize_b(make(bias=False))
+    x = x_of(3, IN)
+    torch.testing.assert_close(layer(x), x @ (layer.base.weight + layer.delta_weight()).T)
