@@ -277,6 +277,10 @@ def freeze_for_method(model: nn.Module, method: str, head: list[str]) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "head":
+        if not head:
+            raise LoraFtError(
+                "method 'head' trains only the head modules, and none were named; set lora.head"
+            )
         head_params = _head_params(model, _resolve_head(model, head))
         for p in model.parameters():
             p.requires_grad_(False)
@@ -310,7 +314,8 @@ def set_lora_disabled(model: nn.Module, disabled: bool) -> None:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its base and put the plain ``nn.Linear`` back, in place.
 
-    Afterwards the state-dict keys are exactly those of the unwrapped model (no ``.base.``).
+    The update is folded even where the ``disabled`` switch is on: unloading keeps the adapter, not the
+    switch. Afterwards the state-dict keys are exactly those of the unwrapped model (no ``.base.``).
     """
     for name, layer in lora_layers(model).items():
         layer.merge()

@@ -347,6 +347,8 @@ def test_freeze_for_method():
     assert count_parameters(model) == (head_params_closed_form("distilbert"), total)
     freeze_for_method(model, "full", [])
     assert count_parameters(model) == (total, total)
+    with pytest.raises(LoraFtError, match="none were named"):
+        freeze_for_method(model, "head", [])
     with pytest.raises(LoraFtError, match="inject_lora"):
         freeze_for_method(model, "lora", [])
     with pytest.raises(LoraFtError, match="unknown training method"):
