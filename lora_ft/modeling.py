@@ -1,0 +1,212 @@
+"""Load a tokenizer and a sequence classifier from a built-in name, a local directory or a hub id,
+and build it for one method: ``lora`` (our LoRALinear in the targets, head trained fully), ``full``
+(everything trained) or ``head`` (only the classification head trained).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from lora_ft import assets
+from lora_ft.config import ModelConfig, RunConfig
+from lora_ft.errors import LoraFtError
+from lora_ft.inject import (
+    InjectionReport,
+    count_parameters,
+    default_head,
+    default_targets,
+    freeze_for_method,
+    inject_lora,
+)
+
+log = logging.getLogger("lora_ft")
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and the libraries' per-file progress bars; ours say what matters."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to build: the model, its tokenizer and where they came from."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str  # what the user named (minilm-l6, a path, a hub id)
+    path: str  # what from_pretrained was given (the cache dir of a built-in, the path, or the hub id)
+    newly_initialized: list[str] = field(default_factory=list)  # module names the checkpoint lacked
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.model.config, "model_type", type(self.model).__name__)
+
+
+@dataclass
+class BuildReport:
+    """What a method made trainable."""
+
+    method: str
+    head: list[str]
+    trainable_params: int
+    total_params: int
+    injection: InjectionReport | None = None
+    targets: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+
+def resolve_model_path(name: str) -> str:
+    """A built-in name -> its prepared cache dir; an existing directory -> itself; else a hub id."""
+    if assets.is_builtin(name):
+        return str(assets.ensure(name))
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise LoraFtError(
+                f"model path {name} is not a Hugging Face model directory (no config.json in it)"
+            )
+        return str(p)
+    if name.startswith((".", "/", "~")):
+        raise LoraFtError(f"model path not found: {name} (give an HF model directory, a hub id or minilm-l6)")
+    return name
+
+
+def _check_weights_format(path: str, allow_pickle: bool) -> bool:
+    """Return ``use_safetensors`` for from_pretrained; refuse pickled weights unless the user allowed them."""
+    p = Path(path)
+    if not p.is_dir():
+        return not allow_pickle  # hub id: insist on safetensors unless pickles were allowed
+    if any(p.glob("*.safetensors")):
+        return True
+    if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+        if not allow_pickle:
+            raise LoraFtError(
+                f"model {path} has only pickled weights (*.bin), which can run code when loaded; convert them to "
+                "safetensors, or pass --set model.allow_pickle=true to load them with torch.load(weights_only=True)"
+            )
+        return False
+    raise LoraFtError(f"model directory {path} has no weights (no *.safetensors or *.bin file)")
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise LoraFtError(f"cannot load a tokenizer for model {cfg.name}: {_first_line(exc)}") from None
+
+
+def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
+    """Load tokenizer + ``AutoModelForSequenceClassification`` with ``len(label_names)`` outputs.
+
+    Raises:
+        LoraFtError: unknown path, pickled weights without ``allow_pickle``, unreachable hub id,
+            or a checkpoint that is not a sequence-classification-capable architecture.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    path = resolve_model_path(cfg.name)
+    use_safetensors = _check_weights_format(path, cfg.allow_pickle)
+    overrides = {}
+    if cfg.num_layers is not None:
+        overrides["num_hidden_layers"] = cfg.num_layers
+    num_labels = len(label_names)
+    try:
+        config = AutoConfig.from_pretrained(
+            path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            num_labels=num_labels,
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            **overrides,
+        )
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            config=config,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=use_safetensors,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise LoraFtError(f"cannot load model {cfg.name}: {_first_line(exc)}") from None
+    if cfg.num_layers is not None:
+        have = getattr(model.config, "num_hidden_layers", None)
+        if have != cfg.num_layers:
+            raise LoraFtError(
+                f"model.num_layers={cfg.num_layers} is not supported for {cfg.name} (it has {have})"
+            )
+    newly = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
+    tokenizer = load_tokenizer(path, cfg)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, newly_initialized=newly)
+
+
+def load_model_skeleton(name: str, num_labels: int = 2, trust_remote_code: bool = False) -> nn.Module:
+    """The classifier's module structure with no weights (meta device), from a name, dir or config.json.
+
+    Used by dry runs (``lora-ft targets``) that need shapes, not values, so planning for a large
+    model needs only its config.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    p = Path(name).expanduser()
+    source = str(p.parent) if p.is_file() and p.name.endswith(".json") else resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(
+            source, num_labels=num_labels, trust_remote_code=trust_remote_code
+        )
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LoraFtError(f"cannot build model {name} from its config: {_first_line(exc)}") from None
+
+
+def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = None) -> BuildReport:
+    """Make ``loaded.model`` trainable for ``method`` (default ``cfg.train.method``), in place."""
+    method = method or cfg.train.method
+    model = loaded.model
+    head = list(cfg.lora.head) if cfg.lora.head else default_head(model, loaded.newly_initialized)
+    if method == "lora":
+        targets = cfg.lora.targets if cfg.lora.targets is not None else default_targets(model)
+        report = inject_lora(
+            model,
+            targets,
+            r=cfg.lora.r,
+            alpha=cfg.lora.alpha,
+            dropout=cfg.lora.dropout,
+            init=cfg.lora.init,
+            rslora=cfg.lora.rslora,
+            head=head,
+        )
+        trainable, total = count_parameters(model)
+        return BuildReport(method, head, trainable, total, report, [w.name for w in report.wrapped])
+    freeze_for_method(model, method, head)
+    trainable, total = count_parameters(model)
+    return BuildReport(method, head, trainable, total)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

@@ -1,0 +1,78 @@
+"""Terminal tables (rich) for runs and dry runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_params(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def _fmt(value: float | None, spec: str = ".4f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:
+    """The final table of ``lora-ft train``: accuracy, F1, loss per split; cost of the run."""
+    table = Table(title=f"{metrics['method']} on {metrics['model']} — {out}", show_header=True)
+    table.add_column("metric")
+    splits = [s for s in ("validation", "test") if metrics.get(s)]
+    for split in splits:
+        table.add_column(split, justify="right")
+    for key in ("accuracy", "f1", "loss"):
+        table.add_row(key, *[_fmt(metrics[s].get(key)) for s in splits])
+    console.print(table)
+    cost = Table(show_header=False, box=None)
+    cost.add_column(style="bold")
+    cost.add_column(justify="right")
+    cost.add_row(
+        "trainable params",
+        f"{_fmt_params(metrics['trainable_params'])} of {_fmt_params(metrics['total_params'])} "
+        f"({metrics['trainable_percent']:.2f}%)",
+    )
+    cost.add_row("train time", f"{metrics['train_seconds']:.1f} s")
+    cost.add_row("train samples/s", f"{metrics['train_samples_per_second']:.1f}")
+    cost.add_row("peak memory (RSS)", _fmt(metrics.get("peak_memory_mb"), ".0f", " MB"))
+    cost.add_row("memory added by training", _fmt(metrics.get("train_memory_mb"), ".0f", " MB"))
+    if "cuda_peak_memory_mb" in metrics:
+        cost.add_row("CUDA peak", _fmt(metrics["cuda_peak_memory_mb"], ".0f", " MB"))
+    console.print(cost)
+
+
+def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = False) -> None:
+    """The ``lora-ft targets`` dry run: each Linear, whether the spec wraps it, and the totals."""
+    from lora_ft.inject import default_head, default_targets, targets_table
+
+    spec = targets if targets is not None else default_targets(model)
+    head = default_head(model)
+    rows, totals = targets_table(model, spec, r, head)
+    shown = rows if all_rows else [row for row in rows if row["wrapped"]]
+    table = Table(title=f"{type(model).__name__}: targets {spec!r}, r={r}")
+    table.add_column("module", overflow="fold")
+    table.add_column("shape (out, in)", justify="right")
+    table.add_column("wrapped", justify="center")
+    table.add_column("LoRA params", justify="right")
+    for row in shown:
+        table.add_row(
+            row["name"],
+            f"({row['out_features']}, {row['in_features']})",
+            "yes" if row["wrapped"] else "",
+            f"{row['lora_params']:,}" if row["wrapped"] else "",
+        )
+    console.print(table)
+    console.print(
+        f"wrapped {totals['wrapped']} of {totals['linears']} Linear modules; head: {', '.join(head)}\n"
+        f"trainable: {totals['lora_params']:,} LoRA + {totals['head_params']:,} head = "
+        f"{totals['trainable_params']:,} of {totals['total_params']:,} ({totals['trainable_percent']:.3f}%)"
+    )

@@ -1,0 +1,314 @@
+"""Wire a run config to the HF ``Trainer``: data, model, method, callbacks, and the run directory.
+
+The run directory is built under a hidden temporary name and renamed into place only when the run
+has finished, so a crash or a bad input never leaves a half-written ``runs/<name>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lora_ft import __version__
+from lora_ft.adapter_io import save_adapter
+from lora_ft.config import RunConfig, dump_config
+from lora_ft.data import LoadedData, load_data, tokenize_data
+from lora_ft.errors import LoraFtError
+from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
+from lora_ft.resources import peak_rss_mb
+
+log = logging.getLogger("lora_ft")
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and F1 from ``logits`` ``(N, K)`` and ``labels`` ``(N,)``.
+
+    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and the macro average otherwise.
+    Written by hand because the ``evaluate`` library downloads its metrics from the Hub.
+    """
+    preds = logits.argmax(-1)
+    k = logits.shape[-1]
+    accuracy = float((preds == labels).mean()) if len(labels) else 0.0
+
+    def f1_of(c: int) -> float:
+        tp = float(((preds == c) & (labels == c)).sum())
+        fp = float(((preds == c) & (labels != c)).sum())
+        fn = float(((preds != c) & (labels == c)).sum())
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    f1 = f1_of(1) if k == 2 else float(np.mean([f1_of(c) for c in range(k)]))
+    return {"accuracy": accuracy, "f1": f1}
+
+
+def _compute_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return classification_metrics(np.asarray(logits), np.asarray(labels))
+
+
+def library_versions() -> dict[str, str]:
+    import datasets
+    import transformers
+
+    return {
+        "lora_ft": __version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def default_run_dir(config_path: str | Path | None, method: str, root: str | Path = "runs") -> Path:
+    stem = Path(config_path).stem if config_path else "default"
+    return Path(root) / f"{stem}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise LoraFtError(
+            f"output directory {out} already exists; pass --force to replace it, or choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise LoraFtError(f"output path {out} exists and is not a directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise LoraFtError(f"cannot write to {parent}: permission denied (choose another --out)")
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a finished temporary directory to ``out``, replacing an old ``out`` only at the last moment."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before the first step, built and checked before anything is written."""
+
+    cfg: RunConfig
+    data: LoadedData
+    loaded: LoadedModel
+    build: BuildReport
+    tokenized: Any  # datasets.DatasetDict
+
+
+def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
+    """Load data and model, build the method, tokenize. Raises LoraFtError on any bad input."""
+    from transformers import set_seed
+
+    method = method or cfg.train.method
+    quiet_transformers()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = load_data(cfg.data)
+    if "validation" not in data.splits:
+        raise LoraFtError(f"data {data.source} has no validation split; add one (validation.* file)")
+    # Seed before the model is built: the classifier head's and LoRA A's initial values depend on it.
+    set_seed(cfg.train.seed)
+    loaded = load_model(cfg.model, data.label_names)
+    build = build_for_method(loaded, cfg, method)
+    tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)
+    return Prepared(cfg=cfg, data=data, loaded=loaded, build=build, tokenized=tokenized)
+
+
+def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    if t.precision == "fp16" and not torch.cuda.is_available():
+        raise LoraFtError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr_for(method),
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    unknown = set(t.trainer) - set(inspect.signature(TrainingArguments.__init__).parameters)
+    if unknown:
+        raise LoraFtError(
+            f"train.trainer has keys TrainingArguments does not take: {', '.join(sorted(unknown))}"
+        )
+    kwargs.update(t.trainer)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise LoraFtError(f"invalid training arguments: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _evaluate(trainer, dataset, prefix: str) -> dict[str, float]:
+    raw = trainer.evaluate(dataset, metric_key_prefix=prefix)
+    return {k: float(raw[f"{prefix}_{k}"]) for k in ("accuracy", "f1", "loss") if f"{prefix}_{k}" in raw}
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    method: str | None = None,
+    callbacks: list | None = None,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """Train one method and write the run directory ``out``; return the metrics written to metrics.json.
+
+    Raises:
+        LoraFtError: bad config, data or model, or ``out`` existing without ``force``. Nothing is
+            written before every input has been checked.
+    """
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback
+
+    if method is not None and method != cfg.train.method:
+        cfg = copy.deepcopy(cfg)
+        cfg.train.method = method
+    method = cfg.train.method
+    out = Path(out)
+    check_output_dir(out, force)
+    p = prepared or prepare(cfg, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "config.yaml").write_text(dump_config(cfg, {"versions": library_versions()}), encoding="utf-8")
+        args = training_arguments(cfg, method, tmp / "checkpoints")
+        memory = MemoryCallback()
+        trainer = Trainer(
+            model=p.loaded.model,
+            args=args,
+            train_dataset=p.tokenized["train"],
+            eval_dataset=p.tokenized["validation"],
+            data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
+            processing_class=p.loaded.tokenizer,
+            compute_metrics=_compute_metrics,
+            callbacks=[JsonlLogCallback(tmp / "log.jsonl"), memory, *(callbacks or [])],
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its raw dict prints
+        try:
+            result = trainer.train()
+        except torch.OutOfMemoryError:
+            raise LoraFtError(
+                f"out of memory at train.batch_size={cfg.train.batch_size}, data.max_length={cfg.data.max_length}; "
+                "lower one of them (or raise train.gradient_accumulation_steps to keep the effective batch)"
+            ) from None
+        metrics = _metrics(p, cfg, method, trainer, result, memory)
+        if trainer.is_world_process_zero():
+            _save_outputs(p, tmp, method)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            publish_dir(tmp, out)
+        return metrics
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) -> dict[str, Any]:
+    validation = _evaluate(trainer, p.tokenized["validation"], "validation")
+    test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
+    tm = result.metrics
+    metrics: dict[str, Any] = {
+        "method": method,
+        "model": cfg.model.name,
+        "data": p.data.source,
+        "validation": validation,
+        "test": test,
+        "trainable_params": p.build.trainable_params,
+        "total_params": p.build.total_params,
+        "trainable_percent": 100.0 * p.build.trainable_fraction,
+        "train_seconds": float(tm.get("train_runtime", 0.0)),
+        "train_samples_per_second": float(tm.get("train_samples_per_second", 0.0)),
+        "train_loss": float(tm.get("train_loss", float("nan"))),
+        "train_samples": len(p.tokenized["train"]),
+        "epochs": float(cfg.train.epochs),
+        "global_steps": int(trainer.state.global_step),
+        "learning_rate": cfg.train.lr_for(method),
+        "batch_size": cfg.train.batch_size
+        * cfg.train.gradient_accumulation_steps
+        * max(1, trainer.args.world_size),
+        "seed": cfg.train.seed,
+        "peak_memory_mb": peak_rss_mb() if memory.peak_mb is None else max(memory.peak_mb, peak_rss_mb()),
+        "train_memory_mb": memory.train_memory_mb,
+        "rss_before_train_mb": memory.before_mb,
+        "label_names": p.data.label_names,
+        "head": p.build.head,
+    }
+    if method == "lora":
+        metrics["lora"] = {
+            "r": cfg.lora.r,
+            "alpha": cfg.lora.alpha,
+            "dropout": cfg.lora.dropout,
+            "rslora": cfg.lora.rslora,
+            "targets": p.build.targets,
+        }
+    if memory.cuda_peak_mb is not None:
+        metrics["cuda_peak_memory_mb"] = memory.cuda_peak_mb
+    return metrics
+
+
+def _save_outputs(p: Prepared, tmp: Path, method: str) -> None:
+    model = p.loaded.model
+    if method == "lora":
+        save_adapter(
+            model,
+            tmp / "adapter",
+            head=p.build.head,
+            base_model_name_or_path=p.loaded.source,
+            label_names=p.data.label_names,
+            init=p.cfg.lora.init,
+            model_settings={
+                "name": p.cfg.model.name,
+                "num_layers": p.cfg.model.num_layers,
+                "revision": p.cfg.model.revision,
+            },
+        )
+    else:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        p.loaded.tokenizer.save_pretrained(tmp / "model")

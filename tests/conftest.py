@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny random models saved as HF directories, and small local data files.
+
+No hub access: tiny models are built from configs and use the built-in MiniLM tokenizer (the same
+uncased WordPiece vocabulary as BERT and DistilBERT).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["a gorgeous, moving film", "sharp and funny", "the best movie of the year", "warm and wise"]
+NEGATIVE = ["a dull, lifeless mess", "tedious and flat", "the worst film in years", "cold and pointless"]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from lora_ft import assets
+
+    return assets.ensure("minilm-l6")
+
+
+def _save_tiny(model_cls, config, tokenizer_dir: Path, out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = model_cls(config)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, num_labels=2,
+    )  # fmt: skip
+    return _save_tiny(BertForSequenceClassification, config, minilm_dir, tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory, minilm_dir) -> Path:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(
+        vocab_size=30522,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    return _save_tiny(
+        DistilBertForSequenceClassification, config, minilm_dir, tmp_path_factory.mktemp("tiny-distilbert")
+    )
+
+
+def write_split(path: Path, rows: list[tuple[str, object]], header=("sentence", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def toy_rows(n: int, offset: int = 0) -> list[tuple[str, int]]:
+    rows = []
+    for i in range(n):
+        j = i + offset
+        if j % 2:
+            rows.append((f"{POSITIVE[j % len(POSITIVE)]} {j}", 1))
+        else:
+            rows.append((f"{NEGATIVE[j % len(NEGATIVE)]} {j}", 0))
+    return rows
+
+
+@pytest.fixture()
+def toy_data_dir(tmp_path) -> Path:
+    d = tmp_path / "toy-data"
+    d.mkdir()
+    write_split(d / "train.csv", toy_rows(48))
+    write_split(d / "validation.csv", toy_rows(16, 100))
+    write_split(d / "test.csv", toy_rows(16, 200))
+    return d

@@ -1,0 +1,113 @@
+"""Config: defaults < YAML < --set, typed overrides, unknown keys and wrong types are errors."""
+
+from pathlib import Path
+
+import pytest
+
+from lora_ft.config import RunConfig, config_from_dict, dump_config, load_config
+from lora_ft.errors import LoraFtError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults():
+    cfg = load_config()
+    assert cfg.model.name == "minilm-l6"
+    assert cfg.data.name == "rt-sentences"
+    assert cfg.lora.r == 8 and cfg.lora.alpha == 16.0
+    assert cfg.lora.scaling == 2.0
+    assert cfg.train.lr_for("lora") == 5e-4 and cfg.train.lr_for("full") == 5e-5
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_parses_and_says_how_to_run_it(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# "), f"{path.name} must start with a comment saying how to run it"
+    assert "lora-ft " in path.read_text().split("\n\n")[0] or "Run:" in path.read_text()
+
+
+def test_precedence_yaml_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lora:\n  r: 4\n  alpha: 8\ntrain:\n  learning_rate: 1e-3\n")
+    cfg = load_config(f, ["lora.r=16", "lora.targets=[query,key,value]"])
+    assert cfg.lora.r == 16  # --set wins over YAML
+    assert cfg.lora.alpha == 8.0  # YAML wins over the default
+    assert cfg.lora.targets == ["query", "key", "value"]
+    assert cfg.train.learning_rate == 1e-3  # "1e-3" without a dot is a YAML string; accepted as a float
+    assert cfg.train.lr_for("full") == 1e-3  # an explicit learning_rate applies to every method
+    assert cfg.lora.scaling == 0.5
+
+
+def test_targets_accept_string_and_regex():
+    assert load_config(None, ["lora.targets=all-linear"]).lora.targets == "all-linear"
+    assert load_config(None, [r"lora.targets=.*\.(query|value)"]).lora.targets == r".*\.(query|value)"
+
+
+def test_rslora_scaling():
+    cfg = load_config(None, ["lora.r=16", "lora.alpha=8", "lora.rslora=true"])
+    assert cfg.lora.scaling == pytest.approx(8 / 4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrase"),
+    [
+        (["lora.r=0"], "lora.r must be an integer >= 1, got 0"),
+        (["lora.r=-3"], "lora.r must be an integer >= 1"),
+        (["lora.r=2.5"], "lora.r must be int, got 2.5"),
+        (["lora.r=abc"], "lora.r must be int, got 'abc'"),
+        (["lora.r=true"], "lora.r must be int, got True"),
+        (["lora.dropout=1.0"], "lora.dropout must be in [0, 1), got 1.0"),
+        (["lora.dropout=-0.1"], "lora.dropout must be in [0, 1)"),
+        (["lora.alpha=0"], "lora.alpha must be > 0"),
+        (["lora.init=xavier"], "lora.init must be kaiming or gaussian"),
+        (["lora.targets=[]"], "lora.targets is an empty list"),
+        (["lora.rank=8"], "unknown config key 'lora.rank'"),
+        (["lora.alhpa=8"], "did you mean 'alpha'?"),
+        (["optimizer.lr=1"], "unknown config key 'optimizer'"),
+        (["train.method=qlora"], "train.method must be one of lora, full, head"),
+        (["train.precision=fp8"], "train.precision must be one of fp32, bf16, fp16"),
+        (["train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["train.learning_rate=-1"], "train.learning_rate must be > 0"),
+        (["train.learning_rates={lora: 1e-3, qlora: 1e-3}"], "unknown method 'qlora'"),
+        (["train.warmup_ratio=1.5"], "train.warmup_ratio must be in [0, 1)"),
+        (["data.max_length=2"], "data.max_length must be >= 8"),
+        (["data.max_train_samples=0"], "data.max_train_samples must be >= 1"),
+        (["lora=3"], "lora must be a mapping"),
+        (["lora.r"], "is not key=value"),
+        (["=3"], "has no key"),
+    ],
+)
+def test_bad_overrides_name_the_problem(overrides, phrase):
+    with pytest.raises(LoraFtError) as err:
+        load_config(None, overrides)
+    assert phrase in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(LoraFtError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: [r: 8\n")
+    with pytest.raises(LoraFtError, match="is not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(LoraFtError, match="must hold a mapping"):
+        load_config(listy)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == RunConfig()
+
+
+def test_saved_config_round_trips_with_versions_record():
+    cfg = load_config(
+        None, ["lora.r=4", "train.trainer={gradient_checkpointing_kwargs: {use_reentrant: false}}"]
+    )
+    import yaml
+
+    data = yaml.safe_load(dump_config(cfg, {"versions": {"torch": "x"}}))
+    assert data["versions"] == {"torch": "x"}
+    assert config_from_dict(data) == cfg

@@ -1,0 +1,137 @@
+"""End-to-end `train`: the run directory, metrics.json, adapter key set, reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_ft.config import load_config
+from lora_ft.train import classification_metrics, train
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def _tiny_cfg(model_dir: Path, data_dir: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"model.name={model_dir}",
+            f"data.name={data_dir}",
+            "data.max_length=32",
+            "lora.r=2",
+            "lora.alpha=4",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.logging_steps=2",
+            "train.save_strategy=no",
+            *extra,
+        ],
+    )
+
+
+def test_classification_metrics_closed_form():
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = np.array([1, 0, 0, 1])  # preds 1,0,1,1: tp=2 fp=1 fn=0
+    m = classification_metrics(logits, labels)
+    assert m["accuracy"] == 0.75
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))
+    three = classification_metrics(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 2, 1]))
+    assert three["accuracy"] == 0.75  # macro F1 over 3 classes: (1 + 2/3 + 2/3) / 3
+    assert three["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+@pytest.mark.slow
+def test_smoke_config_on_the_packaged_model_writes_every_run_file(tmp_path):
+    """The real MiniLM cut to 2 layers, a few hundred rows of the built-in data."""
+    out = tmp_path / "run"
+    metrics = train(load_config(CONFIGS / "smoke.yaml"), out)
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert {
+        "config.yaml",
+        "metrics.json",
+        "log.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    } <= files
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temporary run dir left behind"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for key in (
+        "method", "trainable_params", "total_params", "train_seconds", "train_samples_per_second",
+        "peak_memory_mb", "train_memory_mb",
+    ):  # fmt: skip
+        assert key in on_disk, key
+    for split in ("validation", "test"):
+        assert set(on_disk[split]) == {"accuracy", "f1", "loss"}
+        assert 0.0 <= on_disk[split]["accuracy"] <= 1.0
+    assert on_disk["train_samples"] == 256
+    assert on_disk["train_memory_mb"] > 0
+    # r=4 on query/value of 2 layers (384 -> 384) plus the classifier (384 -> 2)
+    assert on_disk["trainable_params"] == 2 * 2 * 4 * (384 + 384) + (384 * 2 + 2)
+
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    expected = {
+        f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}.lora_{ab}.weight"
+        for i in range(2)
+        for m in ("query", "value")
+        for ab in ("A", "B")
+    } | {"base_model.model.classifier.weight", "base_model.model.classifier.bias"}
+    assert keys == expected
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    assert config["target_modules"] == ["query", "value"]
+    assert config["modules_to_save"] == ["classifier"]
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any("loss" in line for line in lines) and any("eval_accuracy" in line for line in lines)
+
+
+def test_same_config_and_seed_give_the_same_metrics(tmp_path, tiny_bert_dir, toy_data_dir):
+    cfg = _tiny_cfg(tiny_bert_dir, toy_data_dir, "lora.dropout=0.1")
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    for split in ("validation", "test"):
+        assert a[split] == b[split]
+    assert a["train_loss"] == b["train_loss"]
+    with (
+        safe_open(str(tmp_path / "a/adapter/adapter_model.safetensors"), "pt") as fa,
+        safe_open(str(tmp_path / "b/adapter/adapter_model.safetensors"), "pt") as fb,
+    ):
+        for key in fa.keys():
+            assert torch.equal(fa.get_tensor(key), fb.get_tensor(key)), key
+
+
+@pytest.mark.parametrize("method", ["full", "head"])
+def test_full_and_head_write_a_loadable_model(tmp_path, tiny_distilbert_dir, toy_data_dir, method):
+    from transformers import AutoModelForSequenceClassification
+
+    metrics = train(_tiny_cfg(tiny_distilbert_dir, toy_data_dir, f"train.method={method}"), tmp_path / "run")
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "config.json").is_file()
+    assert not (tmp_path / "run" / "adapter").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert sum(p.numel() for p in model.parameters()) == metrics["total_params"]
+    if method == "head":  # DistilBERT's head: pre_classifier (32x32 + 32) and classifier (32x2 + 2)
+        assert metrics["trainable_params"] == 32 * 32 + 32 + 32 * 2 + 2
+    else:
+        assert metrics["trainable_params"] == metrics["total_params"]
+
+
+def test_existing_out_needs_force(tmp_path, tiny_bert_dir, toy_data_dir):
+    from lora_ft.errors import LoraFtError
+
+    cfg = _tiny_cfg(tiny_bert_dir, toy_data_dir)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(LoraFtError, match="already exists; pass --force"):
+        train(cfg, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    train(cfg, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy-data"]  # no temporary or old dir left
