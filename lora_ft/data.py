@@ -391,7 +391,7 @@ def tokenized_cache_dir(data: LoadedData, tokenizer, max_length: int) -> Path:
         rules.pop("padding", None)
     else:
         rules = tokenizer.get_vocab()
-    rules = json.dumps(rules, sort_keys=True)
+    rules = json.dumps(rules, sort_keys=True, ensure_ascii=False)  # ascii-escaping a 30k vocab costs 0.1 s
     meta = {
         "format": TOKENIZED_FORMAT,
         "tokenizer": tokenizer.name_or_path,
