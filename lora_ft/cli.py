@@ -211,6 +211,19 @@ def fetch(
         typer.echo(f"{name}: {path}")
 
 
+def _register_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    from lora_ft import commands
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"lora_ft.commands.{module}")
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="lora-ft")
