@@ -1,13 +1,14 @@
 """Save and load adapters in PEFT's directory format, so PEFT and lora-ft read each other's adapters.
 
-Layout (PEFT ``save_pretrained`` for LoRA):
+Layout (PEFT ``save_pretrained`` for LoRA, checked against PEFT itself in tests/test_adapter_io.py):
     adapter_config.json        peft_type "LORA", r, lora_alpha, target_modules, modules_to_save, ...
     adapter_model.safetensors  base_model.model.<module>.lora_A.weight  (r, in)
                                base_model.model.<module>.lora_B.weight  (out, r)
                                base_model.model.<head module>.<param>   (fully trained head)
 We add our own records where PEFT ignores them: the safetensors header carries the scaling each
 update was trained with, so an ``adapter_config.json`` edited afterwards (a different ``lora_alpha``)
-is caught instead of silently changing the model.
+is caught instead of silently changing the model; it also carries the label names and the settings
+the base model was built with (a layer cut, a revision).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from lora_ft import assets
 from lora_ft.errors import LoraFtError
 from lora_ft.inject import inject_lora, lora_layers
 from lora_ft.lora import LoRALinear
@@ -38,11 +41,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 META_SCALING = "lora_ft.scaling"  # JSON {module: scaling} in the safetensors header
 META_LABELS = "lora_ft.label_names"
-META_MODEL = (
-    "lora_ft.model"  # JSON of the model settings the base was built with (name, num_layers, revision)
-)
+META_MODEL = "lora_ft.model"  # JSON of the settings the base was built with (name, num_layers, revision)
 
-# Keys of adapter_config.json that lora-ft understands; others (newer PEFT fields) are ignored with a warning.
+# Keys of adapter_config.json that lora-ft understands. Others (newer PEFT fields) are ignored, with a
+# warning when they are set: PEFT writes every field of its config, and null means the feature is off.
 _KNOWN_KEYS = {
     "peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save",
     "base_model_name_or_path", "bias", "fan_in_fan_out", "use_rslora", "init_lora_weights", "rank_pattern",
@@ -51,6 +53,25 @@ _KNOWN_KEYS = {
     "loftq_config", "eva_config", "corda_config", "lora_bias", "target_parameters", "trainable_token_indices",
     "use_qalora", "qalora_group_size", "alora_invocation_tokens", "arrow_config", "ensure_weight_tying",
 }  # fmt: skip
+# Known keys that, when set, make the adapter compute something LoRALinear does not.
+_UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "lora_bias": "LoRA bias terms (lora_bias)",
+    "fan_in_fan_out": "fan_in_fan_out layers (GPT-2 Conv1D)",
+    "use_qalora": "QA-LoRA",
+    "layer_replication": "layer replication",
+    "target_parameters": "LoRA on parameters (target_parameters)",
+    "trainable_token_indices": "trainable tokens",
+    "alora_invocation_tokens": "activated LoRA (aLoRA)",
+    "arrow_config": "Arrow routing",
+}
+# These inits rewrite the base weights: such an adapter needs the residual base PEFT saved with it.
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+def _published_base(name: str) -> str:
+    """What the adapter records as its base: a built-in's hub id, so PEFT users online get the same weights."""
+    return assets.hub_id_of(name) or name
 
 
 def _short_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
@@ -63,6 +84,19 @@ def _short_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
         and any(name == t or name.endswith("." + t) for t in leaves)
     }
     return leaves if selected == set(wrapped) else sorted(wrapped)
+
+
+def _short_heads(model: nn.Module, head: list[str]) -> list[str] | None:
+    """``modules_to_save``: leaf names when they select exactly ``head`` under PEFT's rule, else full names.
+
+    PEFT wraps every module whose name *ends with* an entry, with no dot boundary ("classifier" also
+    selects "pre_classifier"), so leaf names are written only when that rule picks out the head alone.
+    """
+    if not head:
+        return None
+    leaves = sorted({h.rsplit(".", 1)[-1] for h in head})
+    selected = {n for n, _ in model.named_modules() if n and any(n.endswith(leaf) for leaf in leaves)}
+    return leaves if selected == set(head) else sorted(head)
 
 
 def _head_tensors(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
@@ -86,8 +120,9 @@ def save_adapter(
 ) -> Path:
     """Write ``model``'s LoRA layers and head modules to ``out_dir`` (PEFT format), atomically.
 
-    The tensors are written to a temporary sibling directory that is renamed into place, so a crash
-    leaves either no adapter or a complete one.
+    A built-in base (``minilm-l6``) is recorded under its hub id; ``model_settings`` keep the name
+    lora-ft loads it by. The files are written to a temporary sibling directory that is renamed into
+    place, so a crash leaves either no adapter or a complete one.
 
     Raises:
         LoraFtError: the model has no LoRA layers, or ``out_dir`` already exists.
@@ -112,12 +147,12 @@ def save_adapter(
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_model_name_or_path,
+        "base_model_name_or_path": _published_base(base_model_name_or_path),
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": first.dropout_p,
         "target_modules": _short_targets(model, list(layers)),
-        "modules_to_save": sorted({h.rsplit(".", 1)[-1] for h in head}) or None,
+        "modules_to_save": _short_heads(model, list(head)),
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": first.rslora,
@@ -145,6 +180,14 @@ def save_adapter(
     return out
 
 
+def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: the first key that matches the end of ``module``."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
 @dataclass
 class Adapter:
     """An adapter read from disk: its config, LoRA tensors per module, head tensors per module."""
@@ -161,26 +204,90 @@ class Adapter:
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")
 
+    @property
+    def num_labels(self) -> int | None:
+        """The label count: our metadata, else the output rows of the head's last projection, else None."""
+        if self.label_names is not None:
+            return len(self.label_names)
+        # HF heads end in `classifier` (BERT, DistilBERT), `classifier.out_proj` (RoBERTa) or `score`.
+        for leaf in ("out_proj", "classifier", "score"):
+            for module, params in self.head.items():
+                weight = params.get("weight")
+                if module.rsplit(".", 1)[-1] == leaf and weight is not None and weight.ndim == 2:
+                    return int(weight.shape[0])
+        return None
+
     def rank_of(self, module: str) -> int:
         return int(self.lora[module][0].shape[0])
 
     def alpha_of(self, module: str) -> float:
-        pattern = self.config.get("alpha_pattern") or {}
-        for key, value in pattern.items():
-            if module == key or module.endswith("." + key):
-                return float(value)
-        return float(self.config["lora_alpha"])
+        return float(
+            _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
+        )
 
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_NAME).is_file()
 
 
+def _check_config(config: Any, cfg_path: Path) -> None:
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        peft_type = config.get("peft_type") if isinstance(config, dict) else None
+        raise LoraFtError(
+            f"{cfg_path}: peft_type {peft_type!r} is not LORA; lora-ft reads LoRA adapters only"
+        )
+    for key in ("r", "lora_alpha"):
+        if key not in config:
+            raise LoraFtError(f"{cfg_path} has no {key!r}; is it a LoRA adapter config?")
+    for key, feature in _UNSUPPORTED.items():
+        if config.get(key):
+            raise LoraFtError(f"{cfg_path}: {feature} adapters are not supported by lora-ft ({key} is set)")
+    if config.get("bias", "none") != "none":
+        raise LoraFtError(
+            f"{cfg_path}: bias={config['bias']!r} adapters also train base biases, which lora-ft does not "
+            "load; only bias='none' is supported"
+        )
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        raise LoraFtError(
+            f"{cfg_path}: init_lora_weights={init!r} rewrites the base weights, so this adapter does not apply "
+            "to the original base; convert it with PEFT (save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
+    unknown = sorted(k for k in set(config) - _KNOWN_KEYS if config[k] not in (None, False, {}, [], ""))
+    if unknown:
+        log.warning(
+            "adapter config %s: ignoring keys lora-ft does not know (from a newer PEFT?): %s; if they change "
+            "what the adapter computes, results will differ from PEFT's",
+            cfg_path,
+            ", ".join(unknown),
+        )
+
+
+def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "corrupt file"
+        raise LoraFtError(f"cannot read {weights_path}: {first} (a corrupt or truncated file?)") from None
+    return tensors, metadata
+
+
+def _metadata_json(metadata: dict[str, str], key: str, weights_path: Path) -> Any:
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise LoraFtError(f"{weights_path}: the {key} record in the header is not valid JSON") from None
+
+
 def read_adapter(path: str | Path) -> Adapter:
     """Read and check an adapter directory (ours or PEFT's).
 
     Raises:
-        LoraFtError: missing files, unreadable safetensors, a non-LoRA or DoRA config, tensors that
+        LoraFtError: missing files, unreadable safetensors, an unsupported LoRA variant, tensors that
             disagree with the config (rank), or a scaling that disagrees with what was trained.
     """
     p = Path(path)
@@ -192,48 +299,30 @@ def read_adapter(path: str | Path) -> Adapter:
     if not weights_path.is_file():
         if (p / "adapter_model.bin").is_file():
             raise LoraFtError(
-                f"adapter {p} has only pickled weights (adapter_model.bin); re-save it with safetensors"
+                f"adapter {p} has only pickled weights (adapter_model.bin), which can run code when loaded; "
+                "re-save it with safetensors (PEFT: save_pretrained(..., safe_serialization=True))"
             )
         raise LoraFtError(f"adapter {p} is incomplete: {WEIGHTS_NAME} is missing")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoraFtError(f"{cfg_path} is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
-        raise LoraFtError(f"{cfg_path}: peft_type {config.get('peft_type')!r} is not LORA")
-    if config.get("use_dora"):
-        raise LoraFtError(f"{cfg_path}: DoRA adapters are not supported yet")
-    unknown = sorted(set(config) - _KNOWN_KEYS)
-    if unknown:
-        log.warning(
-            "adapter config %s: ignoring keys lora-ft does not know: %s", cfg_path, ", ".join(unknown)
-        )
-    for key in ("r", "lora_alpha"):
-        if key not in config:
-            raise LoraFtError(f"{cfg_path} has no {key!r}")
-    try:
-        tensors = load_file(str(weights_path))
-        from safetensors import safe_open
-
-        with safe_open(str(weights_path), "pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoraFtError(
-            f"cannot read {weights_path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}"
-        ) from None
+    _check_config(config, cfg_path)
+    tensors, metadata = _read_weights(weights_path)
 
     lora: dict[str, dict[str, torch.Tensor]] = {}
     head: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in name:
-                module = name.split(marker)[0]
-                lora.setdefault(module, {})[part] = tensor
-                break
+        module, _, param = name.rpartition(".")
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", name)
+        if match:
+            lora.setdefault(match.group(1), {})[match.group(2)] = tensor
+        elif "lora_" in name:  # lora_embedding_A, lora_magnitude_vector, ...: variants we cannot apply
+            raise LoraFtError(f"adapter {p}: tensor {key} belongs to a LoRA variant lora-ft does not support")
+        elif not module:
+            raise LoraFtError(f"adapter {p}: tensor {key} names no module")
         else:
-            module, param = name.rsplit(".", 1)
             head.setdefault(module, {})[param] = tensor
     pairs = {}
     for module, parts in lora.items():
@@ -247,14 +336,15 @@ def read_adapter(path: str | Path) -> Adapter:
         pairs[module] = (a, b)
     if not pairs:
         raise LoraFtError(f"adapter {p} has no lora_A/lora_B tensors")
+    scaling = _metadata_json(metadata, META_SCALING, weights_path) or {}
     adapter = Adapter(
         path=p,
         config=config,
         lora=pairs,
         head=head,
-        scaling={k: float(v) for k, v in json.loads(metadata.get(META_SCALING, "{}")).items()},
-        label_names=json.loads(metadata[META_LABELS]) if META_LABELS in metadata else None,
-        model_settings=json.loads(metadata[META_MODEL]) if META_MODEL in metadata else None,
+        scaling={k: float(v) for k, v in scaling.items()},
+        label_names=_metadata_json(metadata, META_LABELS, weights_path),
+        model_settings=_metadata_json(metadata, META_MODEL, weights_path),
     )
     _check_ranks_and_scaling(adapter)
     return adapter
@@ -262,12 +352,9 @@ def read_adapter(path: str | Path) -> Adapter:
 
 def _check_ranks_and_scaling(adapter: Adapter) -> None:
     cfg = adapter.config
-    rank_pattern = cfg.get("rank_pattern") or {}
     for module in adapter.lora:
         r = adapter.rank_of(module)
-        expected = next(
-            (v for k, v in rank_pattern.items() if module == k or module.endswith("." + k)), cfg["r"]
-        )
+        expected = _pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"])
         if r != expected:
             raise LoraFtError(
                 f"adapter {adapter.path}: {module} has rank {r} in the weights but r={expected} in {CONFIG_NAME}"
@@ -282,73 +369,86 @@ def _check_ranks_and_scaling(adapter: Adapter) -> None:
                 )
 
 
-def apply_adapter(model: nn.Module, adapter: Adapter, *, dropout: float | None = None) -> None:
-    """Wrap ``model``'s target Linears with LoRALinear and load the adapter's LoRA and head tensors.
+def check_adapter(model: nn.Module, adapter: Adapter) -> None:
+    """Check that ``adapter`` fits ``model`` (module names, Linear shapes, head parameters), touching nothing.
 
     Raises:
-        LoraFtError: a module the adapter names is missing from ``model`` or has another shape
-            (the adapter was made for a different base model).
+        LoraFtError: naming the first module that is missing or has another shape, which means the
+            adapter was made for a different base model (or another number of labels).
     """
     modules = dict(model.named_modules())
+    where = f"adapter {adapter.path} (base {adapter.base_model or 'not recorded'})"
     for module, (a, b) in adapter.lora.items():
         target = modules.get(module)
         if target is None:
             raise LoraFtError(
-                f"adapter {adapter.path} was made for another base model: module {module} is not in "
-                f"{type(model).__name__} (adapter base: {adapter.base_model})"
+                f"{where} was made for another base model: module {module} is not in {type(model).__name__}; "
+                "pass the adapter's base model with --base"
             )
+        if isinstance(target, LoRALinear):
+            raise LoraFtError(f"{where}: {module} already has a LoRA layer; load adapters into a plain model")
         if not isinstance(target, nn.Linear):
-            raise LoraFtError(f"adapter {adapter.path}: {module} is a {type(target).__name__}, not a Linear")
+            raise LoraFtError(f"{where}: {module} is a {type(target).__name__} here, not a Linear")
         if a.shape[1] != target.in_features or b.shape[0] != target.out_features:
             raise LoraFtError(
-                f"adapter {adapter.path} was made for another base model: {module} is "
+                f"{where} was made for another base model: {module} is "
                 f"({target.out_features}, {target.in_features}) here but the adapter expects "
                 f"({b.shape[0]}, {a.shape[1]})"
             )
-    p = dropout if dropout is not None else float(adapter.config.get("lora_dropout") or 0.0)
-    init = "gaussian" if adapter.config.get("init_lora_weights") == "gaussian" else "kaiming"
-    for module in adapter.lora:
-        inject_lora(
-            model,
-            [module],
-            r=adapter.rank_of(module),
-            alpha=adapter.alpha_of(module),
-            dropout=p,
-            init=init,
-            rslora=bool(adapter.config.get("use_rslora")),
-            head=[],
-        )
-    layers = lora_layers(model)
-    with torch.no_grad():
-        for module, (a, b) in adapter.lora.items():
-            layers[module].lora_A.copy_(a)
-            layers[module].lora_B.copy_(b)
-    _load_head(model, adapter)
-    # inject_lora froze everything but its own layer on each call; the loaded model trains like a fresh one.
-    for layer in layers.values():
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
-    for name in adapter.head:
-        for param in modules[name].parameters():
-            param.requires_grad_(True)
-
-
-def _load_head(model: nn.Module, adapter: Adapter) -> None:
-    modules = dict(model.named_modules())
     for name, params in adapter.head.items():
         module = modules.get(name)
         if module is None:
-            raise LoraFtError(f"adapter {adapter.path}: head module {name} is not in {type(model).__name__}")
+            raise LoraFtError(
+                f"{where} was made for another base model: head module {name} is not in {type(model).__name__}"
+            )
         own = module.state_dict()
         if set(own) != set(params):
             raise LoraFtError(
-                f"adapter {adapter.path}: head module {name} has parameters {sorted(params)}, "
-                f"the model has {sorted(own)}"
+                f"{where}: head module {name} has parameters {sorted(params)}, the model has {sorted(own)}"
             )
         for pname, tensor in params.items():
             if own[pname].shape != tensor.shape:
                 raise LoraFtError(
-                    f"adapter {adapter.path}: head {name}.{pname} has shape {tuple(tensor.shape)}, the model "
-                    f"expects {tuple(own[pname].shape)} (a different number of labels?)"
+                    f"{where}: head {name}.{pname} has shape {tuple(tensor.shape)}, the model expects "
+                    f"{tuple(own[pname].shape)} (a different number of labels, or another base model)"
                 )
-        module.load_state_dict(params)
+
+
+def apply_adapter(model: nn.Module, adapter: Adapter, *, dropout: float | None = None) -> None:
+    """Wrap ``model``'s target Linears with LoRALinear and load the adapter's LoRA and head tensors.
+
+    Everything is checked (``check_adapter``) before the model is touched. Afterwards the LoRA
+    layers and the head train, as in a fresh ``inject_lora``.
+
+    Raises:
+        LoraFtError: see ``check_adapter``.
+    """
+    check_adapter(model, adapter)
+    p = dropout if dropout is not None else float(adapter.config.get("lora_dropout") or 0.0)
+    init = "gaussian" if adapter.config.get("init_lora_weights") == "gaussian" else "kaiming"
+    # One injection per (rank, alpha): exact full names select exactly the adapter's modules.
+    groups: dict[tuple[int, float], list[str]] = {}
+    for module in adapter.lora:
+        groups.setdefault((adapter.rank_of(module), adapter.alpha_of(module)), []).append(module)
+    for (r, alpha), names in groups.items():
+        inject_lora(
+            model,
+            names,
+            r=r,
+            alpha=alpha,
+            dropout=p,
+            init=init,
+            rslora=bool(adapter.config.get("use_rslora")),
+        )
+    layers = lora_layers(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for module, (a, b) in adapter.lora.items():
+            layers[module].lora_A.copy_(a)
+            layers[module].lora_B.copy_(b)
+        for name, params in adapter.head.items():
+            modules[name].load_state_dict(params)
+    # Each inject_lora call froze everything but LoRA; the head trains too, as in the run that made it.
+    for name in adapter.head:
+        for param in modules[name].parameters():
+            param.requires_grad_(True)

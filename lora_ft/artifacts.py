@@ -1,0 +1,297 @@
+"""Resolve what a user names (RUN_OR_MODEL) into a ready classifier, its tokenizer, labels and provenance.
+
+Accepted, in this order:
+
+- a run directory (``config.yaml`` plus ``adapter/`` or ``model/``), as ``lora-ft train`` writes it;
+- an adapter directory (``adapter_config.json``), ours or PEFT's: the base is rebuilt from our
+  metadata (name, layer cut, revision) or from ``base_model_name_or_path``, or from ``--base``;
+- a plain Hugging Face model directory (``config.json``), e.g. a merged export or a full-method run's
+  ``model/``; a merged export's ``lora-ft.json`` says which data and truncation it was trained with.
+
+A hub id of a built-in model (``sentence-transformers/all-MiniLM-L6-v2``, what our adapters record)
+is loaded from the pinned built-in copy, so adapters stay usable offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lora_ft import assets
+from lora_ft.adapter_io import CONFIG_NAME, Adapter, apply_adapter, read_adapter
+from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
+from lora_ft.errors import LoraFtError
+
+log = logging.getLogger("lora_ft")
+
+PROVENANCE_NAME = "lora-ft.json"  # written next to a merged export's config.json
+PROVENANCE_FORMAT = 1
+_FALLBACK_MAX_LENGTH = 512
+
+
+@dataclass
+class Artifact:
+    """A classifier ready for inference (eval mode, no gradients, CPU, float32 unless saved lower).
+
+    Attributes:
+        kind: ``"adapter"`` (LoRA layers inside, unmerged) or ``"model"`` (a plain checkpoint).
+        path: what the user named.
+        max_length: the truncation the model was trained with (or the model's own limit).
+        base: the base model name the adapter was applied to (adapters only).
+        data: the data the model was trained on, when known (run dirs, merged exports).
+        metrics: the run's ``metrics.json``, when known.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    label_names: list[str]
+    kind: str
+    path: Path
+    max_length: int
+    adapter: Adapter | None = None
+    base: str | None = None
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    data: DataConfig | None = None
+    metrics: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.kind == "adapter":
+            return f"adapter {self.adapter.path} on {self.base}"
+        return f"model {self.path}"
+
+
+@dataclass
+class _Run:
+    path: Path
+    config: RunConfig
+    metrics: dict[str, Any] | None
+
+
+def _read_run(run_dir: Path) -> _Run:
+    data = read_yaml(run_dir / "config.yaml")
+    try:
+        config = config_from_dict(data)
+    except LoraFtError as exc:
+        raise LoraFtError(f"run directory {run_dir}: config.yaml: {exc}") from None
+    metrics_path = run_dir / "metrics.json"
+    metrics = None
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("run directory %s: metrics.json is not valid JSON; ignoring it", run_dir)
+    return _Run(run_dir, config, metrics)
+
+
+def _run_holding(path: Path) -> _Run | None:
+    """The run a run's ``adapter/`` or ``model/`` subdirectory belongs to."""
+    parent = path.parent
+    if path.name in ("adapter", "model") and (parent / "config.yaml").is_file():
+        return _read_run(parent)
+    return None
+
+
+def load_artifact(path: str | Path, *, base: str | None = None) -> Artifact:
+    """Load a run directory, an adapter directory or a model directory (see the module docstring).
+
+    Args:
+        path: the directory.
+        base: for adapters, the base model to apply it to instead of the one it records (a built-in
+            name, a directory or a hub id); the recorded layer cut still applies.
+
+    Raises:
+        LoraFtError: a path that is none of the three, an adapter that does not fit its base, a base
+            that cannot be found, or a model directory with no trained classification head.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LoraFtError(
+            f"{path} not found; give a run directory, an adapter directory (adapter_config.json) or a "
+            "model directory (config.json)"
+        )
+    if not p.is_dir():
+        raise LoraFtError(
+            f"{path} is a file; give a run directory, an adapter directory or a model directory"
+        )
+    if (p / "config.yaml").is_file():
+        run = _read_run(p)
+        if (p / "adapter" / CONFIG_NAME).is_file():
+            return _from_adapter(p / "adapter", p, run, base)
+        if (p / "model" / "config.json").is_file():
+            return _from_model(p / "model", p, run, base)
+        raise LoraFtError(
+            f"run directory {p} has neither adapter/ nor model/; was the run interrupted? Train it again"
+        )
+    if (p / CONFIG_NAME).is_file():
+        return _from_adapter(p, p, _run_holding(p), base)
+    if (p / "config.json").is_file():
+        return _from_model(p, p, _run_holding(p), base)
+    listing = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
+    raise LoraFtError(
+        f"{p} is not a run, adapter or model directory (no config.yaml, {CONFIG_NAME} or config.json; "
+        f"it holds: {listing})"
+    )
+
+
+def _builtin_or(name: str, revision: str | None) -> str:
+    """A hub id whose weights are a built-in's -> the built-in name (no network needed)."""
+    builtin = assets.builtin_for_hub_id(name) if revision is None else None
+    return builtin or name
+
+
+def _base_config(adapter: Adapter, run: _Run | None, base: str | None) -> ModelConfig:
+    settings = adapter.model_settings or {}
+    if run is not None:
+        cfg = dataclasses.replace(run.config.model)
+    else:
+        name = settings.get("name") or adapter.base_model
+        if not name and base is None:
+            raise LoraFtError(
+                f"adapter {adapter.path} does not record its base model (no base_model_name_or_path); "
+                "pass it with --base"
+            )
+        cfg = ModelConfig(
+            name=name or base,
+            num_layers=settings.get("num_layers"),
+            revision=settings.get("revision") or adapter.config.get("revision"),
+        )
+    if base is not None:
+        cfg = dataclasses.replace(cfg, name=base, revision=None)
+    return dataclasses.replace(cfg, name=_builtin_or(cfg.name, cfg.revision))
+
+
+def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) -> list[str]:
+    """Label names: our metadata, else the run's, else as many as the head has rows (names from the base)."""
+    if adapter.label_names is not None:
+        return list(adapter.label_names)
+    if run is not None and run.metrics and run.metrics.get("label_names"):
+        return list(run.metrics["label_names"])
+    from transformers import AutoConfig
+
+    from lora_ft.modeling import resolve_model_path
+
+    try:
+        base_config = AutoConfig.from_pretrained(
+            resolve_model_path(model_cfg.name),
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoraFtError(f"cannot read the config of model {model_cfg.name}: {first}") from None
+    count = adapter.num_labels or base_config.num_labels
+    names = [base_config.id2label.get(i, f"LABEL_{i}") for i in range(count)]
+    return names if len(set(names)) == count else [f"LABEL_{i}" for i in range(count)]
+
+
+def _covered(module: str, head: dict[str, Any]) -> bool:
+    return any(module == h or module.startswith(h + ".") or h.startswith(module + ".") for h in head)
+
+
+def _ready(model: nn.Module) -> nn.Module:
+    model.eval()  # LoRALinear modules are created in training mode: their dropout must be off
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _from_adapter(adir: Path, named: Path, run: _Run | None, base: str | None) -> Artifact:
+    from lora_ft.modeling import load_model
+
+    adapter = read_adapter(adir)
+    model_cfg = _base_config(adapter, run, base)
+    try:
+        labels = _adapter_labels(adapter, run, model_cfg)
+        loaded = load_model(model_cfg, labels)
+    except LoraFtError as exc:
+        raise LoraFtError(
+            f"{exc} (the base model of adapter {adir}; pass --base to use another copy)"
+        ) from None
+    model = loaded.model.float()  # merging and its verification happen in float32
+    apply_adapter(model, adapter)
+    random = [m for m in loaded.newly_initialized if not _covered(m, adapter.head)]
+    if random:
+        raise LoraFtError(
+            f"base model {model_cfg.name} lacks {', '.join(random)}, which would be randomly initialised, and "
+            f"adapter {adir} does not hold it; the adapter must be saved with it (PEFT: modules_to_save)"
+        )
+    settings = {"name": model_cfg.name, "num_layers": model_cfg.num_layers, "revision": model_cfg.revision}
+    return Artifact(
+        model=_ready(model),
+        tokenizer=loaded.tokenizer,
+        label_names=labels,
+        kind="adapter",
+        path=named,
+        max_length=run.config.data.max_length if run else _model_max_length(loaded.tokenizer, model),
+        adapter=adapter,
+        base=model_cfg.name,
+        model_settings=settings,
+        run_dir=run.path if run else None,
+        data=run.config.data if run else None,
+        metrics=run.metrics if run else None,
+    )
+
+
+def _read_provenance(mdir: Path) -> dict[str, Any]:
+    path = mdir / PROVENANCE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s is not valid JSON; ignoring it", path)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _from_model(mdir: Path, named: Path, run: _Run | None, base: str | None) -> Artifact:
+    from transformers import AutoConfig
+
+    from lora_ft.modeling import load_model
+
+    if base is not None:
+        raise LoraFtError(f"--base applies to adapters; {mdir} is a complete model")
+    try:
+        config = AutoConfig.from_pretrained(mdir)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoraFtError(f"cannot read {mdir / 'config.json'}: {first}") from None
+    labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    loaded = load_model(ModelConfig(name=str(mdir)), labels)
+    if loaded.newly_initialized:
+        raise LoraFtError(
+            f"{mdir} has no trained classification head ({', '.join(loaded.newly_initialized)} would be "
+            "randomly initialised); give a fine-tuned model, a run directory or an adapter"
+        )
+    provenance = _read_provenance(mdir)
+    data = run.config.data if run else None
+    if data is None and isinstance(provenance.get("data"), dict):
+        data = config_from_dict({"data": provenance["data"]}).data
+    max_length = data.max_length if data else _model_max_length(loaded.tokenizer, loaded.model)
+    return Artifact(
+        model=_ready(loaded.model),
+        tokenizer=loaded.tokenizer,
+        label_names=labels,
+        kind="model",
+        path=named,
+        max_length=max_length,
+        run_dir=run.path if run else None,
+        data=data,
+        metrics=run.metrics if run else provenance.get("metrics"),
+        provenance=provenance,
+    )
+
+
+def _model_max_length(tokenizer, model: nn.Module) -> int:
+    """The longest input both the tokenizer and the position embeddings accept."""
+    positions = getattr(model.config, "max_position_embeddings", None) or _FALLBACK_MAX_LENGTH
+    limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LENGTH
+    return int(min(positions, limit, _FALLBACK_MAX_LENGTH))
