@@ -1,0 +1,239 @@
+"""``lora-ft merge``, ``eval`` and ``predict``: use what ``train`` made, or any classifier directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_ft.cli import app, guarded
+from lora_ft.errors import LoraFtError
+
+# Below this many sentences a progress bar would only flicker.
+PROGRESS_MIN_SENTENCES = 1000
+
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        help="A run directory, an adapter directory (ours or PEFT's) or a model directory (e.g. a merged export)."
+    ),
+]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base", help="For adapters: the base model to use instead of the one the adapter records."
+    ),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sentences per forward pass.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda.")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@app.command()
+@guarded
+def merge(
+    run_or_adapter: SourceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged checkpoint.")],
+    dtype: Annotated[
+        str,
+        typer.Option("--dtype", help="Saved precision: float32 | float16 | bfloat16 (drift is measured)."),
+    ] = "float32",
+    base: BaseOpt = None,
+    probe: Annotated[int, typer.Option("--probe", help="Sentences in the verification batch.")] = 64,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Fold a LoRA adapter into its base model, verify, and write a plain Hugging Face checkpoint.
+
+    The merge is verified before anything is written: on a probe batch of the run's validation
+    sentences (or built-in ones) the merged model must match the adapter model to max |Δlogit| ≤ 1e-4
+    with identical predictions. The result loads with `AutoModelForSequenceClassification.from_pretrained`.
+
+    Examples:
+
+        lora-ft merge runs/smoke --out runs/smoke-merged
+
+        lora-ft merge runs/smoke/adapter --out merged-bf16 --dtype bfloat16
+
+        lora-ft merge ./peft-adapter --base ./my-base-model --out merged --force
+    """
+    from lora_ft.export import TOLERANCE, export_merged
+
+    report = export_merged(run_or_adapter, out, base=base, dtype=dtype, force=force, probe_size=probe)
+    console = _console()
+    console.print(f"probe: {report.probe_source}")
+    accuracy = f", probe accuracy {report.accuracy:.4f}" if report.accuracy is not None else ""
+    console.print(
+        f"float32 merge vs adapter: max |Δlogit| {report.max_abs_logit_diff:.2e} (limit {TOLERANCE:g}), "
+        f"predictions identical{accuracy}"
+    )
+    if report.drift is not None:
+        d = report.drift
+        accuracy = f", probe accuracy {d['accuracy']:.4f}" if d["accuracy"] is not None else ""
+        console.print(
+            f"{report.dtype} vs float32: max |Δlogit| {d['max_abs_logit_diff']:.2e}, predictions agree on "
+            f"{d['agreement']:.1%}{accuracy}"
+        )
+    console.print(f"wrote {report.out}")
+
+
+@app.command("eval")
+@guarded
+def eval_(
+    run_or_model: SourceArg,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data to evaluate on (as data.name); default: the run's, else rt-sentences."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="train | validation | test.")] = "test",
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Sentence column of --data.")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Label column of --data.")
+    ] = None,
+    base: BaseOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+) -> None:
+    """Accuracy, F1 and loss of a run, adapter or model directory on one data split.
+
+    Examples:
+
+        lora-ft eval runs/smoke                          # the run's own test split
+
+        lora-ft eval runs/smoke-merged --split validation
+
+        lora-ft eval ./my-model --data reviews.csv --text-column review --label-column stars
+    """
+    from lora_ft.artifacts import load_artifact
+    from lora_ft.config import DataConfig
+    from lora_ft.predict import evaluate
+
+    if split not in ("train", "validation", "test"):
+        raise LoraFtError(f"--split must be train, validation or test, got {split!r}")
+    artifact = load_artifact(run_or_model, base=base)
+    cfg = None
+    if data is not None:
+        cfg = DataConfig(
+            name=data, text_column=text_column or "sentence", label_column=label_column or "label"
+        )
+    elif text_column or label_column:
+        known = artifact.data or DataConfig()
+        cfg = dataclasses.replace(
+            known,
+            text_column=text_column or known.text_column,
+            label_column=label_column or known.label_column,
+        )
+    metrics = evaluate(artifact, cfg, split, batch_size=batch_size, device=device, progress=True)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{artifact.describe()}: {metrics['split']} split of {metrics['data']}")
+    for column in ("samples", "accuracy", "F1", "loss"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(metrics["samples"]),
+        f"{metrics['accuracy']:.4f}",
+        f"{metrics['f1']:.4f}",
+        f"{metrics['loss']:.4f}",
+    )
+    _console().print(table)
+
+
+def _read_lines(stream, where: str) -> list[str]:
+    try:
+        lines = stream.read().splitlines()
+    except UnicodeDecodeError:
+        raise LoraFtError(f"{where} is not UTF-8 text; re-save it as UTF-8") from None
+    # Blank lines (a trailing newline, spacing) carry no sentence; every other line is one input.
+    return [line for line in lines if line.strip()]
+
+
+def _inputs(texts: list[str], file: Path | None) -> list[str]:
+    if file is not None and texts:
+        raise LoraFtError('give sentences as arguments, with --file, or "-" for stdin; not several at once')
+    if file is not None:
+        if not file.is_file():
+            raise LoraFtError(f"--file {file} not found")
+        with file.open(encoding="utf-8") as f:
+            return _read_lines(f, str(file))
+    if texts == ["-"]:
+        return _read_lines(sys.stdin, "stdin")
+    if "-" in texts:
+        raise LoraFtError('"-" (read stdin) must be the only sentence argument')
+    return list(texts)
+
+
+@app.command()
+@guarded
+def predict(
+    run_or_model: SourceArg,
+    texts: Annotated[
+        list[str] | None, typer.Argument(help='Sentences to classify; "-" reads one per line from stdin.')
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A UTF-8 text file, one sentence per line.")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per line: text, label, probability, probabilities."),
+    ] = False,
+    base: BaseOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Classify sentences: the label and its probability, one line per sentence, in input order.
+
+    Plain output is tab-separated `label<TAB>probability<TAB>sentence`.
+
+    Examples:
+
+        lora-ft predict runs/smoke "a gorgeous, moving film" "tedious and flat"
+
+        lora-ft predict runs/smoke-merged --file reviews.txt --json > predictions.jsonl
+
+        cat reviews.txt | lora-ft predict runs/smoke -
+    """
+    from lora_ft.artifacts import load_artifact
+    from lora_ft.predict import predict as run_predict
+
+    sentences = _inputs(list(texts or []), file)
+    if not sentences:
+        raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
+    artifact = load_artifact(run_or_model, base=base)
+    predictions = run_predict(
+        artifact,
+        sentences,
+        batch_size=batch_size,
+        device=device,
+        progress=len(sentences) >= PROGRESS_MIN_SENTENCES,
+    )
+    lines = (
+        json.dumps(
+            {
+                "text": p.text,
+                "label": p.label,
+                "probability": p.probability,
+                "probabilities": p.probabilities,
+            },
+            ensure_ascii=False,
+        )
+        if as_json
+        else f"{p.label}\t{p.probability:.4f}\t{p.text}"
+        for p in predictions
+    )
+    typer.echo("\n".join(lines))

@@ -1,0 +1,316 @@
+"""Merge a LoRA adapter into its base, verify the merge on real sentences, write a plain HF checkpoint.
+
+The merge is done in float32 with ``LoRALinear.delta_weight()`` (the same update the adapter model
+computes), and nothing is written unless the merged model reproduces the adapter model on a probe
+batch: max |Δlogit| ≤ ``TOLERANCE`` and identical predictions. The checkpoint (``config.json`` with
+the labels, ``model.safetensors``, tokenizer files, a model card and ``lora-ft.json``) is built in a
+hidden temporary directory and renamed into place, so it loads with
+``AutoModelForSequenceClassification.from_pretrained`` with no lora-ft or PEFT installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lora_ft import __version__, assets
+from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
+from lora_ft.errors import LoraFtError
+from lora_ft.inject import lora_layers, merge_and_unload
+from lora_ft.predict import predict_logits
+
+log = logging.getLogger("lora_ft")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOLERANCE = 1e-4
+DEFAULT_PROBE_SIZE = 64
+# Used when the run's data is unknown or unreadable: varied length, sentiment and vocabulary.
+PROBE_SENTENCES = [
+    "A gorgeous, deeply moving film with two superb performances.",
+    "The plot is a tedious mess and the jokes fall flat.",
+    "It's not great, but it is never boring either.",
+    "An instant classic.",
+    "I wanted to leave after twenty minutes.",
+    "The cinematography is stunning, even when the script wobbles in its second half.",
+    "Dull, lifeless and far too long.",
+    "Sharp, funny and surprisingly warm.",
+    "The film opens in Paris in 1962.",
+    "Neither the director nor the cast seems to know what this story is about.",
+    "A small, wise movie that earns every one of its tears.",
+    "Predictable from start to finish.",
+    "Its ambition outruns its budget, yet the result is strangely affecting.",
+    "Worst sequel of the decade.",
+    "You will laugh, and then you will think about it for days.",
+    "Two hours of noise.",
+]
+
+
+@dataclass
+class Probe:
+    texts: list[str]
+    labels: np.ndarray | None  # model label ids, when the sentences come with labels
+    source: str
+
+
+@dataclass
+class MergeReport:
+    """What ``export_merged`` measured and wrote.
+
+    Attributes:
+        max_abs_logit_diff: float32 merged model vs adapter model, over the probe batch.
+        agreement: fraction of probe sentences on which both predict the same label (1.0 to pass).
+        accuracy: the float32 merged model's probe accuracy (labelled probes only).
+        drift: for ``dtype`` below float32, the saved model vs the float32 merge:
+            ``{"max_abs_logit_diff", "agreement", "accuracy"}``.
+    """
+
+    out: Path
+    dtype: str
+    probe_source: str
+    probe_size: int
+    max_abs_logit_diff: float
+    agreement: float
+    accuracy: float | None
+    drift: dict[str, Any] | None = None
+
+
+def probe_batch(artifact: Artifact, size: int = DEFAULT_PROBE_SIZE) -> Probe:
+    """``size`` validation sentences of the data the model was trained on, else the built-in sentences."""
+    from lora_ft.data import load_data
+    from lora_ft.predict import label_map
+
+    if size < 1:
+        raise LoraFtError(f"--probe must be >= 1, got {size}")
+    if artifact.data is not None:
+        try:
+            data = load_data(artifact.data)
+        except LoraFtError as exc:
+            log.warning("cannot read the run's data for the merge probe (%s); using built-in sentences", exc)
+        else:
+            ds = data.splits["validation"]
+            ds = ds.select(range(min(size, len(ds))))
+            labels = label_map(data.label_names, artifact.label_names)[np.asarray(ds["label"][:])]
+            return Probe(ds["sentence"][:], labels, f"{len(ds)} validation sentences of {data.source}")
+    texts = PROBE_SENTENCES[:size]
+    return Probe(texts, None, f"{len(texts)} built-in sentences")
+
+
+def _compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    return {
+        "max_abs_logit_diff": float(np.abs(reference - other).max()) if reference.size else 0.0,
+        "agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()) if len(reference) else 1.0,
+        "accuracy": float((other.argmax(-1) == labels).mean())
+        if labels is not None and len(labels)
+        else None,
+    }
+
+
+def _check_plain(model: torch.nn.Module) -> None:
+    """After unloading: no LoRA layer left, and exactly the state-dict keys of the base architecture."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        reference = AutoModelForSequenceClassification.from_config(model.config)
+    extra = sorted(set(model.state_dict()) ^ set(reference.state_dict()))
+    if lora_layers(model) or extra:
+        raise LoraFtError(
+            f"the merged model does not have the base architecture's keys: {', '.join(extra[:5])}"
+        )
+
+
+def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
+    from lora_ft.train import check_output_dir
+
+    check_output_dir(out, force)
+    target = out.resolve()
+    for src in sources:
+        s = src.resolve()
+        if s == target or s.is_relative_to(target):
+            raise LoraFtError(f"--out {out} would replace the source {src}; choose another --out")
+
+
+def export_merged(
+    path: str | Path,
+    out: str | Path,
+    *,
+    base: str | None = None,
+    dtype: str = "float32",
+    force: bool = False,
+    probe_size: int = DEFAULT_PROBE_SIZE,
+) -> MergeReport:
+    """Merge the adapter of a run or adapter directory into its base and write a plain checkpoint to ``out``.
+
+    Args:
+        path: a run directory (LoRA method) or an adapter directory (ours or PEFT's).
+        out: the checkpoint directory to write; an existing one is replaced only with ``force``.
+        base: the base model, overriding the one the adapter records.
+        dtype: the saved precision; below float32 the drift against the float32 merge is measured.
+        probe_size: sentences in the verification batch.
+
+    Raises:
+        LoraFtError: bad input (see ``load_artifact``), an unknown dtype, ``out`` existing without
+            ``force`` or unwritable, or a merge that does not reproduce the adapter model.
+    """
+    if dtype not in DTYPES:
+        raise LoraFtError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    out = Path(out).expanduser()
+    _check_out(out, force, [Path(path).expanduser()])
+    artifact = load_artifact(path, base=base)
+    if artifact.kind != "adapter":
+        raise LoraFtError(
+            f"{path} holds a complete model, not a LoRA adapter: there is nothing to merge, and it already "
+            "loads with AutoModelForSequenceClassification.from_pretrained"
+        )
+    if artifact.run_dir is not None:
+        _check_out(out, force, [artifact.run_dir])
+    probe = probe_batch(artifact, probe_size)
+    model, tok = artifact.model, artifact.tokenizer
+
+    def logits() -> np.ndarray:
+        return predict_logits(model, tok, probe.texts, max_length=artifact.max_length, device="cpu")
+
+    reference = logits()
+    merge_and_unload(model)
+    merged = logits()
+    check = _compare(reference, merged, probe.labels)
+    if check["max_abs_logit_diff"] > TOLERANCE or check["agreement"] < 1.0:
+        raise LoraFtError(
+            f"merge verification failed on {probe.source}: max |Δlogit| {check['max_abs_logit_diff']:.3g} "
+            f"(limit {TOLERANCE:g}), predictions agree on {check['agreement']:.1%}; nothing was written"
+        )
+    _check_plain(model)
+    report = MergeReport(
+        out=out,
+        dtype=dtype,
+        probe_source=probe.source,
+        probe_size=len(probe.texts),
+        max_abs_logit_diff=check["max_abs_logit_diff"],
+        agreement=check["agreement"],
+        accuracy=check["accuracy"],
+    )
+    if dtype != "float32":
+        model.to(DTYPES[dtype])
+        report.drift = _compare(merged, logits(), probe.labels)
+    _write(artifact, report)
+    return report
+
+
+def _write(artifact: Artifact, report: MergeReport) -> None:
+    from lora_ft.train import publish_dir
+
+    out = report.out
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        artifact.model.save_pretrained(tmp)
+        artifact.tokenizer.save_pretrained(tmp)
+        provenance = _provenance(artifact, report)
+        (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(artifact, report, provenance), encoding="utf-8")
+        publish_dir(tmp, out)
+    except OSError as exc:
+        raise LoraFtError(f"cannot write {out}: {exc.strerror or exc} (choose another --out)") from None
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:
+    adapter = artifact.adapter
+    settings = artifact.model_settings
+    cfg = adapter.config
+    return {
+        "format": PROVENANCE_FORMAT,
+        "lora_ft_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": str(artifact.path),
+        "base_model": assets.hub_id_of(settings["name"]) or settings["name"],
+        "base_settings": settings,
+        "adapter": {
+            "r": cfg.get("r"),
+            "lora_alpha": cfg.get("lora_alpha"),
+            "use_rslora": bool(cfg.get("use_rslora")),
+            "modules": len(adapter.lora),
+            "targets": sorted({m.rsplit(".", 1)[-1] for m in adapter.lora}),
+            "head": sorted(adapter.head),
+        },
+        "label_names": artifact.label_names,
+        "data": dataclasses.asdict(artifact.data) if artifact.data else None,
+        "metrics": artifact.metrics,
+        "merge": {k: v for k, v in dataclasses.asdict(report).items() if k != "out"},
+    }
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "—"
+
+
+def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, Any]) -> str:
+    """A short README.md: what the model is, its labels, the run's metrics and the merge figures."""
+    base = provenance["base_model"]
+    settings = provenance["base_settings"]
+    cut = f" (first {settings['num_layers']} layers)" if settings.get("num_layers") else ""
+    ad = provenance["adapter"]
+    labels = ", ".join(f"{i} = {name}" for i, name in enumerate(artifact.label_names))
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        f"base_model: {base}",
+        "tags: [lora, lora-ft, merged]",
+        "---",
+        "",
+        f"# {report.out.name}",
+        "",
+        f"A `{type(artifact.model).__name__}`: the LoRA adapter of `{artifact.path}` (r={ad['r']}, "
+        f"alpha={ad['lora_alpha']:g}, {ad['modules']} modules: {', '.join(ad['targets'])}; head "
+        f"{', '.join(ad['head']) or 'none'} trained fully) merged into `{base}`{cut} by lora-ft {__version__}. "
+        "A plain checkpoint: neither lora-ft nor PEFT is needed to load it.",
+        "",
+        f"Labels: {labels}.",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'classifier = pipeline("text-classification", model="{report.out.name}")',
+        "```",
+        "",
+    ]
+    metrics = artifact.metrics or {}
+    rows = [(s, metrics[s]) for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
+    if rows:
+        lines += [f"## Metrics of the training run (data: {metrics.get('data', 'unknown')})", ""]
+        lines += ["| split | accuracy | F1 | loss |", "|---|---|---|---|"]
+        lines += [
+            f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |"
+            for s, m in rows
+        ]
+        lines.append("")
+    lines += [
+        "## Merge verification",
+        "",
+        f"Probe: {report.probe_source}. The float32 merged model against the adapter model: max |Δlogit| = "
+        f"{report.max_abs_logit_diff:.2e} (limit {TOLERANCE:g}); identical predictions on all "
+        f"{report.probe_size} sentences"
+        + (f"; probe accuracy {report.accuracy:.4f}." if report.accuracy is not None else "."),
+    ]
+    if report.drift is not None:
+        d = report.drift
+        acc = f", probe accuracy {d['accuracy']:.4f}" if d["accuracy"] is not None else ""
+        lines += [
+            "",
+            f"Saved as {report.dtype}: max |Δlogit| = {d['max_abs_logit_diff']:.2e} against float32, predictions "
+            f"agree on {d['agreement']:.1%}{acc}.",
+        ]
+    lines += ["", f"Provenance in `{PROVENANCE_NAME}`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,211 @@
+"""Inference: batched logits for many sentences, label predictions, and evaluation on a data split.
+
+Sentences are tokenized once, sorted by length and batched, so each batch pads only to its own
+longest sentence; results come back in the input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lora_ft.artifacts import Artifact
+from lora_ft.config import DataConfig
+from lora_ft.errors import LoraFtError
+
+log = logging.getLogger("lora_ft")
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise LoraFtError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LoraFtError("--device cuda needs a CUDA GPU; use cpu")
+    return resolved
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("classifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not enabled or not console.is_terminal,
+    )
+
+
+def predict_logits(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits ``(N, K)`` (float32, input order) of ``model`` for ``texts``, truncated to ``max_length`` tokens.
+
+    Args:
+        progress: show a progress bar on stderr (when it is a terminal).
+    """
+    if batch_size < 1:
+        raise LoraFtError(f"--batch-size must be >= 1, got {batch_size}")
+    if not texts:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    model.to(device)
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    bar = _progress(progress)
+    with bar, torch.inference_mode():
+        task = bar.add_task("classifying", total=len(texts))
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            width = int(lengths[idx].max())
+            batch = {}
+            for key in keys:
+                fill = pad_id if key == "input_ids" else 0
+                arr = np.full((len(idx), width), fill, dtype=np.int64)  # (B, T)
+                for row, i in enumerate(idx):
+                    ids = encoded[key][i]
+                    arr[row, : len(ids)] = ids
+                batch[key] = torch.from_numpy(arr).to(device)
+            out[idx] = model(**batch).logits.float().cpu().numpy()
+            bar.advance(task, len(idx))
+    return out
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def predict(
+    artifact: Artifact,
+    texts: list[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+) -> list[Prediction]:
+    """The most likely label of each text, with its softmax probability and every label's."""
+    logits = predict_logits(
+        artifact.model,
+        artifact.tokenizer,
+        texts,
+        max_length=artifact.max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    names = artifact.label_names
+    return [
+        Prediction(
+            text, names[int(p.argmax())], float(p.max()), {n: float(v) for n, v in zip(names, p, strict=True)}
+        )
+        for text, p in zip(texts, probs, strict=True)
+    ]
+
+
+_GENERIC = re.compile(r"(LABEL_)?\d+")
+
+
+def label_map(data_names: list[str], model_names: list[str]) -> np.ndarray:
+    """Data label id -> model label id: by name when the model knows every data label, else by position.
+
+    Raises:
+        LoraFtError: the data and the model have a different number of labels and names that do not match.
+    """
+    if all(n in model_names for n in data_names):
+        return np.array([model_names.index(n) for n in data_names])
+    if len(data_names) != len(model_names):
+        raise LoraFtError(
+            f"the data has labels {', '.join(data_names)} but the model predicts {', '.join(model_names)}; "
+            "evaluate on data with the model's labels"
+        )
+    if not all(_GENERIC.fullmatch(n) for n in data_names) and not all(
+        _GENERIC.fullmatch(n) for n in model_names
+    ):
+        log.warning(
+            "matching data labels %s to model labels %s by position",
+            ", ".join(data_names),
+            ", ".join(model_names),
+        )
+    return np.arange(len(data_names))
+
+
+def evaluate(
+    artifact: Artifact,
+    data: DataConfig | None = None,
+    split: str = "test",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Accuracy, F1 and mean cross-entropy loss of ``artifact`` on one split of ``data``.
+
+    ``data`` defaults to the data the model was trained on (run dirs, merged exports), else the
+    built-in ``rt-sentences``. Sentences are truncated as in training (``artifact.max_length``).
+
+    Returns:
+        ``{"split", "data", "samples", "accuracy", "f1", "loss"}``.
+
+    Raises:
+        LoraFtError: unreadable data, a missing split, or labels that do not fit the model.
+    """
+    from lora_ft.data import load_data
+    from lora_ft.train import classification_metrics
+
+    cfg = data or artifact.data or DataConfig()
+    loaded = load_data(cfg)
+    if split not in loaded.splits:
+        raise LoraFtError(
+            f"data {loaded.source} has no {split} split; splits are: {', '.join(loaded.splits)}"
+        )
+    ds = loaded.splits[split]
+    labels = label_map(loaded.label_names, artifact.label_names)[np.asarray(ds["label"][:])]
+    logits = predict_logits(
+        artifact.model,
+        artifact.tokenizer,
+        ds["sentence"][:],
+        max_length=artifact.max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    return {
+        "split": split,
+        "data": loaded.source,
+        "samples": len(labels),
+        **classification_metrics(logits, labels),
+        "loss": float(loss),
+    }
