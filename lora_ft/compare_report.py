@@ -1,0 +1,346 @@
+"""What ``lora-ft compare`` shows and writes: a live progress display, two rich tables (quality and
+cost), and ``DIR/report.md`` (the same tables and the plots), ``DIR/results.json`` and the PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from lora_ft.compare import Comparison, RunResult, RunSpec, read_log
+from lora_ft.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
+
+PLOTS = {
+    "curves": "curves.png",
+    "params": "accuracy_vs_params.png",
+    "rank": "accuracy_vs_rank.png",
+}
+
+NOTES = [
+    "**train time** is the Trainer's `train_runtime` (it includes the periodic evaluations); "
+    "**samples/s** counts the optimisation steps only: samples seen / (train time − evaluation time), "
+    "because the evaluations cost every method the same forward passes.",
+    "**peak RSS** is the worker process's peak resident memory from the first training step to the end of "
+    "the final evaluation; **train memory** is that peak minus the RSS just before the first step (what "
+    "training adds on top of the loaded model and data). Each run is its own process, so peaks are not shared.",
+    "**optimizer state**: AdamW keeps two fp32 moments per trainable parameter: 8 bytes × trainable params.",
+    "**shipped** is the size on disk of what must be shipped: `adapter/` (LoRA: the low-rank factors and "
+    "the trained head) or `model/` (full and head-only: the whole model with its tokenizer files).",
+    "Ratios in parentheses are value / full fine-tuning's (for samples/s, above 1 means faster). "
+    "KB, MB, GB = 2^10, 2^20, 2^30 bytes. With several seeds, values are mean ± sample standard deviation.",
+]
+
+
+def fmt_stat(stat: dict[str, Any] | None, spec: str = ".4f", suffix: str = "") -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    text = f"{stat['mean']:{spec}}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std']:{spec}}"
+    return text + suffix
+
+
+def fmt_count(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def fmt_mb(mb: float) -> str:
+    if mb >= 1024:
+        return f"{mb / 1024:.2f} GB"
+    if mb >= 1:
+        return f"{mb:.1f} MB"
+    return f"{mb * 1024:.1f} KB"
+
+
+def _with_ratio(row: dict[str, Any], key: str, text: str) -> str:
+    ratio = (row.get("vs_full") or {}).get(key)
+    if ratio is None or row["method"] == "full":
+        return text
+    return f"{text} ({ratio:.3g}×)"
+
+
+def _status(row: dict[str, Any]) -> str:
+    total = len(row["runs"])
+    if row["status"] == "failed":
+        return "FAILED"
+    return f"{len(row['seeds'])}/{total} seeds" if row["status"] == "partial" or total > 1 else "ok"
+
+
+def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    splits = [s for s in ("validation", "test") if any(r.get(s) for r in rows)]
+    headers = ["method", "status", "learning rate"]
+    short = {"validation": "val", "test": "test"}
+    headers += [f"{short[s]} {m}" for s in splits for m in ("acc", "F1", "loss")]
+    cells = []
+    for row in rows:
+        line = [row["label"], _status(row), f"{row['learning_rate']:.1e}" if "learning_rate" in row else "—"]
+        for split in splits:
+            stats = row.get(split) or {}
+            line += [fmt_stat(stats.get(k)) for k in ("accuracy", "f1", "loss")]
+        cells.append(line)
+    return headers, cells
+
+
+def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    cuda = any((r.get("cuda_peak_memory_mb") or {}).get("n") for r in rows)
+    headers = [
+        "method",
+        "trainable params",
+        "% of total",
+        "train time",
+        "samples/s",
+        "peak RSS",
+        "train memory",
+    ]
+    headers += ["CUDA peak"] if cuda else []
+    headers += ["optimizer state", "shipped"]
+    cells = []
+    for row in rows:
+        if row["status"] == "failed":
+            cells.append([row["label"], *["—"] * (len(headers) - 1)])
+            continue
+        line = [
+            row["label"],
+            _with_ratio(row, "trainable_params", fmt_count(row["trainable_params"])),
+            f"{row['trainable_percent']:.3g}%",
+            _with_ratio(row, "train_seconds", fmt_stat(row["train_seconds"], ".1f", " s")),
+            _with_ratio(row, "train_samples_per_second", fmt_stat(row["train_samples_per_second"], ".1f")),
+            _with_ratio(row, "peak_memory_mb", fmt_stat(row["peak_memory_mb"], ".0f", " MB")),
+            _with_ratio(row, "train_memory_mb", fmt_stat(row["train_memory_mb"], ".0f", " MB")),
+        ]
+        line += [fmt_stat(row["cuda_peak_memory_mb"], ".0f", " MB")] if cuda else []
+        line += [
+            _with_ratio(row, "optimizer_state_mb", fmt_mb(row["optimizer_state_mb"])),
+            # The same files for every seed: the mean is the size.
+            _with_ratio(row, "ship_mb", f"{row['ship_dir']}/ {fmt_mb(row['ship_mb']['mean'])}"),
+        ]
+        cells.append(line)
+    return headers, cells
+
+
+def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    align = ["---"] + ["--:"] * (len(headers) - 1)
+    return "\n".join([line(headers), "| " + " | ".join(align) + " |", *(line(c) for c in cells)])
+
+
+def _cpu_name() -> str:
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                return text.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": load,
+    }
+
+
+def setup_lines(c: Comparison) -> list[str]:
+    cfg = c.cfg
+    first = next((r.metrics for r in c.results if r.ok), None)
+    samples = f"{first['train_samples']:,}" if first else str(cfg.data.max_train_samples or "all")
+    evals = (
+        f"every {cfg.train.eval_steps} steps"
+        if cfg.train.eval_strategy == "steps"
+        else f"each {cfg.train.eval_strategy}"
+    )
+    methods = list(dict.fromkeys(s.method for s in c.specs))
+    rates = ", ".join(f"{m} {cfg.train.lr_for(m):.1e}" for m in methods)
+    seeds = sorted({s.seed for s in c.specs})
+    lines = [
+        f"model `{cfg.model.name}`"
+        + (f" (first {cfg.model.num_layers} layers)" if cfg.model.num_layers else "")
+        + f", data `{cfg.data.name}`: {samples} training sentences, max_length {cfg.data.max_length}",
+        f"the same budget for every method: {cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, "
+        f"{cfg.train.lr_scheduler} schedule, warmup {cfg.train.warmup_ratio:g}, {cfg.train.precision}; "
+        f"seeds {', '.join(map(str, seeds))}; validation {evals}",
+        f"learning rate per method (`train.learning_rates`): {rates}",
+    ]
+    if any(s.rank is not None for s in c.specs):
+        lines.append(
+            f"rank sweep: LoRA alpha/r kept at {cfg.lora.alpha / cfg.lora.r:g} (the config's scaling)"
+            if not cfg.lora.rslora
+            else f"rank sweep: rsLoRA, alpha {cfg.lora.alpha:g} at every rank"
+        )
+    m = machine()
+    load = m["load_average"]
+    lines.append(
+        f"machine: {m['cpu']}, {m['cpu_count']} CPUs"
+        + (
+            f"; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) at the end"
+            if load
+            else ""
+        )
+    )
+    return lines
+
+
+def render_markdown(c: Comparison, plots: dict[str, str]) -> str:
+    methods = ", ".join(dict.fromkeys(s.label for s in c.specs))
+    parts = [f"# lora-ft compare: {methods}", ""]
+    if c.command:
+        parts += ["```bash", c.command, "```", ""]
+    parts += [f"- {line}" for line in setup_lines(c)] + [""]
+    parts += ["## Quality", "", markdown_table(*quality_table(c.rows)), ""]
+    parts += [
+        "## Cost (ratio to full fine-tuning in parentheses)",
+        "",
+        markdown_table(*cost_table(c.rows)),
+        "",
+    ]
+    parts += [f"- {note}" for note in NOTES] + [""]
+    if c.failed:
+        parts += ["## Failed runs", ""]
+        parts += [f"- `{r.spec.name}`: {r.error} (log: `runs/{r.spec.name}.log`)" for r in c.failed] + [""]
+    titles = {"curves": "Training curves", "params": "Accuracy vs trainable parameters", "rank": "Rank sweep"}
+    if plots:
+        parts += ["## Plots", ""]
+        parts += [f"![{titles[key]}]({name})\n" for key, name in plots.items()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _run_record(r: RunResult) -> dict[str, Any]:
+    return {
+        "run": r.spec.name,
+        "method": r.spec.method,
+        "seed": r.spec.seed,
+        "rank": r.spec.rank,
+        "status": "ok" if r.ok else "failed",
+        "error": r.error,
+        "run_dir": str(r.run_dir),
+        "reused": r.reused,
+        "process_seconds": r.process_seconds,
+        "metrics": r.metrics,
+    }
+
+
+def results_json(c: Comparison, plots: dict[str, str]) -> dict[str, Any]:
+    return {
+        "command": c.command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": c.cfg.to_dict(),
+        "machine": machine(),
+        "rows": c.rows,
+        "runs": [_run_record(r) for r in c.results],
+        "plots": plots,
+        "notes": NOTES,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_plots(c: Comparison) -> dict[str, str]:
+    """The PNGs this comparison has data for; a plot left from an earlier comparison in DIR is removed."""
+    ok = [row for row in c.rows if row["status"] != "failed"]
+    logs: dict[str, list] = {}
+    for r in c.results:
+        if r.ok:
+            logs.setdefault(r.spec.label, []).append(read_log(r.run_dir))
+    wanted = {}
+    if ok:
+        wanted["curves"] = lambda p: plot_curves(c.rows, logs, p)
+        wanted["params"] = lambda p: plot_accuracy_vs_params(c.rows, p)
+    if any(row["rank"] is not None for row in ok):
+        wanted["rank"] = lambda p: plot_accuracy_vs_rank(c.rows, p)
+    for key, name in PLOTS.items():
+        if key in wanted:
+            wanted[key](c.out / name)
+        else:
+            (c.out / name).unlink(missing_ok=True)
+    return {key: PLOTS[key] for key in wanted}
+
+
+def write_report(c: Comparison) -> None:
+    """``DIR/report.md``, ``DIR/results.json`` and the PNGs, each written whole or not at all."""
+    plots = write_plots(c)
+    _write_atomic(c.out / "results.json", json.dumps(results_json(c, plots), indent=2) + "\n")
+    _write_atomic(c.out / "report.md", render_markdown(c, plots))
+
+
+def print_comparison(c: Comparison, console) -> None:
+    from rich.table import Table
+
+    for title, (headers, cells) in (
+        ("Quality", quality_table(c.rows)),
+        ("Cost (ratio to full fine-tuning in parentheses)", cost_table(c.rows)),
+    ):
+        table = Table(title=title)
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in cells:
+            table.add_row(*row, style="red" if "FAILED" in row else None)
+        console.print(table)
+    for r in c.failed:
+        console.print(f"[red]{r.spec.name} failed[/red]: {r.error}", markup=True, highlight=False)
+    console.print(f"wrote {c.out / 'report.md'}, {c.out / 'results.json'} and the plots", highlight=False)
+
+
+class CompareProgress:
+    """A bar per run over its optimisation steps, with its latest loss; reused and failed runs say so."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self.task = None
+        self.status = ""
+
+    def __enter__(self) -> CompareProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def run_started(self, spec: RunSpec, index: int, total: int, reused: bool) -> None:
+        self.status = "reused (metrics.json present)" if reused else "starting"
+        self.task = self.progress.add_task(
+            f"[{index + 1}/{total}] {spec.name}", total=None, status=self.status
+        )
+
+    def run_event(self, event: dict[str, Any]) -> None:
+        if "loss" in event:
+            self.status = f"loss {event['loss']:.4f}"
+        if "eval_accuracy" in event:
+            self.status = f"{self.status.split('  ')[0]}  val acc {event['eval_accuracy']:.4f}"
+        if event.get("step") == 0:
+            self.status = "training"
+        self.progress.update(self.task, total=event["max_steps"], completed=event["step"], status=self.status)
+
+    def run_finished(self, result: RunResult) -> None:
+        if result.ok:
+            acc = result.metrics["validation"]["accuracy"]
+            status = f"{'reused' if result.reused else 'done'}: val acc {acc:.4f}"
+            total = result.metrics["global_steps"]
+            self.progress.update(self.task, total=total, completed=total, status=status)
+        else:
+            self.progress.update(self.task, total=1, completed=0, status=f"[red]failed: {result.error}")

@@ -1,0 +1,116 @@
+"""The process boundary of ``lora-ft compare``: one training run per fresh interpreter.
+
+``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force]`` trains one resolved config. It prints
+progress lines (``PROGRESS_PREFIX`` + JSON) on stdout for the parent's progress bar, and ends a failure
+with the CLI's one-line ``error: ...`` on stderr, which the parent puts in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lora_ft.errors import LoraFtError
+
+PROGRESS_PREFIX = "@lora-ft-progress "
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def run_in_subprocess(
+    config_path: Path, run_dir: Path, log_path: Path, force: bool, emit: Emit
+) -> str | None:
+    """Train one run in a fresh interpreter; its stderr and stray stdout go to ``log_path``."""
+    command = [sys.executable, "-m", "lora_ft.compare_worker", str(config_path), str(run_dir)]
+    if force:
+        command.append("--force")
+    with log_path.open("w", encoding="utf-8") as logf:
+        logf.write("$ " + " ".join(command) + "\n")
+        logf.flush()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=logf, text=True, bufsize=1)
+        try:
+            for line in proc.stdout:
+                if line.startswith(PROGRESS_PREFIX):
+                    emit(json.loads(line[len(PROGRESS_PREFIX) :]))
+                else:
+                    logf.write(line)
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # The worker got the terminal's SIGINT too; give it time to remove its partial run dir.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if code == 0:
+        return None
+    errors = [
+        line for line in log_path.read_text(encoding="utf-8").splitlines() if line.startswith("error: ")
+    ]
+    if errors:
+        return errors[-1][len("error: ") :]
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}" + (" (out of memory?)" if code == -9 else "")
+    return f"exited with code {code}; see {log_path}"
+
+
+def train_one(
+    config_path: Path, run_dir: Path, *, force: bool = False, emit: Emit | None = None
+) -> dict[str, Any]:
+    """The worker's job: train one resolved config into ``run_dir``, reporting steps through ``emit``."""
+    from transformers import TrainerCallback
+
+    from lora_ft.config import load_config
+    from lora_ft.train import train
+
+    class _Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            emit({"step": 0, "max_steps": state.max_steps})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            emit({"step": state.global_step, "max_steps": state.max_steps})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            picked = {k: logs[k] for k in ("loss", "eval_accuracy") if k in (logs or {})}
+            if picked:
+                emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
+
+    cfg = load_config(config_path)
+    return train(cfg, run_dir, force=force, callbacks=[_Progress()] if emit is not None else [])
+
+
+def _print_progress(event: dict[str, Any]) -> None:
+    sys.stdout.write(PROGRESS_PREFIX + json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force]``: the same one-line errors as the CLI."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    config_path, run_dir, *flags = argv
+    try:
+        train_one(Path(config_path), Path(run_dir), force="--force" in flags, emit=_print_progress)
+    except LoraFtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the traceback goes to the run's log, the last line to the report
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""PNG plots of a comparison: training curves, accuracy vs trainable parameters, accuracy vs LoRA rank.
+
+Figures are built with matplotlib's object API on an Agg canvas: no pyplot global state and no
+display needed. Every file is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHOD_COLORS = {"full": "tab:red", "head": "tab:gray", "lora": "tab:blue"}
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def colors(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per row: fixed per method, LoRA ranks from light (small r) to dark blue."""
+    from matplotlib import colormaps
+
+    ranked = sorted(r["rank"] for r in rows if r["rank"] is not None)
+    blues = colormaps["Blues"]
+    out = {}
+    for row in rows:
+        if row["rank"] is not None and len(ranked) > 1:
+            out[row["label"]] = blues(0.4 + 0.6 * ranked.index(row["rank"]) / (len(ranked) - 1))
+        else:
+            out[row["label"]] = METHOD_COLORS[row["method"]]
+    return out
+
+
+def _mean_curve(logs: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) of ``key`` at the steps every seed logged it."""
+    per_seed = [{line["step"]: (line["epoch"], line[key]) for line in lines if key in line} for lines in logs]
+    steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+    epochs = np.array([per_seed[0][s][0] for s in steps], dtype=float)
+    values = np.array([[seed[s][1] for s in steps] for seed in per_seed], dtype=float)  # (seeds, steps)
+    if not steps:
+        return epochs, np.array([]), np.array([])
+    std = values.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(steps))
+    return epochs, values.mean(axis=0), std
+
+
+def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, Any]]]], path: Path) -> Path:
+    """Training loss and validation accuracy against epochs, every method on the same two axes.
+
+    ``logs`` maps a row label to one parsed ``log.jsonl`` per finished seed.
+    """
+    fig, (loss_ax, acc_ax) = _figure(11, 4.2, ncols=2)
+    palette = colors(rows)
+    for row in rows:
+        if not logs.get(row["label"]):
+            continue
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "eval_accuracy")):
+            x, mean, std = _mean_curve(logs[row["label"]], key)
+            if not len(x):
+                continue
+            ax.plot(
+                x,
+                mean,
+                marker="o" if key == "eval_accuracy" else None,
+                ms=3,
+                lw=1.6,
+                color=palette[row["label"]],
+                label=row["label"],
+            )
+            if std.any():
+                ax.fill_between(x, mean - std, mean + std, color=palette[row["label"]], alpha=0.2, lw=0)
+    seeds = max((len(v) for v in logs.values()), default=1)
+    if seeds > 1:
+        fig.suptitle(f"Mean over {seeds} seeds; shading: ± one standard deviation", fontsize="medium")
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="training loss (cross-entropy)")
+    acc_ax.set(title="Validation accuracy during training", xlabel="epoch", ylabel="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(title="method", fontsize="small")
+    return _save(fig, path)
+
+
+def _fmt_count(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K" if n >= 1e3 else f"{n:.0f}"
+
+
+def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Validation accuracy (± std over seeds) against trainable parameters on a log axis."""
+    fig, ax = _figure(6.4, 4.4)
+    palette = colors(rows)
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        acc = row["validation"]["accuracy"]
+        ax.errorbar(
+            row["trainable_params"],
+            acc["mean"],
+            yerr=acc["std"] or 0,
+            fmt="o",
+            ms=7,
+            capsize=4,
+            color=palette[row["label"]],
+            label=f"{row['label']} ({_fmt_count(row['trainable_params'])})",
+        )
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.2)
+    ax.set(
+        title="Accuracy vs trainable parameters",
+        xlabel="trainable parameters (log scale)",
+        ylabel="validation accuracy",
+    )
+    ax.grid(alpha=0.3, which="both")
+    if ax.has_data():
+        ax.legend(title="method (trainable)", fontsize="small", loc="best")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The rank sweep: LoRA validation accuracy against r, with full and head-only as reference lines."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    fig, ax = _figure(6.4, 4.4)
+    swept = sorted(
+        (r for r in rows if r["rank"] is not None and r["status"] != "failed"), key=lambda r: r["rank"]
+    )
+    ranks = [r["rank"] for r in swept]
+    means = [r["validation"]["accuracy"]["mean"] for r in swept]
+    stds = [r["validation"]["accuracy"]["std"] or 0 for r in swept]
+    ax.errorbar(ranks, means, yerr=stds, fmt="-o", ms=6, capsize=4, color=METHOD_COLORS["lora"], label="lora")
+    for rank, mean, row in zip(ranks, means, swept, strict=True):
+        ax.annotate(
+            _fmt_count(row["trainable_params"]),
+            (rank, mean),
+            textcoords="offset points",
+            xytext=(0, 9),
+            ha="center",
+            fontsize="small",
+            color="dimgray",
+        )
+    for row in rows:
+        if row["rank"] is None and row["status"] != "failed":
+            ax.axhline(
+                row["validation"]["accuracy"]["mean"],
+                ls="--",
+                lw=1.2,
+                color=METHOD_COLORS[row["method"]],
+                label=f"{row['label']} ({_fmt_count(row['trainable_params'])} trainable)",
+            )
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ranks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(r) for r in ranks])
+    ax.margins(x=0.1, y=0.25)
+    ax.set(
+        title="LoRA rank sweep (labels: trainable parameters)",
+        xlabel="LoRA rank r (log scale)",
+        ylabel="validation accuracy",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, path)
