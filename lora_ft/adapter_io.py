@@ -31,7 +31,7 @@ from torch import nn
 
 from lora_ft import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import inject_lora, lora_layers
+from lora_ft.inject import _resolve_head, inject_lora, lora_layers
 from lora_ft.lora import LoRALinear
 
 log = logging.getLogger("lora_ft")
@@ -133,6 +133,8 @@ def save_adapter(
     out = Path(out_dir)
     if out.exists():
         raise LoraFtError(f"adapter directory {out} already exists")
+    # lora.head may name modules by suffix ("pooler"); the file needs full names ("bert.pooler").
+    head = _resolve_head(model, head)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().to("cpu").contiguous()
@@ -152,7 +154,7 @@ def save_adapter(
         "lora_alpha": alpha,
         "lora_dropout": first.dropout_p,
         "target_modules": _short_targets(model, list(layers)),
-        "modules_to_save": _short_heads(model, list(head)),
+        "modules_to_save": _short_heads(model, head),
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": first.rslora,

@@ -149,6 +149,33 @@ def test_distilbert_head_names_select_only_the_head_under_peft_rule(tmp_path, ti
     assert config["target_modules"] == ["q_lin", "v_lin"]
 
 
+def test_head_named_by_suffix_is_saved_under_full_names_and_loads_in_peft(tmp_path, tiny_bert_dir):
+    from peft import PeftModel
+
+    model = base_model(tiny_bert_dir)
+    inject_lora(model, ["query"], r=2, alpha=4, head=["classifier", "pooler"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # LoRA B and A, the classifier and the pooler: all away from their start
+                p.add_(torch.randn_like(p) * 0.5)
+    model.eval()
+    save_adapter(
+        model, tmp_path / "a", head=["classifier", "pooler"], base_model_name_or_path=str(tiny_bert_dir)
+    )
+    with safe_open(str(tmp_path / "a" / WEIGHTS_NAME), "pt") as f:
+        assert "base_model.model.bert.pooler.dense.weight" in set(f.keys())
+    assert json.loads((tmp_path / "a" / CONFIG_NAME).read_text())["modules_to_save"] == [
+        "classifier",
+        "pooler",
+    ]
+    expected = logits_of(model, tiny_bert_dir)
+    peft_model = PeftModel.from_pretrained(base_model(tiny_bert_dir), tmp_path / "a").eval()
+    torch.testing.assert_close(logits_of(peft_model, tiny_bert_dir), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits_of(load_artifact(tmp_path / "a").model, tiny_bert_dir), expected, atol=1e-5, rtol=0
+    )
+
+
 def test_head_survives_save_and_reload(tmp_path, tiny_bert_dir):
     ours = make_adapter(tiny_bert_dir, tmp_path / "a")
     artifact = load_artifact(tmp_path / "a")
