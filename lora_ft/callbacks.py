@@ -1,4 +1,4 @@
-"""Trainer callbacks: a JSONL log, honest memory accounting, and a rich progress bar."""
+"""Trainer callbacks: a JSONL log, honest memory accounting, a rich progress bar, and stop-on-signal."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
+from lora_ft.signals import StopSignals
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -87,7 +89,10 @@ class RichProgressCallback(TrainerCallback):
             transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps, status="")
+        # A resumed run starts where its checkpoint was, not at 0.
+        self.task = self.progress.add_task(
+            self.description, total=state.max_steps, completed=state.global_step, status=""
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -107,3 +112,39 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, status=self.status)
             self.progress.stop()
             self.progress = None
+
+
+class StopOnSignal(TrainerCallback):
+    """Turn a signal noted by ``StopSignals`` into a checkpoint and a stop at the end of the current step.
+
+    Add it last, so it sees a signal raised by an earlier callback of the same step.
+    """
+
+    def __init__(self, signals: StopSignals):
+        self.signals = signals
+        self.stopping = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.signals.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.signals.training = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signum = self.signals.signum or 0
+        if args.world_size > 1:  # every rank must stop at the same step, or the next collective hangs
+            import torch.distributed as dist
+
+            agreed = torch.tensor([signum], device=args.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            signum = int(agreed.item())
+            self.signals.signum = signum or None
+        if signum:
+            self.stopping = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # Stopped mid-epoch: the epoch's evaluation and save belong to the resumed run, at its real end.
+        if self.stopping and not float(state.epoch).is_integer():
+            control.should_evaluate = control.should_save = control.should_log = False

@@ -103,8 +103,18 @@ def train(
         typer.Option("--out", "-o", help="Run directory (default runs/<config>-<method>-<time>)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run RUN_DIR (its --out) from its last checkpoint, with its saved "
+            "config; --set may change only the budget (train.epochs, train.max_steps) and logging/eval/save cadence.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a classifier and write a run directory.
+
+    Ctrl-C (or SIGTERM) stops at the next step with a checkpoint and prints the command that resumes it.
 
     Examples:
 
@@ -113,21 +123,36 @@ def train(
         lora-ft train configs/default.yaml --method full
 
         lora-ft train configs/smoke.yaml --set lora.r=4 --set train.epochs=1 --out runs/try
+
+        lora-ft train --resume runs/try                 # after an interrupt, a crash or a kill
     """
     from lora_ft.callbacks import RichProgressCallback
     from lora_ft.config import load_config
     from lora_ft.report import print_run_summary
+    from lora_ft.rundir import resume_config, resume_target
     from lora_ft.train import default_run_dir
     from lora_ft.train import train as run_train
 
     overrides = list(set_ or [])
     if method is not None:
         overrides.append(f"train.method={method}")
-    cfg = load_config(config, overrides)
-    out_dir = out or default_run_dir(config, cfg.train.method)
+    if resume is not None:
+        out_dir = resume_target(resume)
+        if out is not None and out != out_dir:
+            raise LoraFtError(
+                f"--resume {resume} continues {out_dir}; drop --out {out} (or make it the same)"
+            )
+        cfg = resume_config(out_dir, config, overrides)
+    else:
+        cfg = load_config(config, overrides)
+        out_dir = out or default_run_dir(config, cfg.train.method)
     console = _console()
     metrics = run_train(
-        cfg, out_dir, force=force, callbacks=[RichProgressCallback(console, cfg.train.method)]
+        cfg,
+        out_dir,
+        force=force,
+        resume=resume is not None,
+        callbacks=[RichProgressCallback(console, cfg.train.method)],
     )
     print_run_summary(metrics, out_dir, console)
 

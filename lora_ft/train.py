@@ -1,7 +1,8 @@
 """Wire a run config to the HF ``Trainer``: data, model, method, callbacks, and the run directory.
 
-The run directory is built under a hidden temporary name and renamed into place only when the run
-has finished, so a crash or a bad input never leaves a half-written ``runs/<name>``.
+The run directory is built under a hidden name and renamed into place only when the run has
+finished, so a crash or a bad input never leaves a half-written ``runs/<name>``; once training has
+checkpointed, the hidden directory outlives an interrupt or a crash and ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import copy
 import inspect
 import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -26,8 +26,11 @@ from lora_ft.adapter_io import save_adapter
 from lora_ft.config import RunConfig, dump_config
 from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.errors import LoraFtError
+from lora_ft.failures import memory_hint
 from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
 from lora_ft.resources import peak_rss_mb
+from lora_ft.rundir import RunDir, check_output_dir, publish_dir, write_atomic
+from lora_ft.signals import StopSignals
 
 log = logging.getLogger("lora_ft")
 
@@ -75,32 +78,6 @@ def library_versions() -> dict[str, str]:
 def default_run_dir(config_path: str | Path | None, method: str, root: str | Path = "runs") -> Path:
     stem = Path(config_path).stem if config_path else "default"
     return Path(root) / f"{stem}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_output_dir(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise LoraFtError(
-            f"output directory {out} already exists; pass --force to replace it, or choose another --out"
-        )
-    if out.exists() and not out.is_dir():
-        raise LoraFtError(f"output path {out} exists and is not a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise LoraFtError(f"cannot write to {parent}: permission denied (choose another --out)")
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temporary directory to ``out``, replacing an old ``out`` only at the last moment."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -200,59 +177,81 @@ def train(
     method: str | None = None,
     callbacks: list | None = None,
     prepared: Prepared | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one method and write the run directory ``out``; return the metrics written to metrics.json.
 
-    Raises:
-        LoraFtError: bad config, data or model, or ``out`` existing without ``force``. Nothing is
-            written before every input has been checked.
-    """
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    The run trains in ``.<out>.partial`` next to ``out`` (see :mod:`lora_ft.rundir`); ``resume``
+    continues an interrupted one from its last checkpoint, bit-exactly on the same machine.
 
-    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback
+    Raises:
+        LoraFtError: bad config, data or model, ``out`` existing without ``force``, or a resume whose
+            settings differ from the checkpoint's in more than the budget. Nothing is written before
+            every input has been checked.
+        TrainingInterrupted: SIGINT or SIGTERM (exit code 130 / 143): a checkpoint was saved at the
+            step boundary and the message gives the resume command.
+    """
+    from transformers import DataCollatorWithPadding, PrinterCallback
+
+    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback, StopOnSignal
+    from lora_ft.checkpoint import CheckpointTrainer
 
     if method is not None and method != cfg.train.method:
         cfg = copy.deepcopy(cfg)
         cfg.train.method = method
     method = cfg.train.method
-    out = Path(out)
-    check_output_dir(out, force)
-    p = prepared or prepare(cfg, method)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        (tmp / "config.yaml").write_text(dump_config(cfg, {"versions": library_versions()}), encoding="utf-8")
-        args = training_arguments(cfg, method, tmp / "checkpoints")
-        memory = MemoryCallback()
-        trainer = Trainer(
-            model=p.loaded.model,
-            args=args,
-            train_dataset=p.tokenized["train"],
-            eval_dataset=p.tokenized["validation"],
-            data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
-            processing_class=p.loaded.tokenizer,
-            compute_metrics=_compute_metrics,
-            callbacks=[JsonlLogCallback(tmp / "log.jsonl"), memory, *(callbacks or [])],
-        )
-        trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its raw dict prints
+    run = RunDir(out)
+    if resume:
+        run.check_resume(cfg, force)
+    else:
+        check_output_dir(run.out, force)
+        run.check_fresh(force)
+    with StopSignals() as signals:
         try:
-            result = trainer.train()
-        except torch.OutOfMemoryError:
-            raise LoraFtError(
-                f"out of memory at train.batch_size={cfg.train.batch_size}, data.max_length={cfg.data.max_length}; "
-                "lower one of them (or raise train.gradient_accumulation_steps to keep the effective batch)"
-            ) from None
-        metrics = _metrics(p, cfg, method, trainer, result, memory)
-        if trainer.is_world_process_zero():
-            _save_outputs(p, tmp, method)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            publish_dir(tmp, out)
-        return metrics
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            if resume:
+                run.claim(fresh=False)
+                if (run.partial / "metrics.json").is_file():  # killed while publishing: only that is left
+                    run.release()
+                    publish_dir(run.partial, run.out)
+                    return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
+            p = prepared or prepare(cfg, method)
+            if not resume:
+                run.claim(fresh=True)
+            start = run.start_checkpoint() if resume else None
+            write_atomic(run.partial / "config.yaml", dump_config(cfg, {"versions": library_versions()}))
+            memory = MemoryCallback()
+            trainer = CheckpointTrainer(
+                model=p.loaded.model,
+                args=training_arguments(cfg, method, run.checkpoints),
+                train_dataset=p.tokenized["train"],
+                eval_dataset=p.tokenized["validation"],
+                data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
+                processing_class=p.loaded.tokenizer,
+                compute_metrics=_compute_metrics,
+                callbacks=[JsonlLogCallback(run.partial / "log.jsonl"), memory, *(callbacks or [])],
+            )
+            trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its dict prints
+            trainer.add_callback(StopOnSignal(signals))
+            with memory_hint(cfg):
+                result = trainer.train(resume_from_checkpoint=str(start) if start else None)
+                if signals.signum is not None:
+                    raise run.interrupted(signals.signum, trainer.state.max_steps)
+                metrics = _metrics(p, cfg, method, trainer, result, memory)
+            if trainer.is_world_process_zero():
+                _save_outputs(p, run.partial, method)
+                (run.partial / "metrics.json").write_text(
+                    json.dumps(metrics, indent=2) + "\n", encoding="utf-8"
+                )
+                if cfg.train.save_strategy == "no":  # the last-step and interrupt checkpoints were insurance
+                    shutil.rmtree(run.checkpoints, ignore_errors=True)
+                run.release()
+                publish_dir(run.partial, run.out)
+            return metrics
+        except BaseException as exc:
+            error = run.abandon(exc, signals.aborted_by)
+            if error is exc:
+                raise
+            raise error from None
 
 
 def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) -> dict[str, Any]:
@@ -274,6 +273,7 @@ def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) 
         "train_samples": len(p.tokenized["train"]),
         "epochs": float(cfg.train.epochs),
         "global_steps": int(trainer.state.global_step),
+        "resumed_from_steps": (trainer.resume_record or {}).get("resumed_from", []),
         "learning_rate": cfg.train.lr_for(method),
         "batch_size": cfg.train.batch_size
         * cfg.train.gradient_accumulation_steps

@@ -1,0 +1,50 @@
+"""Resource failures as one-line errors that name the setting to change: memory and disk.
+
+A batch that does not fit surfaces as ``torch.OutOfMemoryError`` on a GPU but as a plain
+``RuntimeError`` from the CPU allocator; a full disk (or a file-size limit) as ``OSError`` ENOSPC /
+EFBIG from Python, a ``RuntimeError`` from ``torch.save``'s zip writer, or a ``SafetensorError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import traceback
+from collections.abc import Iterator
+
+import torch
+
+from lora_ft.config import RunConfig
+from lora_ft.errors import LoraFtError
+
+_CPU_OOM = "DefaultCPUAllocator: can't allocate memory"
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# torch.save reports a failed write as a RuntimeError from its zip writer, safetensors as its own error.
+_DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded", "unexpected pos")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    if isinstance(exc, (OSError, RuntimeError)) or type(exc).__name__ == "SafetensorError":
+        return any(text in str(exc) for text in _DISK_FULL_TEXT)
+    return False
+
+
+@contextlib.contextmanager
+def memory_hint(cfg: RunConfig) -> Iterator[None]:
+    """Report a batch that does not fit with the settings to lower, not an allocator trace."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
+        if not isinstance(exc, torch.OutOfMemoryError) and _CPU_OOM not in str(exc):
+            raise
+        if any(frame.name == "evaluation_loop" for frame in traceback.extract_tb(exc.__traceback__)):
+            raise LoraFtError(
+                f"out of memory while evaluating at train.eval_batch_size={cfg.train.eval_batch_size}, "
+                f"data.max_length={cfg.data.max_length}; lower one of them"
+            ) from None
+        raise LoraFtError(
+            f"out of memory at train.batch_size={cfg.train.batch_size}, data.max_length={cfg.data.max_length}; "
+            "lower one of them (or raise train.gradient_accumulation_steps to keep the effective batch)"
+        ) from None

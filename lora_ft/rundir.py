@@ -1,0 +1,305 @@
+"""Where a run lives while it trains, and how it is resumed or abandoned.
+
+A run for ``--out runs/x`` trains in ``runs/.x.partial/`` (config.yaml, log.jsonl, checkpoints/, and a
+``.lock`` held by the training process) and is renamed to ``runs/x`` only when finished, so
+``runs/x`` is always a complete run. The in-progress directory outlives an interrupt, a crash or a
+``kill -9`` as soon as it holds a checkpoint; ``lora-ft train --resume runs/x`` continues it. Before
+the first checkpoint there is nothing worth keeping, and a failure removes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoints
+from lora_ft.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from lora_ft.errors import LoraFtError
+from lora_ft.failures import is_disk_full
+from lora_ft.signals import TrainingInterrupted, signal_name
+
+# What a resume may change: the budget, and how often to log, evaluate and save. Anything else
+# (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.epochs",
+        "train.max_steps",
+        "train.logging_steps",
+        "train.eval_strategy",
+        "train.eval_steps",
+        "train.eval_batch_size",
+        "train.save_strategy",
+        "train.save_steps",
+        "train.save_total_limit",
+        "train.threads",
+        "data.max_eval_samples",
+    }
+)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old, new)}`` for every setting that differs."""
+    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def resume_target(path: Path) -> Path:
+    """The run directory a ``--resume`` argument names: ``runs/x``, or its ``runs/.x.partial``."""
+    name = path.name
+    if name.startswith(".") and name.endswith(".partial") and len(name) > len("..partial"):
+        return path.with_name(name[1 : -len(".partial")])
+    return path
+
+
+def path_exists(path: Path) -> bool:
+    """``path.exists()``, with an unusable path (a name over the file system's limit) as a LoraFtError."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise LoraFtError(f"output path {path} is not usable: {exc.strerror}; choose another --out") from None
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    if path_exists(out) and not force:
+        raise LoraFtError(
+            f"output directory {out} already exists; pass --force to replace it, or choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise LoraFtError(f"output path {out} exists and is not a directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise LoraFtError(f"cannot write to {parent}: permission denied (choose another --out)")
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a finished temporary directory to ``out``, replacing an old ``out`` only at the last moment."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class RunDir:
+    """The in-progress directory of the run that will become ``out``."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.partial = self.out.parent / f".{self.out.name}.partial"
+        self.checkpoints = self.partial / "checkpoints"
+        self.claimed = False  # this process holds the lock and may keep or remove the directory
+        self._created = False
+        self._lock_fd: int | None = None
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.partial / ".lock"
+
+    def resume_command(self) -> str:
+        force = " --force" if self.out.exists() else ""
+        return f"lora-ft train --resume {shlex.quote(str(self.out))}{force}"
+
+    def _holder(self) -> str | None:
+        """``"(pid N) "`` of a live process holding the lock (``""`` if it wrote no pid), or None."""
+        try:
+            fd = os.open(self._lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            return f"(pid {pid}) " if pid.isdigit() else ""
+        finally:
+            os.close(fd)
+        return None
+
+    def _refuse_if_running(self) -> None:
+        holder = self._holder()
+        if holder is not None:
+            raise LoraFtError(
+                f"another lora-ft process {holder}is training into {self.out}; wait for it, stop it, "
+                "or choose another --out"
+            )
+
+    def _describe(self) -> str:
+        ckpt = last_checkpoint(self.checkpoints)
+        return f"last checkpoint at step {checkpoint_step(ckpt)}" if ckpt else "no checkpoint yet"
+
+    def check_fresh(self, force: bool) -> None:
+        """Before a new run: refuse to discard an interrupted one unless ``force``."""
+        if not path_exists(self.partial):
+            return
+        self._refuse_if_running()
+        if not force:
+            raise LoraFtError(
+                f"{self.out} has an interrupted run in {self.partial} ({self._describe()}); resume it "
+                f"with `{self.resume_command()}`, or pass --force to discard it and start over"
+            )
+
+    def saved_config(self) -> dict[str, Any]:
+        """The interrupted run's config.yaml as a dict; raises when there is nothing to resume."""
+        if not self.partial.is_dir():
+            if (self.out / "metrics.json").is_file():
+                raise LoraFtError(
+                    f"{self.out} is a finished run; nothing to resume (train again with --force to replace it)"
+                )
+            raise LoraFtError(
+                f"no interrupted run to resume at {self.out} (no {self.partial}); "
+                f"start one with `lora-ft train --out {shlex.quote(str(self.out))}`"
+            )
+        if not (self.partial / "config.yaml").is_file():
+            raise LoraFtError(
+                f"{self.partial} has no config.yaml; it cannot be resumed: pass --force to discard it"
+            )
+        return read_yaml(self.partial / "config.yaml")
+
+    def check_resume(self, cfg: RunConfig, force: bool) -> None:
+        """Refuse a resume that would continue the checkpoint as a different experiment."""
+        saved = config_from_dict(self.saved_config())
+        self._refuse_if_running()
+        if self.out.exists() and not force:
+            raise LoraFtError(
+                f"{self.out} exists and the interrupted run replaces it when it finishes; "
+                "add --force to the resume command to allow that"
+            )
+        changed = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUMABLE_CHANGES}
+        if changed:
+            listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(changed.items())[:3])
+            raise LoraFtError(
+                f"cannot resume {self.out} with a different {listed}: the checkpoint belongs to the old "
+                f"settings; resume with them (`{self.resume_command()}`), change only the budget "
+                "(train.epochs, train.max_steps), or start a new run with another --out"
+            )
+
+    def claim(self, fresh: bool) -> None:
+        """Take the directory: for a fresh run remove a discarded one (checked before) and create it."""
+        if fresh:
+            if self.partial.exists():
+                self._refuse_if_running()
+                shutil.rmtree(self.partial)
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.partial.mkdir()
+            except FileExistsError:
+                raise LoraFtError(
+                    f"another lora-ft process started training into {self.out} just now"
+                ) from None
+            self._created = True
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LoraFtError(
+                f"another lora-ft process is training into {self.out}; wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._lock_fd = fd
+        self.claimed = True
+
+    def start_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, after tidying a killed save; log.jsonl is cut back to it."""
+        tidy_checkpoints(self.checkpoints)
+        ckpt = last_checkpoint(self.checkpoints)
+        self._trim_log(checkpoint_step(ckpt) if ckpt else 0)
+        return ckpt
+
+    def _trim_log(self, step: int) -> None:
+        """Drop log lines the resumed run will write again: later steps, and an interrupted call's summary."""
+        path = self.partial / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("step", 0) <= step and "train_runtime" not in record:
+                kept.append(line + "\n")
+        write_atomic(path, "".join(kept))
+
+    def release(self) -> None:
+        """Drop the lock (its file first, so it does not end up in the published run)."""
+        if self._lock_fd is None:
+            return
+        self._lock_path.unlink(missing_ok=True)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def interrupted(self, signum: int, max_steps: int) -> TrainingInterrupted:
+        ckpt = last_checkpoint(self.checkpoints)
+        saved = (
+            f" at step {checkpoint_step(ckpt)} of {max_steps}; saved {ckpt}"
+            if ckpt
+            else " before a checkpoint"
+        )
+        return TrainingInterrupted(
+            f"interrupted by {signal_name(signum)}{saved}; resume with: {self.resume_command()}", signum
+        )
+
+    def abandon(self, exc: BaseException, aborted_by: int | None) -> BaseException:
+        """After a failure: keep the directory if it holds a checkpoint, and say so; the error to raise."""
+        self.release()
+        if isinstance(exc, TrainingInterrupted):
+            return exc
+        ckpt = last_checkpoint(self.checkpoints) if self.claimed else None
+        if self._created and ckpt is None:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        kept = (
+            f"; kept the last checkpoint (step {checkpoint_step(ckpt)}): resume with: {self.resume_command()}"
+            if ckpt
+            else ""
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            signum = aborted_by or signal.SIGINT  # not from our handler: Python's own SIGINT
+            where = kept[2:] if kept else "nothing to resume"
+            return TrainingInterrupted(f"aborted by {signal_name(signum)}; {where}", signum)
+        if is_disk_full(exc):
+            target = getattr(exc, "filename", None) or self.partial
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return LoraFtError(
+                f"disk full or file too large while writing {target} ({first}); free some space or "
+                f"choose another --out{kept}"
+            )
+        if isinstance(exc, LoraFtError) and kept:
+            return LoraFtError(f"{exc}{kept}", exc.exit_code)
+        return exc
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resume_config(out: str | Path, config_path: str | Path | None, overrides: list[str]) -> RunConfig:
+    """The config of a resumed run: its saved config.yaml (or ``config_path``), then ``overrides``."""
+    run = RunDir(resume_target(Path(out)))
+    saved = run.saved_config()
+    data = read_yaml(config_path) if config_path is not None else saved
+    return config_from_dict(apply_overrides(data, list(overrides)))
