@@ -1,0 +1,300 @@
+"""Interrupt and resume: signals at a known step, kills, atomic checkpoints, and exactness.
+
+What is bit-exact (same machine, same seed, CPU): the adapter tensors, validation/test metrics,
+train_loss, global_steps and every logged loss/grad_norm/learning-rate/eval line. Only wall-clock
+figures (runtimes, samples per second) differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+from lora_ft.checkpoint import install, last_checkpoint, rotate, tidy_checkpoints
+from lora_ft.config import load_config
+from lora_ft.errors import LoraFtError
+from lora_ft.signals import TrainingInterrupted
+from lora_ft.train import train
+
+
+def _timing(key: str) -> bool:
+    """Wall-clock figures: the only things a resumed run may report differently."""
+    return key.endswith(("_runtime", "_per_second"))
+
+
+# 48 rows, batch 8: 6 steps per epoch, 12 in all; dropout on, so the RNG state matters.
+RUN_SETTINGS = [
+    "data.max_length=32", "lora.r=2", "lora.alpha=4", "lora.dropout=0.1", "train.epochs=2",
+    "train.batch_size=8", "train.logging_steps=1", "train.save_strategy=no", "train.threads=1",
+]  # fmt: skip
+
+
+def _cfg(model_dir: Path, data_dir: Path, *extra: str):
+    return load_config(None, [f"model.name={model_dir}", f"data.name={data_dir}", *RUN_SETTINGS, *extra])
+
+
+class SignalAt(TrainerCallback):
+    """Send ``signum`` to this process ``times`` times at the end of step ``step``."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT, times: int = 1):
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def _log(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if not _timing(k)} for line in lines]
+
+
+def _assert_same_run(ref: Path, run: Path, ref_metrics: dict, metrics: dict) -> None:
+    for key in ("validation", "test", "train_loss", "global_steps"):
+        assert metrics[key] == ref_metrics[key], key
+    a, b = _adapter(ref), _adapter(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _log(run) == _log(ref)
+
+
+@pytest.fixture()
+def reference(tmp_path, tiny_bert_dir, toy_data_dir):
+    cfg = _cfg(tiny_bert_dir, toy_data_dir)
+    return cfg, tmp_path / "ref", train(cfg, tmp_path / "ref")
+
+
+def test_interrupted_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, reference):
+    cfg, ref, ref_metrics = reference
+    out = tmp_path / "run"
+    partial = tmp_path / ".run.partial"
+    # Mid-epoch 0, the end of epoch 0, mid-epoch 1 (where the Trainer alone would draw a new data order).
+    for step in (3, 6, 8):
+        with pytest.raises(TrainingInterrupted) as info:
+            train(cfg, out, callbacks=[SignalAt(step)], resume=step != 3)
+        assert info.value.exit_code == 130
+        message = str(info.value)
+        assert f"interrupted by SIGINT at step {step} of 12" in message
+        assert message.endswith(f"resume with: lora-ft train --resume {out}")
+        assert last_checkpoint(partial / "checkpoints").name == f"checkpoint-{step}"
+        assert not out.exists()
+    metrics = train(cfg, out, resume=True)
+    assert metrics["resumed_from_steps"] == [3, 6, 8]
+    assert ref_metrics["resumed_from_steps"] == []
+    _assert_same_run(ref, out, ref_metrics, metrics)
+    # save_strategy "no": the interrupt checkpoints were insurance, not outputs; nothing hidden is left.
+    assert not (out / "checkpoints").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run", "toy-data"]
+
+
+class Snapshot(TrainerCallback):
+    """The trainable tensors as the training loop first sees them."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.tensors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class FailSavingAt(TrainerCallback):
+    """Make the checkpoint of step ``step`` die half-written, as a second Ctrl-C or a kill would."""
+
+    def __init__(self, monkeypatch, step: int):
+        self.monkeypatch, self.step = monkeypatch, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+
+            def die(path):
+                assert any(path.iterdir()), "the checkpoint was not being written"
+                raise KeyboardInterrupt
+
+            self.monkeypatch.setattr("lora_ft.checkpoint.fsync_tree", die)
+
+
+def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(
+    tmp_path, reference, tiny_bert_dir, toy_data_dir, monkeypatch
+):
+    _, ref, ref_metrics = reference
+    cfg = _cfg(tiny_bert_dir, toy_data_dir, "train.save_strategy=steps", "train.save_steps=2")
+    out, checkpoints = tmp_path / "run", tmp_path / ".run.partial" / "checkpoints"
+
+    with pytest.raises(TrainingInterrupted) as info:  # Ctrl-C twice during step 5: abort at once
+        train(cfg, out, callbacks=[SignalAt(5, times=2)])
+    assert info.value.exit_code == 130
+    assert (
+        str(info.value)
+        == f"aborted by SIGINT; kept the last checkpoint (step 4): resume with: lora-ft train --resume {out}"
+    )
+
+    with pytest.raises(TrainingInterrupted, match=r"kept the last checkpoint \(step 6\)"):
+        train(cfg, out, resume=True, callbacks=[FailSavingAt(monkeypatch, 8)])
+    monkeypatch.undo()
+    # save_total_limit=1 (the default): checkpoint-4 went when checkpoint-6 was complete.
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".checkpoint-8.partial", "checkpoint-6"]
+
+    saved = load_file(str(checkpoints / "checkpoint-6" / "trainable.safetensors"))
+    snapshot = Snapshot()
+    metrics = train(cfg, out, resume=True, callbacks=[snapshot])
+    assert snapshot.tensors.keys() == saved.keys()
+    for name, tensor in saved.items():  # loaded exactly; a re-initialised adapter would have B == 0
+        assert torch.equal(snapshot.tensors[name], tensor), name
+    assert any("lora_B" in n and t.abs().sum() > 0 for n, t in saved.items())
+    assert metrics["resumed_from_steps"] == [4, 6]
+    _assert_same_run(ref, out, ref_metrics, metrics)  # the checkpoint cadence does not change the result
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12"]
+
+
+def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, tiny_bert_dir, toy_data_dir):
+    cfg = _cfg(tiny_bert_dir, toy_data_dir)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out, callbacks=[SignalAt(2, signal.SIGTERM)])
+    for change, phrase in [
+        ("lora.r=4", "lora.r (2 -> 4)"),
+        ("lora.targets=[query]", "lora.targets (None -> ['query'])"),
+        ("train.method=full", "train.method ('lora' -> 'full')"),
+        ("train.seed=1", "train.seed (42 -> 1)"),
+    ]:
+        with pytest.raises(LoraFtError, match="cannot resume") as info:
+            train(_cfg(tiny_bert_dir, toy_data_dir, change), out, resume=True)
+        assert phrase in str(info.value)
+    longer = _cfg(tiny_bert_dir, toy_data_dir, "train.epochs=3")
+    metrics = train(longer, out, resume=True)
+    assert metrics["global_steps"] == 18 and metrics["resumed_from_steps"] == [2]
+    assert "epochs: 3.0" in (out / "config.yaml").read_text()
+
+
+def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, tiny_bert_dir, toy_data_dir, monkeypatch):
+    import lora_ft.train as train_module
+
+    real = train_module.prepare
+
+    def prepare_then_sigterm(*args, **kwargs):
+        prepared = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return prepared
+
+    monkeypatch.setattr(train_module, "prepare", prepare_then_sigterm)
+    with pytest.raises(TrainingInterrupted, match="aborted by SIGTERM; nothing to resume") as info:
+        train(_cfg(tiny_bert_dir, toy_data_dir), tmp_path / "run")
+    assert info.value.exit_code == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-data"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_cli_sigterm_exits_143_with_the_resume_command(
+    tmp_path, reference, tiny_bert_dir, toy_data_dir, monkeypatch
+):
+    import lora_ft.train as train_module
+    from lora_ft.cli import app
+
+    _, ref, ref_metrics = reference
+    real = train_module.train
+
+    def with_sigterm_at_3(*args, callbacks=(), **kwargs):
+        return real(*args, callbacks=[*callbacks, SignalAt(3, signal.SIGTERM)], **kwargs)
+
+    out = tmp_path / "run"
+    sets = [f"model.name={tiny_bert_dir}", f"data.name={toy_data_dir}", *RUN_SETTINGS]
+    monkeypatch.setattr(train_module, "train", with_sigterm_at_3)
+    result = CliRunner().invoke(app, ["train", *[a for s in sets for a in ("--set", s)], "--out", str(out)])
+    assert result.exit_code == 143, result.output
+    assert "Traceback" not in result.output + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: interrupted by SIGTERM at step 3 of 12; saved {tmp_path / '.run.partial/checkpoints/checkpoint-3'}; "
+        f"resume with: lora-ft train --resume {out}"
+    )
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    _assert_same_run(ref, out, ref_metrics, json.loads((out / "metrics.json").read_text()))
+
+
+KILLABLE = """
+import sys, time
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+from lora_ft.config import load_config
+from lora_ft.train import train
+
+class Slow(TrainerCallback):  # slow steps let the test kill mid-run; the numerics are untouched
+    def on_step_end(self, *args, **kwargs):
+        time.sleep(0.3)
+
+train(load_config(None, sys.argv[2:]), sys.argv[1], callbacks=[Slow()])
+"""
+
+
+def test_kill_9_mid_run_then_resume(tmp_path, reference, tiny_bert_dir, toy_data_dir):
+    _, ref, ref_metrics = reference
+    sets = [f"model.name={tiny_bert_dir}", f"data.name={toy_data_dir}", *RUN_SETTINGS]
+    sets += ["train.save_strategy=steps", "train.save_steps=1", "train.save_total_limit=2"]
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(out), *sets], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while not (partial / "checkpoints" / "checkpoint-3").is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no handler runs; whatever was being written stays as it was
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (partial / ".lock").is_file()  # left behind, but no process holds it any more
+
+    metrics = train(load_config(partial / "config.yaml"), out, resume=True)
+    assert metrics["resumed_from_steps"][0] >= 3
+    _assert_same_run(ref, out, ref_metrics, metrics)
+    # A kill between a checkpoint's rename and the rotation may leave one extra; the next save trims it.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-11", "checkpoint-12"]
+
+
+def _fake_checkpoint(directory: Path, step: int) -> Path:
+    path = directory / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "resume.json").write_text(json.dumps({"step": step}))
+    return path
+
+
+def test_install_rotate_and_tidy_leave_only_complete_checkpoints(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for step, age in ((2, 0), (10, 200), (9, 100)):  # mtimes in the opposite order to the steps
+        path = _fake_checkpoint(ckpts, step)
+        os.utime(path, (time.time() - age, time.time() - age))
+    rotate(ckpts, 2)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-10", "checkpoint-9"]
+
+    # A kill between install's two renames: checkpoint-10 exists only as .checkpoint-10.old.
+    new = _fake_checkpoint(ckpts / "staging", 10)
+    (new / "marker").write_text("new")
+    os.replace(ckpts / "checkpoint-10", ckpts / ".checkpoint-10.old")
+    (ckpts / ".checkpoint-11.partial").mkdir()  # a save killed half-way
+    (ckpts / ".checkpoint-8.deleting").mkdir()  # a rotation killed half-way
+    assert last_checkpoint(ckpts).name == "checkpoint-9"
+    tidy_checkpoints(ckpts)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-10", "checkpoint-9", "staging"]
+    install(new, ckpts / "checkpoint-10")  # the same step saved twice: replaced whole
+    assert (ckpts / "checkpoint-10" / "marker").read_text() == "new"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-10", "checkpoint-9", "staging"]
+
+    (ckpts / "checkpoint-12").mkdir()  # not written by lora-ft: no resume.json
+    assert last_checkpoint(ckpts).name == "checkpoint-10"
