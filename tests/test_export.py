@@ -143,6 +143,19 @@ def test_run_adapter_and_its_export_evaluate_identically(tmp_path, run_dir):
     assert json.loads(result.stdout)["accuracy"] == from_run["accuracy"]
 
 
+def test_head_method_run_evaluates_through_its_model_dir(tmp_path, tiny_distilbert_dir, data_dir):
+    from lora_ft.train import train
+
+    from .test_train import _tiny_cfg
+
+    metrics = train(_tiny_cfg(tiny_distilbert_dir, data_dir, "train.method=head"), tmp_path / "run")
+    artifact = load_artifact(tmp_path / "run")
+    assert artifact.kind == "model" and artifact.data.name == str(data_dir)
+    assert evaluate(artifact)["accuracy"] == metrics["test"]["accuracy"]
+    with pytest.raises(LoraFtError, match="nothing to merge"):
+        export_merged(tmp_path / "run", tmp_path / "merged")
+
+
 def test_a_merge_that_changes_the_outputs_writes_nothing(tmp_path, tiny_bert_dir, monkeypatch):
     from lora_ft import export
     from lora_ft.inject import merge_and_unload
