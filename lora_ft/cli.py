@@ -128,6 +128,7 @@ def train(
     """
     from lora_ft.callbacks import RichProgressCallback
     from lora_ft.config import load_config
+    from lora_ft.distributed import is_main_process
     from lora_ft.report import print_run_summary
     from lora_ft.rundir import resume_config, resume_target
     from lora_ft.train import default_run_dir
@@ -153,8 +154,10 @@ def train(
         force=force,
         resume=resume is not None,
         callbacks=[RichProgressCallback(console, cfg.train.method)],
+        notify=console.print,
     )
-    print_run_summary(metrics, out_dir, console)
+    if is_main_process():  # under torchrun every rank gets here; the summary is printed once
+        print_run_summary(metrics, out_dir, console)
 
 
 @app.command()

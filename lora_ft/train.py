@@ -14,6 +14,7 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from lora_ft import __version__
 from lora_ft.adapter_io import save_adapter
 from lora_ft.config import RunConfig, dump_config
 from lora_ft.data import LoadedData, load_data, tokenize_data
+from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
+from lora_ft.precision import check_supported, prepare_model
 from lora_ft.resources import peak_rss_mb
 from lora_ft.rundir import RunDir, check_output_dir, publish_dir, write_atomic
 from lora_ft.signals import StopSignals
@@ -119,8 +122,7 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
     from transformers import TrainingArguments
 
     t = cfg.train
-    if t.precision == "fp16" and not torch.cuda.is_available():
-        raise LoraFtError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    check_supported(t.precision)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
@@ -152,6 +154,14 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    launched = launched_world_size()
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        if t.precision == "bf16" or launched > 1:
+            # accelerate autocasts to bf16, and joins torchrun's process group, on a machine without a GPU
+            # only when told it is on the CPU: else bf16 is refused and every rank trains alone on all data.
+            kwargs["use_cpu"] = True
+        if launched > 1:
+            kwargs["ddp_backend"] = "gloo"
     unknown = set(t.trainer) - set(inspect.signature(TrainingArguments.__init__).parameters)
     if unknown:
         raise LoraFtError(
@@ -159,9 +169,15 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
         )
     kwargs.update(t.trainer)
     try:
-        return TrainingArguments(**kwargs)
+        args = TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise LoraFtError(f"invalid training arguments: {str(exc).strip().splitlines()[0]}") from None
+    if args.world_size != launched:
+        raise LoraFtError(
+            f"the launcher started {launched} processes but the Trainer joined {args.world_size}; on a machine "
+            "without a GPU leave train.trainer.use_cpu and train.trainer.ddp_backend unset"
+        )
+    return args
 
 
 def _evaluate(trainer, dataset, prefix: str) -> dict[str, float]:
@@ -178,11 +194,16 @@ def train(
     callbacks: list | None = None,
     prepared: Prepared | None = None,
     resume: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train one method and write the run directory ``out``; return the metrics written to metrics.json.
 
     The run trains in ``.<out>.partial`` next to ``out`` (see :mod:`lora_ft.rundir`); ``resume``
     continues an interrupted one from its last checkpoint, bit-exactly on the same machine.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank calls this; only the main process writes the
+    run directory, and every rank returns the same metrics. ``notify`` gets one line before training
+    starts (the global batch), on the main process only.
 
     Raises:
         LoraFtError: bad config, data or model, ``out`` existing without ``force``, or a resume whose
@@ -206,23 +227,46 @@ def train(
     else:
         check_output_dir(run.out, force)
         run.check_fresh(force)
+    # Under torchrun / accelerate launch, building the arguments joins the process group.
+    args = training_arguments(cfg, method, run.checkpoints)
+    main_out = from_main(run.out)
+    if main_out != run.out:  # a default run name is stamped by each rank's clock: rank 0's is the one
+        run = RunDir(main_out)
+        args.output_dir = str(run.checkpoints)
+    main = args.process_index == 0
     with StopSignals() as signals:
         try:
             if resume:
-                run.claim(fresh=False)
-                if (run.partial / "metrics.json").is_file():  # killed while publishing: only that is left
-                    run.release()
-                    publish_dir(run.partial, run.out)
-                    return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
-            p = prepared or prepare(cfg, method)
-            if not resume:
+                if main:
+                    run.claim(fresh=False)
+                done = run.partial / "metrics.json"  # killed while publishing: only that is left
+                finished = from_main(json.loads(done.read_text(encoding="utf-8")) if done.is_file() else None)
+                if finished is not None:
+                    if main:
+                        run.release()
+                        publish_dir(run.partial, run.out)
+                    return finished
+            # The main process tokenizes into the shared cache first; the others then read it from there.
+            with args.main_process_first(local=False, desc="loading data and model"):
+                p = prepared or prepare(cfg, method)
+            prepare_model(p.loaded.model, cfg.train.precision, method, cfg.train.gradient_checkpointing)
+            fingerprint = seeded_fingerprint(p.loaded.model, p.loaded.newly_initialized)
+            check_same_on_all_ranks(fingerprint)
+            if main and not resume:
                 run.claim(fresh=True)
-            start = run.start_checkpoint() if resume else None
-            write_atomic(run.partial / "config.yaml", dump_config(cfg, {"versions": library_versions()}))
+            start = from_main(run.start_checkpoint() if main else None) if resume else None
+            if main:
+                write_atomic(run.partial / "config.yaml", dump_config(cfg, {"versions": library_versions()}))
+                if notify is not None:
+                    notify(_batch_line(cfg, args.world_size))
+            # Our classifiers average the loss over the batch and ignore num_items_in_batch; a model whose
+            # forward takes **kwargs is assumed to sum over them, and transformers 5 then skips dividing the
+            # loss by the accumulation steps and multiplies it by the world size: gradients grow with both.
+            p.loaded.model.accepts_loss_kwargs = False
             memory = MemoryCallback()
             trainer = CheckpointTrainer(
                 model=p.loaded.model,
-                args=training_arguments(cfg, method, run.checkpoints),
+                args=args,
                 train_dataset=p.tokenized["train"],
                 eval_dataset=p.tokenized["validation"],
                 data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
@@ -237,6 +281,7 @@ def train(
                 if signals.signum is not None:
                     raise run.interrupted(signals.signum, trainer.state.max_steps)
                 metrics = _metrics(p, cfg, method, trainer, result, memory)
+                metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
             if trainer.is_world_process_zero():
                 _save_outputs(p, run.partial, method)
                 (run.partial / "metrics.json").write_text(
@@ -252,6 +297,15 @@ def train(
             if error is exc:
                 raise
             raise error from None
+
+
+def _batch_line(cfg: RunConfig, world_size: int) -> str:
+    t = cfg.train
+    total = t.batch_size * t.gradient_accumulation_steps * world_size
+    return (
+        f"global batch {total} = {t.batch_size} per device x {t.gradient_accumulation_steps} accumulation "
+        f"step(s) x {world_size} process(es)"
+    )
 
 
 def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) -> dict[str, Any]:
@@ -278,6 +332,10 @@ def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) 
         "batch_size": cfg.train.batch_size
         * cfg.train.gradient_accumulation_steps
         * max(1, trainer.args.world_size),
+        "per_device_batch_size": cfg.train.batch_size,
+        "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+        "world_size": trainer.args.world_size,
+        "precision": cfg.train.precision,
         "seed": cfg.train.seed,
         "peak_memory_mb": peak_rss_mb() if memory.peak_mb is None else max(memory.peak_mb, peak_rss_mb()),
         "train_memory_mb": memory.train_memory_mb,
