@@ -39,7 +39,7 @@ def no_dropout_bert_dir(tmp_path_factory, minilm_dir) -> Path:
     return out
 
 
-def _settings(model_dir: Path, data_dir: Path, batch_size: int) -> list[str]:
+def _settings(model_dir: Path, data_dir: Path, batch_size: int, *extra: str) -> list[str]:
     # Data order: the Trainer draws one random permutation from the seed whatever the world size, and
     # accelerate deals its batches of per-device size to the ranks in turn, so ranks 0 and 1 together
     # see the samples of one single-process batch of twice the size. Length grouping would not keep
@@ -58,6 +58,7 @@ def _settings(model_dir: Path, data_dir: Path, batch_size: int) -> list[str]:
         "train.logging_steps=2",
         "train.eval_strategy=no",
         "train.save_strategy=no",
+        *extra,
     ]
 
 
@@ -66,9 +67,10 @@ def _loss_lines(run: Path) -> list[dict]:
     return [line for line in lines if "loss" in line]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(
+def test_two_processes_and_accumulation_match_one_process_with_the_same_global_batch(
     tmp_path, no_dropout_bert_dir, toy_data_dir
 ):
+    """Global batch 8 three ways: 2 processes x 4, 1 process x 4 x 2 accumulation steps, 1 process x 8."""
     two = tmp_path / "runs" / "two"
     sets = [arg for s in _settings(no_dropout_bert_dir, toy_data_dir, 4) for arg in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,9 +84,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = tmp_path / "runs" / "one"
     single = train(load_config(None, _settings(no_dropout_bert_dir, toy_data_dir, 8)), one)
+    acc = tmp_path / "runs" / "acc"
+    accumulated = train(
+        load_config(
+            None, _settings(no_dropout_bert_dir, toy_data_dir, 4, "train.gradient_accumulation_steps=2")
+        ),
+        acc,
+    )
 
     # One run directory, written by rank 0 only: no partial or stale directory from the other rank.
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["acc", "one", "two"]
     assert sorted(p.name for p in two.iterdir()) == ["adapter", "config.yaml", "log.jsonl", "metrics.json"]
     assert proc.stdout.count("global batch 8 = 4 per device x 1 accumulation step(s) x 2 process(es)") == 1
     assert proc.stdout.count("trainable params") == 1  # the summary table, printed by rank 0 only
@@ -92,26 +101,32 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     metrics = json.loads((two / "metrics.json").read_text())
     assert (metrics["world_size"], metrics["per_device_batch_size"], metrics["batch_size"]) == (2, 4, 8)
     assert (single["world_size"], single["per_device_batch_size"], single["batch_size"]) == (1, 8, 8)
-    assert metrics["global_steps"] == single["global_steps"] == 2 * 48 // 8
+    assert (accumulated["gradient_accumulation_steps"], accumulated["batch_size"]) == (2, 8)
+    assert metrics["global_steps"] == single["global_steps"] == accumulated["global_steps"] == 2 * 48 // 8
     # Same seed, same LoRA A and head on every rank (checked across ranks in the run) and in one process.
     assert metrics["seeded_weights_sha256"] == single["seeded_weights_sha256"]
 
-    # Rank 0 alone logs, each logging step once; the losses are the averages over the global batch.
-    two_losses, one_losses = _loss_lines(two), _loss_lines(one)
-    assert [line["step"] for line in two_losses] == [2, 4, 6, 8, 10, 12]
+    # Rank 0 alone logs, each logging step once; the losses are means over the global batch (neither
+    # multiplied by the world size nor summed over the accumulation steps).
+    one_losses = _loss_lines(one)
     assert [line["step"] for line in one_losses] == [2, 4, 6, 8, 10, 12]
-    for a, b in zip(two_losses, one_losses, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for run in (two, acc):
+        losses = _loss_lines(run)
+        assert [line["step"] for line in losses] == [2, 4, 6, 8, 10, 12]
+        for a, b in zip(losses, one_losses, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
-    # Tolerance: both runs average the gradient of the same 8 samples per step, but in another order
-    # (two 4-row batches, padded to their own longest sentence, all-reduced, against one 8-row batch),
-    # so they differ by float32 rounding, about 1e-8 here; atol=1e-6 is that with headroom, and
-    # 1000x below how far training moved the weights (asserted below), so it cannot pass vacuously.
-    two_w = load_file(str(two / "adapter" / "adapter_model.safetensors"))
+    # Tolerance: all runs average the gradient of the same 8 samples per step, but in another order
+    # (two 4-row batches, padded to their own longest sentence, then all-reduced or accumulated, against
+    # one 8-row batch), so they differ by float32 rounding, about 1e-8 here; atol=1e-6 is that with
+    # headroom, and 1000x below how far training moved the weights (asserted below): not vacuous.
     one_w = load_file(str(one / "adapter" / "adapter_model.safetensors"))
-    assert set(two_w) == set(one_w) and len(two_w) == 10  # A and B of query/value in 2 layers, the classifier
-    for key, value in one_w.items():
-        torch.testing.assert_close(two_w[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    assert len(one_w) == 10  # A and B of query/value in 2 layers, the classifier's weight and bias
+    for run in (two, acc):
+        weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+        assert set(weights) == set(one_w)
+        for key, value in one_w.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-6, msg=f"{run.name}: {key}")
     moved = max(value.abs().max().item() for key, value in one_w.items() if "lora_B" in key)
     assert moved > 1e-3  # lora_B starts at zero
 
