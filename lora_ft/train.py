@@ -156,6 +156,11 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
     )
     launched = launched_world_size()
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        if t.trainer.get("fsdp"):
+            raise LoraFtError(
+                "train.trainer.fsdp needs CUDA GPUs (on the CPU the Trainer quietly falls back to DDP); "
+                "drop it to train with DDP"
+            )
         if t.precision == "bf16" or launched > 1:
             # accelerate autocasts to bf16, and joins torchrun's process group, on a machine without a GPU
             # only when told it is on the CPU: else bf16 is refused and every rank trains alone on all data.

@@ -145,3 +145,16 @@ def test_ranks_check_they_drew_the_same_initial_weights(tmp_path):
     assert [r["same_seed_check"] for r in ranks] == ["ok", "ok"]
     for r in ranks:  # a rank-dependent seed is refused on every rank, so none trains on alone
         assert r["rank_seed_check"].startswith("ranks [1] built different initial LoRA/head weights")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP is refused only without a CUDA GPU")
+def test_fsdp_without_a_gpu_is_refused_rather_than_quietly_replaced_by_ddp(tmp_path):
+    from lora_ft.errors import LoraFtError
+    from lora_ft.train import training_arguments
+
+    cfg = load_config(None, ["train.trainer.fsdp=true"])
+    with pytest.raises(
+        LoraFtError, match=r"^train.trainer.fsdp needs CUDA GPUs .*; drop it to train with DDP$"
+    ):
+        training_arguments(cfg, "lora", tmp_path / "checkpoints")
+    assert training_arguments(load_config(None, []), "lora", tmp_path / "checkpoints").world_size == 1
