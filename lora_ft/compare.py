@@ -232,13 +232,9 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
     return row
 
 
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != "versions"}
-
-
 def _check_reusable(cfg: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only if it was trained with exactly the config this comparison asks for."""
-    saved = config_from_dict(_comparable(read_yaml(run_dir / "config.yaml"))).to_dict()
+    saved = config_from_dict(read_yaml(run_dir / "config.yaml")).to_dict()
     wanted = cfg.to_dict()
     changed = [
         f"{section}.{key}: {saved[section][key]!r} -> {value!r}"

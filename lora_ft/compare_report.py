@@ -29,8 +29,8 @@ NOTES = [
     "**optimizer state**: AdamW keeps two fp32 moments per trainable parameter: 8 bytes × trainable params.",
     "**shipped** is the size on disk of what must be shipped: `adapter/` (LoRA: the low-rank factors and "
     "the trained head) or `model/` (full and head-only: the whole model with its tokenizer files).",
-    "Ratios in parentheses are value / full fine-tuning's (for samples/s, above 1 means faster). "
-    "KB, MB, GB = 2^10, 2^20, 2^30 bytes. With several seeds, values are mean ± sample standard deviation.",
+    "**relative to full fine-tuning**: each cost divided by full fine-tuning's (for samples/s, above 1 "
+    "means faster; for the others, below 1 means cheaper). KB, MB, GB = 2^10, 2^20, 2^30 bytes. With several seeds, values are mean ± sample standard deviation.",
 ]
 
 
@@ -59,13 +59,6 @@ def fmt_mb(mb: float) -> str:
     return f"{mb * 1024:.1f} KB"
 
 
-def _with_ratio(row: dict[str, Any], key: str, text: str) -> str:
-    ratio = (row.get("vs_full") or {}).get(key)
-    if ratio is None or row["method"] == "full":
-        return text
-    return f"{text} ({ratio:.3g}×)"
-
-
 def _status(row: dict[str, Any]) -> str:
     total = len(row["runs"])
     if row["status"] == "failed":
@@ -90,17 +83,8 @@ def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
 
 def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     cuda = any((r.get("cuda_peak_memory_mb") or {}).get("n") for r in rows)
-    headers = [
-        "method",
-        "trainable params",
-        "% of total",
-        "train time",
-        "samples/s",
-        "peak RSS",
-        "train memory",
-    ]
-    headers += ["CUDA peak"] if cuda else []
-    headers += ["optimizer state", "shipped"]
+    headers = ["method", "trainable params", "% of total", "train time", "samples/s", "peak RSS"]
+    headers += ["train memory", *(["CUDA peak"] if cuda else []), "optimizer state", "shipped"]
     cells = []
     for row in rows:
         if row["status"] == "failed":
@@ -108,21 +92,56 @@ def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             continue
         line = [
             row["label"],
-            _with_ratio(row, "trainable_params", fmt_count(row["trainable_params"])),
+            fmt_count(row["trainable_params"]),
             f"{row['trainable_percent']:.3g}%",
-            _with_ratio(row, "train_seconds", fmt_stat(row["train_seconds"], ".1f", " s")),
-            _with_ratio(row, "train_samples_per_second", fmt_stat(row["train_samples_per_second"], ".1f")),
-            _with_ratio(row, "peak_memory_mb", fmt_stat(row["peak_memory_mb"], ".0f", " MB")),
-            _with_ratio(row, "train_memory_mb", fmt_stat(row["train_memory_mb"], ".0f", " MB")),
-        ]
-        line += [fmt_stat(row["cuda_peak_memory_mb"], ".0f", " MB")] if cuda else []
-        line += [
-            _with_ratio(row, "optimizer_state_mb", fmt_mb(row["optimizer_state_mb"])),
+            fmt_stat(row["train_seconds"], ".1f", " s"),
+            fmt_stat(row["train_samples_per_second"], ".1f"),
+            fmt_stat(row["peak_memory_mb"], ".0f", " MB"),
+            fmt_stat(row["train_memory_mb"], ".0f", " MB"),
+            *([fmt_stat(row["cuda_peak_memory_mb"], ".0f", " MB")] if cuda else []),
+            fmt_mb(row["optimizer_state_mb"]),
             # The same files for every seed: the mean is the size.
-            _with_ratio(row, "ship_mb", f"{row['ship_dir']}/ {fmt_mb(row['ship_mb']['mean'])}"),
+            f"{row['ship_dir']}/ {fmt_mb(row['ship_mb']['mean'])}",
         ]
         cells.append(line)
     return headers, cells
+
+
+RATIO_HEADERS = {
+    "trainable_params": "trainable params",
+    "train_seconds": "train time",
+    "train_samples_per_second": "samples/s",
+    "peak_memory_mb": "peak RSS",
+    "train_memory_mb": "train memory",
+    "optimizer_state_mb": "optimizer state",
+    "ship_mb": "shipped",
+}
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """Each cost as a multiple of full fine-tuning's; None without a finished full fine-tuning row."""
+    if not any(row["method"] == "full" and row.get("vs_full") for row in rows):
+        return None
+    cells = []
+    for row in rows:
+        ratios = row.get("vs_full") or {}
+        cells.append([row["label"], *(_fmt_ratio(ratios.get(key)) for key in RATIO_HEADERS)])
+    return ["method", *RATIO_HEADERS.values()], cells
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "—"
+    return f"{ratio:.2f}×" if ratio >= 0.01 else f"{ratio:.2g}×"
+
+
+def tables(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """(title, (headers, cells)) of each table the report shows, terminal and Markdown alike."""
+    out = [("Quality", quality_table(rows)), ("Cost", cost_table(rows))]
+    ratios = ratio_table(rows)
+    if ratios is not None:
+        out.append(("Cost relative to full fine-tuning", ratios))
+    return out
 
 
 def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
@@ -199,13 +218,8 @@ def render_markdown(c: Comparison, plots: dict[str, str]) -> str:
     if c.command:
         parts += ["```bash", c.command, "```", ""]
     parts += [f"- {line}" for line in setup_lines(c)] + [""]
-    parts += ["## Quality", "", markdown_table(*quality_table(c.rows)), ""]
-    parts += [
-        "## Cost (ratio to full fine-tuning in parentheses)",
-        "",
-        markdown_table(*cost_table(c.rows)),
-        "",
-    ]
+    for title, table in tables(c.rows):
+        parts += [f"## {title}", "", markdown_table(*table), ""]
     parts += [f"- {note}" for note in NOTES] + [""]
     if c.failed:
         parts += ["## Failed runs", ""]
@@ -282,10 +296,7 @@ def write_report(c: Comparison) -> None:
 def print_comparison(c: Comparison, console) -> None:
     from rich.table import Table
 
-    for title, (headers, cells) in (
-        ("Quality", quality_table(c.rows)),
-        ("Cost (ratio to full fine-tuning in parentheses)", cost_table(c.rows)),
-    ):
+    for title, (headers, cells) in tables(c.rows):
         table = Table(title=title)
         for i, header in enumerate(headers):
             table.add_column(header, justify="left" if i == 0 else "right")

@@ -47,16 +47,31 @@ def colors(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _mean_curve(logs: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, std) of ``key`` at the steps every seed logged it."""
-    per_seed = [{line["step"]: (line["epoch"], line[key]) for line in lines if key in line} for lines in logs]
+def _points(lines: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[int, tuple[float, float]]:
+    points: dict[int, tuple[float, float]] = {}
+    for line in lines:
+        for key in keys:
+            if key in line:
+                points.setdefault(line["step"], (line["epoch"], line[key]))
+    return points
+
+
+def _mean_curve(
+    logs: list[list[dict[str, Any]]], keys: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) of the first of ``keys`` each log line has, at the steps every seed logged."""
+    per_seed = [_points(lines, keys) for lines in logs]
     steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+    if not steps:
+        return np.array([]), np.array([]), np.array([])
     epochs = np.array([per_seed[0][s][0] for s in steps], dtype=float)
     values = np.array([[seed[s][1] for s in steps] for seed in per_seed], dtype=float)  # (seeds, steps)
-    if not steps:
-        return epochs, np.array([]), np.array([])
     std = values.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(steps))
     return epochs, values.mean(axis=0), std
+
+
+# The evaluation on the validation split after training is the accuracy curve's last point.
+CURVES = {"loss": ("loss",), "accuracy": ("eval_accuracy", "validation_accuracy")}
 
 
 def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, Any]]]], path: Path) -> Path:
@@ -69,14 +84,14 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
     for row in rows:
         if not logs.get(row["label"]):
             continue
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "eval_accuracy")):
-            x, mean, std = _mean_curve(logs[row["label"]], key)
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            x, mean, std = _mean_curve(logs[row["label"]], CURVES[key])
             if not len(x):
                 continue
             ax.plot(
                 x,
                 mean,
-                marker="o" if key == "eval_accuracy" else None,
+                marker="o" if key == "accuracy" else None,
                 ms=3,
                 lw=1.6,
                 color=palette[row["label"]],

@@ -133,6 +133,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     for text in ("val acc", "test F1", "learning rate", "trainable params", "samples/s", "peak RSS",
                  "train memory", "optimizer state", "shipped", "8 bytes × trainable params", "| head |"):  # fmt: skip
         assert text in report, text
+    assert "| full | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× |" in report
     assert "](curves.png)" in report and "](accuracy_vs_params.png)" in report
     assert not (out / "accuracy_vs_rank.png").exists()  # no rank sweep, no rank plot
     for name in ("curves.png", "accuracy_vs_params.png"):
@@ -166,6 +167,7 @@ def test_a_failing_method_is_a_failed_row_and_the_others_are_kept(tmp_path, tiny
     report = (out / "report.md").read_text()
     assert "| lora | FAILED |" in report and "## Failed runs" in report and "no_such_module" in report
     assert "| head | ok |" in report
+    assert "## Cost relative to full" not in report  # no full fine-tuning row to divide by
 
 
 def test_finished_runs_are_reused_and_force_retrains(tmp_path, tiny_bert_dir, toy_data_dir):

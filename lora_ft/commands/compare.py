@@ -28,7 +28,11 @@ def compare(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Comparison directory (default runs/compare-<config>)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Comparison directory (default runs/compare-CONFIG, CONFIG the config file name).",
+        ),
     ] = None,
     set_: SetOpt = None,
     force: Annotated[
