@@ -310,9 +310,11 @@ class CheckpointTrainer(Trainer):
 
 
 class _ResumePolicy(TrainerCallback):
-    """Continues the loss sums of a resumed run, and checkpoints the last step even with save_strategy "no".
+    """Continues the loss sums of a resumed run, and checkpoints the last step before anything else.
 
-    The last checkpoint means a crash while evaluating or writing the outputs loses no training.
+    The Trainer evaluates before it saves, and saves nothing with save_strategy "no": a crash in the
+    final evaluation (an evaluation batch that does not fit) or while writing the outputs would lose
+    the whole run. With the last step checkpointed first, it loses no training.
     """
 
     def __init__(self, trainer: CheckpointTrainer):
@@ -332,5 +334,5 @@ class _ResumePolicy(TrainerCallback):
         t._initial_global_step = 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps and args.save_strategy == "no":
+        if state.global_step >= state.max_steps:
             control.should_save = True
