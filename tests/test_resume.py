@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.signals import TrainingInterrupted
 from lora_ft.train import train
+
+from .conftest import toy_rows, write_split
 
 
 def _timing(key: str) -> bool:
@@ -75,14 +78,31 @@ def _assert_same_run(ref: Path, run: Path, ref_metrics: dict, metrics: dict) -> 
     assert _log(run) == _log(ref)
 
 
-@pytest.fixture()
-def reference(tmp_path, tiny_bert_dir, toy_data_dir):
-    cfg = _cfg(tiny_bert_dir, toy_data_dir)
-    return cfg, tmp_path / "ref", train(cfg, tmp_path / "ref")
+@dataclass
+class Toy:
+    model: Path
+    data: Path
+    ref: Path  # the uninterrupted run every resumed one is compared with
+    ref_metrics: dict
+
+    def cfg(self, *extra: str):
+        return _cfg(self.model, self.data, *extra)
 
 
-def test_interrupted_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, reference):
-    cfg, ref, ref_metrics = reference
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, tiny_bert_dir) -> Toy:
+    root = tmp_path_factory.mktemp("resume")
+    data = root / "data"
+    data.mkdir()
+    write_split(data / "train.csv", toy_rows(48))
+    write_split(data / "validation.csv", toy_rows(16, 100))
+    write_split(data / "test.csv", toy_rows(16, 200))
+    ref = root / "ref"
+    return Toy(tiny_bert_dir, data, ref, train(_cfg(tiny_bert_dir, data), ref))
+
+
+def test_interrupted_three_times_and_resumed_equals_the_uninterrupted_run(tmp_path, toy):
+    cfg, ref, ref_metrics = toy.cfg(), toy.ref, toy.ref_metrics
     out = tmp_path / "run"
     partial = tmp_path / ".run.partial"
     # Mid-epoch 0, the end of epoch 0, mid-epoch 1 (where the Trainer alone would draw a new data order).
@@ -101,7 +121,7 @@ def test_interrupted_three_times_and_resumed_equals_the_uninterrupted_run(tmp_pa
     _assert_same_run(ref, out, ref_metrics, metrics)
     # save_strategy "no": the interrupt checkpoints were insurance, not outputs; nothing hidden is left.
     assert not (out / "checkpoints").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run", "toy-data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 class Snapshot(TrainerCallback):
@@ -130,11 +150,9 @@ class FailSavingAt(TrainerCallback):
             self.monkeypatch.setattr("lora_ft.checkpoint.fsync_tree", die)
 
 
-def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(
-    tmp_path, reference, tiny_bert_dir, toy_data_dir, monkeypatch
-):
-    _, ref, ref_metrics = reference
-    cfg = _cfg(tiny_bert_dir, toy_data_dir, "train.save_strategy=steps", "train.save_steps=2")
+def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(tmp_path, toy, monkeypatch):
+    ref, ref_metrics = toy.ref, toy.ref_metrics
+    cfg = toy.cfg("train.save_strategy=steps", "train.save_steps=2")
     out, checkpoints = tmp_path / "run", tmp_path / ".run.partial" / "checkpoints"
 
     with pytest.raises(TrainingInterrupted) as info:  # Ctrl-C twice during step 5: abort at once
@@ -163,8 +181,8 @@ def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12"]
 
 
-def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, tiny_bert_dir, toy_data_dir):
-    cfg = _cfg(tiny_bert_dir, toy_data_dir)
+def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, toy):
+    cfg = toy.cfg()
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
         train(cfg, out, callbacks=[SignalAt(2, signal.SIGTERM)])
@@ -175,15 +193,15 @@ def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, tin
         ("train.seed=1", "train.seed (42 -> 1)"),
     ]:
         with pytest.raises(LoraFtError, match="cannot resume") as info:
-            train(_cfg(tiny_bert_dir, toy_data_dir, change), out, resume=True)
+            train(toy.cfg(change), out, resume=True)
         assert phrase in str(info.value)
-    longer = _cfg(tiny_bert_dir, toy_data_dir, "train.epochs=3")
+    longer = toy.cfg("train.epochs=3")
     metrics = train(longer, out, resume=True)
     assert metrics["global_steps"] == 18 and metrics["resumed_from_steps"] == [2]
     assert "epochs: 3.0" in (out / "config.yaml").read_text()
 
 
-def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, tiny_bert_dir, toy_data_dir, monkeypatch):
+def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, toy, monkeypatch):
     import lora_ft.train as train_module
 
     real = train_module.prepare
@@ -195,26 +213,24 @@ def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, tiny_bert_di
 
     monkeypatch.setattr(train_module, "prepare", prepare_then_sigterm)
     with pytest.raises(TrainingInterrupted, match="aborted by SIGTERM; nothing to resume") as info:
-        train(_cfg(tiny_bert_dir, toy_data_dir), tmp_path / "run")
+        train(toy.cfg(), tmp_path / "run")
     assert info.value.exit_code == 143
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-data"]
+    assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
-def test_cli_sigterm_exits_143_with_the_resume_command(
-    tmp_path, reference, tiny_bert_dir, toy_data_dir, monkeypatch
-):
+def test_cli_sigterm_exits_143_with_the_resume_command(tmp_path, toy, monkeypatch):
     import lora_ft.train as train_module
     from lora_ft.cli import app
 
-    _, ref, ref_metrics = reference
+    ref, ref_metrics = toy.ref, toy.ref_metrics
     real = train_module.train
 
     def with_sigterm_at_3(*args, callbacks=(), **kwargs):
         return real(*args, callbacks=[*callbacks, SignalAt(3, signal.SIGTERM)], **kwargs)
 
     out = tmp_path / "run"
-    sets = [f"model.name={tiny_bert_dir}", f"data.name={toy_data_dir}", *RUN_SETTINGS]
+    sets = [f"model.name={toy.model}", f"data.name={toy.data}", *RUN_SETTINGS]
     monkeypatch.setattr(train_module, "train", with_sigterm_at_3)
     result = CliRunner().invoke(app, ["train", *[a for s in sets for a in ("--set", s)], "--out", str(out)])
     assert result.exit_code == 143, result.output
@@ -244,9 +260,9 @@ train(load_config(None, sys.argv[2:]), sys.argv[1], callbacks=[Slow()])
 """
 
 
-def test_kill_9_mid_run_then_resume(tmp_path, reference, tiny_bert_dir, toy_data_dir):
-    _, ref, ref_metrics = reference
-    sets = [f"model.name={tiny_bert_dir}", f"data.name={toy_data_dir}", *RUN_SETTINGS]
+def test_kill_9_mid_run_then_resume(tmp_path, toy):
+    ref, ref_metrics = toy.ref, toy.ref_metrics
+    sets = [f"model.name={toy.model}", f"data.name={toy.data}", *RUN_SETTINGS]
     sets += ["train.save_strategy=steps", "train.save_steps=1", "train.save_total_limit=2"]
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
     proc = subprocess.Popen(
