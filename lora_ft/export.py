@@ -129,7 +129,7 @@ def _check_plain(model: torch.nn.Module) -> None:
 
 
 def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
-    from lora_ft.train import check_output_dir
+    from lora_ft.rundir import check_output_dir
 
     check_output_dir(out, force)
     target = out.resolve()
@@ -206,7 +206,7 @@ def export_merged(
 
 
 def _write(artifact: Artifact, report: MergeReport) -> None:
-    from lora_ft.train import publish_dir
+    from lora_ft.rundir import publish_dir
 
     out = report.out
     tmp = None
