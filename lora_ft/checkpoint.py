@@ -8,7 +8,7 @@ epoch's data order afresh, so it skips batches the run never saw. Here:
 - a checkpoint is written as ``.checkpoint-N.partial``, fsynced, and renamed to ``checkpoint-N``: a
   ``checkpoint-N`` directory is complete by construction; old ones are renamed away before deletion;
 - it holds the trainable tensors only (``trainable.safetensors``: the adapter and the head, about
-  100 KB for MiniLM at r=8 instead of 90 MB), plus the Trainer's optimizer, scheduler, RNG and state;
+  300 KB for MiniLM at r=8 instead of 91 MB), plus the Trainer's optimizer, scheduler, RNG and state;
 - ``resume.json`` adds what the Trainer does not keep: the RNG state the current epoch's order was
   drawn from, the running loss sums (so logged losses and ``train_loss`` continue exactly) and the
   training seconds so far.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -23,6 +24,8 @@ from lora_ft.config import RunConfig, apply_overrides, config_from_dict, read_ya
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import is_disk_full
 from lora_ft.signals import TrainingInterrupted, signal_name
+
+log = logging.getLogger("lora_ft")
 
 # What a resume may change: the budget, and how often to log, evaluate and save. Anything else
 # (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
@@ -172,7 +175,8 @@ class RunDir:
             )
         if not (self.partial / "config.yaml").is_file():
             raise LoraFtError(
-                f"{self.partial} has no config.yaml; it cannot be resumed: pass --force to discard it"
+                f"{self.partial} has no config.yaml, so it cannot be resumed; train into {self.out} "
+                "again with --force to discard it"
             )
         return read_yaml(self.partial / "config.yaml")
 
@@ -288,6 +292,8 @@ class RunDir:
             )
         if isinstance(exc, LoraFtError) and kept:
             return LoraFtError(f"{exc}{kept}", exc.exit_code)
+        if kept:  # an unexpected error keeps its own message and traceback; say what survived it
+            log.warning("%s", kept[2:])
         return exc
 
 

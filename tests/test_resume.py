@@ -181,6 +181,26 @@ def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(tmp_path
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12"]
 
 
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise ValueError("a bug in someone's callback")
+
+
+def test_a_crash_keeps_the_last_checkpoint_and_says_so(tmp_path, toy, caplog):
+    cfg = toy.cfg("train.save_strategy=steps", "train.save_steps=2")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="a bug in someone's callback"):
+        train(cfg, out, callbacks=[CrashAt(5)])
+    assert f"kept the last checkpoint (step 4): resume with: lora-ft train --resume {out}" in caplog.text
+    metrics = train(cfg, out, resume=True)
+    assert metrics["resumed_from_steps"] == [4]
+    _assert_same_run(toy.ref, out, toy.ref_metrics, metrics)
+
+
 def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, toy):
     cfg = toy.cfg()
     out = tmp_path / "run"
