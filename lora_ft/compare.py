@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ class RunResult:
     error: str | None = None
     reused: bool = False
     process_seconds: float | None = None  # wall time of the worker, start-up included; None when reused
+    # CPU time the worker process used (user + system); None when reused or trained without a process.
+    cpu_seconds: float | None = None
+    # The machine's load average (1, 5, 15 min) when the run ended: a shared machine slows every timing.
+    load_average: tuple[float, float, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -321,19 +326,39 @@ def compare(
         else:
             config_path = runs / f"{spec.name}.yaml"
             _write_atomic(config_path, dump_config(configs[spec]))
-            start = time.perf_counter()
-            error = runner(config_path, run_dir, runs / f"{spec.name}.log", force, _emitter(progress))
-            metrics_path = run_dir / "metrics.json"
-            if error is None and not metrics_path.is_file():
-                error = f"finished without writing {metrics_path}"
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if error is None else None
-            result = RunResult(spec, run_dir, metrics, error, process_seconds=time.perf_counter() - start)
+            result = _train_run(spec, config_path, run_dir, force, runner, progress)
         results.append(result)
         if progress is not None:
             progress.run_finished(result)
     comparison = Comparison(out, cfg, specs, results, summarize(results), command)
     write_report(comparison)
     return comparison
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _train_run(
+    spec: RunSpec, config_path: Path, run_dir: Path, force: bool, runner: Runner, progress
+) -> RunResult:
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
+    error = runner(config_path, run_dir, config_path.with_suffix(".log"), force, _emitter(progress))
+    seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
+    metrics_path = run_dir / "metrics.json"
+    if error is None and not metrics_path.is_file():
+        error = f"finished without writing {metrics_path}"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if error is None else None
+    return RunResult(
+        spec,
+        run_dir,
+        metrics,
+        error,
+        process_seconds=seconds,
+        cpu_seconds=cpu or None,  # 0: the runner trained in this process, whose CPU time is not the run's
+        load_average=os.getloadavg(),
+    )
 
 
 def _emitter(progress) -> Emit:

@@ -144,6 +144,20 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[
     return out
 
 
+def runs_table(results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    """Each run's process: how long it took, how much CPU it got, how busy the machine was."""
+    headers = ["run", "status", "wall time", "CPU time", "CPU / wall", "load average at end (1 / 5 / 15 min)"]
+    cells = []
+    for r in results:
+        status = "reused" if r.reused else "ok" if r.ok else "FAILED"
+        wall = f"{r.process_seconds:.0f} s" if r.process_seconds is not None else "—"
+        cpu = f"{r.cpu_seconds:.0f} s" if r.cpu_seconds is not None else "—"
+        share = f"{r.cpu_seconds / r.process_seconds:.2f}" if r.cpu_seconds and r.process_seconds else "—"
+        load = " / ".join(f"{x:.1f}" for x in r.load_average) if r.load_average else "—"
+        cells.append([r.spec.name, status, wall, cpu, share, load])
+    return headers, cells
+
+
 def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
     def line(values: list[str]) -> str:
         return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
@@ -221,6 +235,14 @@ def render_markdown(c: Comparison, plots: dict[str, str]) -> str:
     for title, table in tables(c.rows):
         parts += [f"## {title}", "", markdown_table(*table), ""]
     parts += [f"- {note}" for note in NOTES] + [""]
+    cpus = os.cpu_count() or 1
+    parts += ["## Runs", "", markdown_table(*runs_table(c.results)), ""]
+    parts += [
+        f"Wall time includes the worker's start-up and final evaluations. CPU / wall is how many of the "
+        f"{cpus} CPUs the run kept busy on average: when other processes share the machine it drops (see the "
+        "load average), and the run's timings are slower than the method alone would be.",
+        "",
+    ]
     if c.failed:
         parts += ["## Failed runs", ""]
         parts += [f"- `{r.spec.name}`: {r.error} (log: `runs/{r.spec.name}.log`)" for r in c.failed] + [""]
@@ -242,6 +264,8 @@ def _run_record(r: RunResult) -> dict[str, Any]:
         "run_dir": str(r.run_dir),
         "reused": r.reused,
         "process_seconds": r.process_seconds,
+        "cpu_seconds": r.cpu_seconds,
+        "load_average": r.load_average,
         "metrics": r.metrics,
     }
 

@@ -134,6 +134,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
                  "train memory", "optimizer state", "shipped", "8 bytes × trainable params", "| head |"):  # fmt: skip
         assert text in report, text
     assert "| full | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× |" in report
+    assert "## Runs" in report and "| head-seed42 | ok |" in report
     assert "](curves.png)" in report and "](accuracy_vs_params.png)" in report
     assert not (out / "accuracy_vs_rank.png").exists()  # no rank sweep, no rank plot
     for name in ("curves.png", "accuracy_vs_params.png"):
@@ -164,6 +165,8 @@ def test_a_failing_method_is_a_failed_row_and_the_others_are_kept(tmp_path, tiny
     log_text = (out / "runs" / "lora-seed42.log").read_text()
     assert "-m lora_ft.compare_worker" in log_text and "error: " in log_text
     assert [r.spec.name for r in result.failed] == ["lora-seed42"]
+    head = next(r for r in result.results if r.spec.method == "head")
+    assert head.cpu_seconds > 0 and len(head.load_average) == 3  # the worker's own CPU time, measured
     report = (out / "report.md").read_text()
     assert "| lora | FAILED |" in report and "## Failed runs" in report and "no_such_module" in report
     assert "| head | ok |" in report
