@@ -350,13 +350,16 @@ class CompareProgress:
         self.status = ""
 
     def __enter__(self) -> CompareProgress:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.progress.live.is_started:
+            self.progress.stop()
 
     def run_started(self, spec: RunSpec, index: int, total: int, reused: bool) -> None:
+        # Started at the first run, not on entry: an argument error leaves no empty display behind.
+        if not self.progress.live.is_started:
+            self.progress.start()
         self.status = "reused (metrics.json present)" if reused else "starting"
         self.task = self.progress.add_task(
             f"[{index + 1}/{total}] {spec.name}", total=None, status=self.status

@@ -278,3 +278,24 @@ def test_shipped_compare_configs_parse_with_a_rate_per_method(name):
     assert set(cfg.train.learning_rates) == {"lora", "full", "head"}
     assert cfg.train.lr_for("full") < cfg.train.lr_for("lora") < cfg.train.lr_for("head")
     assert cfg.train.eval_strategy == "steps"  # curves need several evaluations
+
+
+def test_progress_shows_steps_loss_and_outcome():
+    from rich.console import Console
+
+    from lora_ft.compare import RunResult, RunSpec
+    from lora_ft.compare_report import CompareProgress
+
+    console = Console(file=io.StringIO(), width=150)
+    ok, broken = RunSpec("lora", 42), RunSpec("full", 42)
+    with CompareProgress(console) as progress:
+        progress.run_started(ok, 0, 2, reused=False)
+        progress.run_event({"step": 0, "max_steps": 4})
+        progress.run_event({"step": 2, "max_steps": 4, "loss": 0.5})
+        progress.run_event({"step": 2, "max_steps": 4, "eval_accuracy": 0.625})
+        progress.run_finished(RunResult(ok, Path("x"), {"validation": {"accuracy": 0.75}, "global_steps": 4}))
+        progress.run_started(broken, 1, 2, reused=False)
+        progress.run_finished(RunResult(broken, Path("y"), None, error="boom"))
+    text = console.file.getvalue()
+    assert "[1/2] lora-seed42" in text and "done: val acc 0.7500" in text
+    assert "[2/2] full-seed42" in text and "failed: boom" in text
