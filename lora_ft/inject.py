@@ -28,6 +28,8 @@ _BERT_STYLE = (
     "bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "data2vec-text", "mobilebert",
     "albert", "xmod", "roberta-prelayernorm", "megatron-bert", "layoutlm",
 )  # fmt: skip
+# Decoders whose attention projections are q_proj/k_proj/v_proj/o_proj and whose classifier head is `score`.
+_LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "opt")
 # Query and value only: the LoRA paper's choice (§7.1), and PEFT's default for these architectures.
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "distilbert": ["q_lin", "v_lin"],
@@ -35,11 +37,13 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],
     **{t: ["query", "value"] for t in _BERT_STYLE},
+    **{t: ["q_proj", "v_proj"] for t in _LLAMA_STYLE},
 }
 # The modules a sequence classifier adds on top of the encoder; they start random, so they train fully.
 DEFAULT_HEADS: dict[str, list[str]] = {
     "distilbert": ["pre_classifier", "classifier"],
-    **{t: ["classifier"] for t in DEFAULT_TARGETS if t != "distilbert"},
+    **{t: ["classifier"] for t in DEFAULT_TARGETS if t != "distilbert" and t not in _LLAMA_STYLE},
+    **{t: ["score"] for t in _LLAMA_STYLE},
 }
 # Head names tried for architectures without an entry above (HF decoder classifiers call it `score`).
 _FALLBACK_HEADS = ("pre_classifier", "classifier", "score")
