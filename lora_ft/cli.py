@@ -178,10 +178,19 @@ def targets(
     all_rows: Annotated[
         bool, typer.Option("--all", help="List every Linear, not only the wrapped ones.")
     ] = False,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            "--ranks",
+            help="Parameter-savings calculator: LoRA params, % of the model and adapter size at each rank, "
+            "e.g. 4,8,16,64, against full fine-tuning.",
+        ),
+    ] = None,
 ) -> None:
     """Dry run: which Linear modules a target spec would wrap, and what LoRA would train.
 
-    No weights are loaded: the model is built from its config on the meta device.
+    No weights are loaded: the model is built from its config on the meta device, so a config.json
+    alone is enough, even for a 70B decoder.
 
     Examples:
 
@@ -190,17 +199,29 @@ def targets(
         lora-ft targets distilbert-base-uncased --targets q_lin,k_lin,v_lin --r 16
 
         lora-ft targets ./my-model --targets all-linear --all
+
+        lora-ft targets ./llama-2-7b/config.json --ranks 4,8,16,64
     """
+    from lora_ft.compare import parse_ranks
     from lora_ft.modeling import load_model_skeleton
     from lora_ft.report import print_targets
 
     if r < 1:
         raise LoraFtError(f"--r must be >= 1, got {r}")
+    rank_list = parse_ranks(ranks) if ranks is not None else None
     spec = None
     if targets_ is not None:
         spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
     skeleton = load_model_skeleton(model)
-    print_targets(skeleton, spec, r, _console(), all_rows=all_rows)
+    console = _console()
+    print_targets(skeleton, spec, r, console, all_rows=all_rows)
+    if rank_list:
+        from lora_ft.calculator import savings
+        from lora_ft.inject import default_head, default_targets
+        from lora_ft.report import print_savings
+
+        spec = spec if spec is not None else default_targets(skeleton)
+        print_savings(savings(skeleton, spec, rank_list, default_head(skeleton), name=model), console)
 
 
 @app.command()

@@ -76,3 +76,36 @@ def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = 
         f"trainable: {totals['lora_params']:,} LoRA + {totals['head_params']:,} head = "
         f"{totals['trainable_params']:,} of {totals['total_params']:,} ({totals['trainable_percent']:.3f}%)"
     )
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def print_savings(savings, console: Console) -> None:
+    """The ``lora-ft targets --ranks`` calculator: LoRA at each rank against full fine-tuning."""
+    table = Table(title=f"{savings.model}: LoRA on {savings.wrapped} Linears vs full fine-tuning")
+    for column in ("r", "LoRA", "trainable", "% model", "÷ targ.", "÷ full", "adapter"):
+        table.add_column(column, justify="right")
+    for row in savings.ranks:
+        table.add_row(
+            str(row.r),
+            f"{row.lora_params:,}",
+            f"{row.trainable_params:,}",
+            f"{row.trainable_percent:.4f}",
+            f"{savings.targeted_params / row.lora_params:,.0f}x",
+            f"{savings.total_params / row.trainable_params:,.0f}x",
+            fmt_bytes(row.adapter_bytes),
+        )
+    console.print(table)
+    head = savings.ranks[0].head_params if savings.ranks else 0
+    console.print(
+        f"trainable = LoRA + {head:,} head params ({', '.join(savings.head)}, trained fully); % model: of all "
+        f"params incl. LoRA (as PEFT prints it).\nFull fine-tuning trains {savings.targeted_params:,} params in "
+        f"the targeted weight matrices (÷ targ. = that / LoRA) and {savings.total_params:,} in the whole model "
+        f"(÷ full = that / trainable; {fmt_bytes(savings.full_model_bytes)} in fp32).\nadapter: "
+        "adapter_model.safetensors in fp32 (LoRA A/B + head tensors + header); adapter_config.json not counted."
+    )
