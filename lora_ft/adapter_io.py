@@ -4,6 +4,7 @@ Layout (PEFT ``save_pretrained`` for LoRA, checked against PEFT itself in tests/
     adapter_config.json        peft_type "LORA", r, lora_alpha, target_modules, modules_to_save, ...
     adapter_model.safetensors  base_model.model.<module>.lora_A.weight  (r, in)
                                base_model.model.<module>.lora_B.weight  (out, r)
+                               base_model.model.<module>.lora_magnitude_vector  (out,), DoRA only
                                base_model.model.<head module>.<param>   (fully trained head)
 We add our own records where PEFT ignores them: the safetensors header carries the scaling each
 update was trained with, so an ``adapter_config.json`` edited afterwards (a different ``lora_alpha``)
@@ -31,7 +32,7 @@ from torch import nn
 
 from lora_ft import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import _resolve_head, inject_lora, lora_layers
+from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 from lora_ft.lora import LoRALinear
 
 log = logging.getLogger("lora_ft")
@@ -42,6 +43,8 @@ PREFIX = "base_model.model."
 META_SCALING = "lora_ft.scaling"  # JSON {module: scaling} in the safetensors header
 META_LABELS = "lora_ft.label_names"
 META_MODEL = "lora_ft.model"  # JSON of the settings the base was built with (name, num_layers, revision)
+# PEFT's name for DoRA's magnitude in the file (LoRALinear.lora_magnitude).
+MAGNITUDE = "lora_magnitude_vector"
 
 # Keys of adapter_config.json that lora-ft understands. Others (newer PEFT fields) are ignored, with a
 # warning when they are set: PEFT writes every field of its config, and null means the feature is off.
@@ -55,7 +58,6 @@ _KNOWN_KEYS = {
 }  # fmt: skip
 # Known keys that, when set, make the adapter compute something LoRALinear does not.
 _UNSUPPORTED = {
-    "use_dora": "DoRA",
     "lora_bias": "LoRA bias terms (lora_bias)",
     "fan_in_fan_out": "fan_in_fan_out layers (GPT-2 Conv1D)",
     "use_qalora": "QA-LoRA",
@@ -115,14 +117,15 @@ def save_adapter(
     head: list[str],
     base_model_name_or_path: str,
     label_names: list[str] | None = None,
-    init: str = "kaiming",
+    init: str | None = None,
     model_settings: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s LoRA layers and head modules to ``out_dir`` (PEFT format), atomically.
 
     A built-in base (``minilm-l6``) is recorded under its hub id; ``model_settings`` keep the name
-    lora-ft loads it by. The files are written to a temporary sibling directory that is renamed into
-    place, so a crash leaves either no adapter or a complete one.
+    lora-ft loads it by. ``init`` (default: the layers' own) is recorded as ``init_lora_weights``. The
+    files are written to a temporary sibling directory that is renamed into place, so a crash leaves
+    either no adapter or a complete one.
 
     Raises:
         LoraFtError: the model has no LoRA layers, or ``out_dir`` already exists.
@@ -139,6 +142,8 @@ def save_adapter(
     for name, layer in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().to("cpu").contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().to("cpu").contiguous()
+        if layer.use_dora:
+            tensors[f"{PREFIX}{name}.{MAGNITUDE}"] = layer.lora_magnitude.detach().to("cpu").contiguous()
     tensors.update(_head_tensors(model, head))
 
     ranks = Counter(layer.r for layer in layers.values())
@@ -146,6 +151,15 @@ def save_adapter(
     r = ranks.most_common(1)[0][0]
     alpha = alphas.most_common(1)[0][0]
     first = next(iter(layers.values()))
+    for what, values in (
+        ("rslora", {lay.rslora for lay in layers.values()}),
+        ("DoRA", {lay.use_dora for lay in layers.values()}),
+    ):
+        if len(values) > 1:
+            raise LoraFtError(
+                f"the model mixes LoRA layers with and without {what}, which PEFT's config cannot express"
+            )
+    init = init or first.init
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
@@ -162,7 +176,7 @@ def save_adapter(
         "rank_pattern": {n: layer.r for n, layer in layers.items() if layer.r != r},
         "alpha_pattern": {n: layer.alpha for n, layer in layers.items() if layer.alpha != alpha},
         "inference_mode": True,
-        "use_dora": False,
+        "use_dora": first.use_dora,
     }
     metadata = {"format": "pt", META_SCALING: json.dumps({n: layer.scaling for n, layer in layers.items()})}
     if label_names is not None:
@@ -182,14 +196,6 @@ def save_adapter(
     return out
 
 
-def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: the first key that matches the end of ``module``."""
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
 @dataclass
 class Adapter:
     """An adapter read from disk: its config, LoRA tensors per module, head tensors per module."""
@@ -198,9 +204,14 @@ class Adapter:
     config: dict[str, Any]
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, in), B (out, r))
     head: dict[str, dict[str, torch.Tensor]]  # module -> {param: tensor}
+    magnitude: dict[str, torch.Tensor] = field(default_factory=dict)  # DoRA: module -> m (out,)
     scaling: dict[str, float] = field(default_factory=dict)  # from our metadata, when lora-ft wrote it
     label_names: list[str] | None = None
     model_settings: dict[str, Any] | None = None  # from our metadata, when lora-ft wrote it
+
+    @property
+    def use_dora(self) -> bool:
+        return bool(self.config.get("use_dora"))
 
     @property
     def base_model(self) -> str | None:
@@ -223,9 +234,7 @@ class Adapter:
         return int(self.lora[module][0].shape[0])
 
     def alpha_of(self, module: str) -> float:
-        return float(
-            _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
-        )
+        return float(pattern_value(self.config.get("alpha_pattern"), module, self.config["lora_alpha"]))
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -317,25 +326,37 @@ def read_adapter(path: str | Path) -> Adapter:
     for key, tensor in tensors.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         module, _, param = name.rpartition(".")
-        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", name)
+        match = re.fullmatch(rf"(.+)\.(?:(lora_A|lora_B)\.weight|({MAGNITUDE}))", name)
         if match:
-            lora.setdefault(match.group(1), {})[match.group(2)] = tensor
-        elif "lora_" in name:  # lora_embedding_A, lora_magnitude_vector, ...: variants we cannot apply
+            lora.setdefault(match.group(1), {})[match.group(2) or match.group(3)] = tensor
+        elif "lora_" in name:  # lora_embedding_A, lora_E, ...: variants we cannot apply
             raise LoraFtError(f"adapter {p}: tensor {key} belongs to a LoRA variant lora-ft does not support")
         elif not module:
             raise LoraFtError(f"adapter {p}: tensor {key} names no module")
         else:
             head.setdefault(module, {})[param] = tensor
-    pairs = {}
+    pairs, magnitude = {}, {}
+    dora = bool(config.get("use_dora"))
+    needed = {"lora_A", "lora_B", MAGNITUDE} if dora else {"lora_A", "lora_B"}
     for module, parts in lora.items():
-        if set(parts) != {"lora_A", "lora_B"}:
-            raise LoraFtError(f"adapter {p}: module {module} has {sorted(parts)} but needs lora_A and lora_B")
+        if set(parts) != needed:
+            raise LoraFtError(
+                f"adapter {p}: module {module} has {sorted(parts)} but needs {' and '.join(sorted(needed))}"
+                + ("" if dora else f" ({MAGNITUDE} is DoRA's, and use_dora is not set in {CONFIG_NAME})")
+            )
         a, b = parts["lora_A"], parts["lora_B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise LoraFtError(
                 f"adapter {p}: {module} lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit"
             )
+        if dora and tuple(parts[MAGNITUDE].shape) != (b.shape[0],):
+            raise LoraFtError(
+                f"adapter {p}: {module} {MAGNITUDE} has shape {tuple(parts[MAGNITUDE].shape)}, "
+                f"lora_B has {b.shape[0]} output features"
+            )
         pairs[module] = (a, b)
+        if dora:
+            magnitude[module] = parts[MAGNITUDE]
     if not pairs:
         raise LoraFtError(f"adapter {p} has no lora_A/lora_B tensors")
     scaling = _metadata_json(metadata, META_SCALING, weights_path) or {}
@@ -344,6 +365,7 @@ def read_adapter(path: str | Path) -> Adapter:
         config=config,
         lora=pairs,
         head=head,
+        magnitude=magnitude,
         scaling={k: float(v) for k, v in scaling.items()},
         label_names=_metadata_json(metadata, META_LABELS, weights_path),
         model_settings=_metadata_json(metadata, META_MODEL, weights_path),
@@ -356,7 +378,7 @@ def _check_ranks_and_scaling(adapter: Adapter) -> None:
     cfg = adapter.config
     for module in adapter.lora:
         r = adapter.rank_of(module)
-        expected = _pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"])
+        expected = pattern_value(cfg.get("rank_pattern"), module, cfg["r"])
         if r != expected:
             raise LoraFtError(
                 f"adapter {adapter.path}: {module} has rank {r} in the weights but r={expected} in {CONFIG_NAME}"
@@ -441,6 +463,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, dropout: float | None =
             dropout=p,
             init=init,
             rslora=bool(adapter.config.get("use_rslora")),
+            use_dora=adapter.use_dora,
         )
     layers = lora_layers(model)
     modules = dict(model.named_modules())
@@ -448,6 +471,8 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, dropout: float | None =
         for module, (a, b) in adapter.lora.items():
             layers[module].lora_A.copy_(a)
             layers[module].lora_B.copy_(b)
+            if adapter.use_dora:
+                layers[module].lora_magnitude.copy_(adapter.magnitude[module])
         for name, params in adapter.head.items():
             modules[name].load_state_dict(params)
     # Each inject_lora call froze everything but LoRA; the head trains too, as in the run that made it.

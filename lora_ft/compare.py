@@ -43,6 +43,15 @@ COSTS = (
     "ship_mb",
 )
 
+# Names only `compare --methods` knows: a LoRA run (train.method=lora, lora's learning rate) with these
+# lora.* keys set, so a variant is compared with plain LoRA under one budget.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dora": {"use_dora": True},
+    "rslora": {"rslora": True},
+    "lora-all": {"targets": "all-linear"},
+}
+COMPARE_METHODS = (*METHODS, *VARIANTS)
+
 # (config file, run dir, log file, force, emit) -> None on success, else a one-line error.
 Runner = Callable[[Path, Path, Path, bool, Emit], "str | None"]
 
@@ -84,12 +93,23 @@ class RunResult:
         return self.metrics is not None
 
 
+def train_method(method: str) -> str:
+    """The ``train.method`` a compare method runs as: ``lora`` for a LoRA variant, else itself."""
+    return "lora" if method in VARIANTS else method
+
+
+def describe_variant(method: str) -> str:
+    """``dora = lora with lora.use_dora=true``: what a variant's row is, for the report."""
+    sets = ", ".join(f"lora.{k}={json.dumps(v)}" for k, v in VARIANTS[method].items())
+    return f"{method} = lora with {sets}"
+
+
 def parse_methods(text: str) -> list[str]:
     methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in COMPARE_METHODS]
     if unknown or not methods:
         raise LoraFtError(
-            f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {text!r}"
+            f"--methods takes a comma-separated list of {', '.join(COMPARE_METHODS)}; got {text!r}"
             + (f" ({', '.join(unknown)} unknown)" if unknown else "")
         )
     return methods
@@ -123,8 +143,10 @@ def run_config(cfg: RunConfig, spec: RunSpec) -> RunConfig:
     """``cfg`` for one run. A rank sweep keeps the config's alpha/r (the scaling, LoRA §4.1) so one
     learning rate serves every rank; with rsLoRA the scaling alpha/sqrt(r) is already rank-stable."""
     run = copy.deepcopy(cfg)
-    run.train.method = spec.method
+    run.train.method = train_method(spec.method)
     run.train.seed = spec.seed
+    for key, value in VARIANTS.get(spec.method, {}).items():
+        setattr(run.lora, key, value)
     if spec.rank is not None:
         if not cfg.lora.rslora:
             run.lora.alpha = cfg.lora.alpha * spec.rank / cfg.lora.r
@@ -213,7 +235,7 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
     logs = [read_log(r.run_dir) for r in done]
     row.update(
         learning_rate=first["learning_rate"],
-        lora=first.get("lora") and {k: first["lora"][k] for k in ("r", "alpha", "rslora")},
+        lora=first.get("lora") and {k: first["lora"].get(k) for k in ("r", "alpha", "rslora", "use_dora")},
         trainable_params=first["trainable_params"],
         total_params=first["total_params"],
         trainable_percent=first["trainable_percent"],

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lora_ft.compare import Comparison, RunResult, RunSpec, read_log
+from lora_ft.compare import VARIANTS, Comparison, RunResult, RunSpec, describe_variant, read_log, train_method
 from lora_ft.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 
 PLOTS = {
@@ -196,7 +196,7 @@ def setup_lines(c: Comparison) -> list[str]:
         else f"each {cfg.train.eval_strategy}"
     )
     methods = list(dict.fromkeys(s.method for s in c.specs))
-    rates = ", ".join(f"{m} {cfg.train.lr_for(m):.1e}" for m in methods)
+    rates = ", ".join(f"{m} {cfg.train.lr_for(train_method(m)):.1e}" for m in methods)
     seeds = sorted({s.seed for s in c.specs})
     lines = [
         f"model `{cfg.model.name}`"
@@ -207,6 +207,9 @@ def setup_lines(c: Comparison) -> list[str]:
         f"seeds {', '.join(map(str, seeds))}; validation {evals}",
         f"learning rate per method (`train.learning_rates`): {rates}",
     ]
+    variants = [m for m in methods if m in VARIANTS]
+    if variants:
+        lines.append("LoRA variants: " + "; ".join(describe_variant(m) for m in variants))
     if any(s.rank is not None for s in c.specs):
         lines.append(
             f"rank sweep: LoRA alpha/r kept at {cfg.lora.alpha / cfg.lora.r:g} (the config's scaling)"

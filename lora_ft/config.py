@@ -87,7 +87,12 @@ class LoRAConfig:
     # module name), or "all-linear". null: the model type's default (BERT query/value, DistilBERT q_lin/v_lin).
     targets: Union[list[str], str, None] = None  # noqa: UP007 - the config parser reads this annotation
     init: str = "kaiming"  # or "gaussian"
-    rslora: bool = False
+    rslora: bool = False  # scaling alpha / sqrt(r) (rsLoRA) instead of alpha / r
+    use_dora: bool = False  # DoRA: a trainable magnitude per output feature beside the low-rank direction
+    # Another r / alpha for some modules, PEFT's rank_pattern / alpha_pattern: {regex: value}, where the
+    # first key (in order) matching the end of a module name wins, e.g. {query: 16, value: 4}.
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
     # Modules trained fully and saved with the adapter (PEFT's modules_to_save). null: the classifier head.
     head: list[str] | None = None
 
@@ -102,6 +107,18 @@ class LoRAConfig:
             _check(
                 len(self.targets) > 0, "lora.targets is an empty list; name modules, or null for the default"
             )
+        for key, r in self.rank_pattern.items():
+            _check(r >= 1, f"lora.rank_pattern.{key} must be an integer >= 1, got {r}")
+        for key, alpha in self.alpha_pattern.items():
+            _check(alpha > 0, f"lora.alpha_pattern.{key} must be > 0, got {alpha}")
+        for what in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self, what):
+                try:
+                    re.compile(key)
+                except re.error as exc:
+                    raise LoraFtError(
+                        f"lora.{what} key {key!r} is not a valid regex ({exc}); escape special characters"
+                    ) from None
 
     @property
     def scaling(self) -> float:

@@ -241,6 +241,7 @@ def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:
             "r": cfg.get("r"),
             "lora_alpha": cfg.get("lora_alpha"),
             "use_rslora": bool(cfg.get("use_rslora")),
+            "use_dora": adapter.use_dora,
             "modules": len(adapter.lora),
             "targets": sorted({m.rsplit(".", 1)[-1] for m in adapter.lora}),
             "head": sorted(adapter.head),
@@ -273,7 +274,8 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
         "",
         f"# {report.out.name}",
         "",
-        f"A `{type(artifact.model).__name__}`: the LoRA adapter of `{artifact.path}` (r={ad['r']}, "
+        f"A `{type(artifact.model).__name__}`: the {'DoRA' if ad['use_dora'] else 'LoRA'} adapter of "
+        f"`{artifact.path}` (r={ad['r']}, "
         f"alpha={ad['lora_alpha']:g}, {ad['modules']} modules: {', '.join(ad['targets'])}; head "
         f"{', '.join(ad['head']) or 'none'} trained fully) merged into `{base}`{cut} by lora-ft {__version__}. "
         "A plain checkpoint: neither lora-ft nor PEFT is needed to load it.",

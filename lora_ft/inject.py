@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ class WrappedInfo:
     in_features: int
     out_features: int
     r: int
-    params: int  # r * (in_features + out_features)
+    params: int  # r * (in_features + out_features), + out_features for DoRA's magnitude
 
 
 @dataclass
@@ -215,6 +216,29 @@ def _no_match_message(model: nn.Module, spec: list[str], modules: dict, exclude:
     )
 
 
+def pattern_value(pattern: dict[str, Any] | None, module: str, default: Any) -> Any:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup (``peft.utils.other.get_pattern_key``): the value
+    of the first key, in order, that is a regex matching the end of ``module`` at a dot boundary."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _check_patterns(names: list[str], patterns: dict[str, dict[str, Any] | None]) -> None:
+    for what, pattern in patterns.items():
+        for key in pattern or {}:
+            try:
+                hit = any(re.match(rf"(.*\.)?({key})$", n) for n in names)
+            except re.error as exc:
+                raise LoraFtError(f"lora.{what} key {key!r} is not a valid regex: {exc}") from None
+            if not hit:
+                raise LoraFtError(
+                    f"lora.{what} key {key!r} matches none of the wrapped modules (it must match the end of a "
+                    f"name, like 'query' or 'layer.0.attention.self.query'); wrapped: {_leaf_counts(names)}"
+                )
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
@@ -237,15 +261,21 @@ def inject_lora(
     dropout: float = 0.0,
     init: str = "kaiming",
     rslora: bool = False,
+    use_dora: bool = False,
+    rank_pattern: dict[str, int] | None = None,
+    alpha_pattern: dict[str, float] | None = None,
     head: Iterable[str] = (),
     exclude_head: bool = True,
 ) -> InjectionReport:
     """Wrap the target Linears in place, freeze everything, then unfreeze every LoRA layer and ``head``.
 
     With ``exclude_head`` the spec never selects Linears inside the head (they already train fully).
+    ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha``, as in PEFT (see
+    ``pattern_value``).
 
     Raises:
-        LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head.
+        LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head; a
+            pattern key that is not a regex or matches no wrapped module.
     """
     head_names = _resolve_head(model, head)
     names = match_targets(model, targets, exclude=head_names if exclude_head else ())
@@ -253,19 +283,26 @@ def inject_lora(
     if overlap:
         # The head's base weights would train alongside their own LoRA update: two updates to one weight.
         raise LoraFtError(f"targets {', '.join(overlap)} lie inside head modules {', '.join(head_names)}")
+    _check_patterns(names, {"rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern})
     report = InjectionReport(head=head_names)
     for name in names:
         layer = LoRALinear(
-            model.get_submodule(name), r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora
+            model.get_submodule(name),
+            r=pattern_value(rank_pattern, name, r),
+            alpha=pattern_value(alpha_pattern, name, alpha),
+            dropout=dropout,
+            init=init,
+            rslora=rslora,
+            use_dora=use_dora,
         )
         _set_module(model, name, layer)
-        params = layer.lora_A.numel() + layer.lora_B.numel()
-        report.wrapped.append(WrappedInfo(name, layer.in_features, layer.out_features, r, params))
+        params = sum(p.numel() for p in _lora_params(layer))
+        report.wrapped.append(WrappedInfo(name, layer.in_features, layer.out_features, layer.r, params))
     for p in model.parameters():
         p.requires_grad_(False)
     for layer in lora_layers(model).values():
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
+        for p in _lora_params(layer):
+            p.requires_grad_(True)
     head_params = _head_params(model, head_names)
     for p in head_params:
         p.requires_grad_(True)
@@ -294,6 +331,11 @@ def freeze_for_method(model: nn.Module, method: str, head: list[str]) -> None:
         raise LoraFtError("method 'lora' is built by inject_lora, not freeze_for_method")
     else:
         raise LoraFtError(f"unknown training method {method!r}; use lora, full or head")
+
+
+def _lora_params(layer: LoRALinear) -> list[nn.Parameter]:
+    """What trains in a LoRA layer: A and B, and DoRA's magnitude."""
+    return [p for p in (layer.lora_A, layer.lora_B, layer.lora_magnitude) if p is not None]
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -334,11 +376,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{"<name>.lora_A": (r, in), "<name>.lora_B": (out, r)}`` for every wrapped layer."""
+    """``{"<name>.lora_A": (r, in), "<name>.lora_B": (out, r)}`` for every wrapped layer, and
+    ``"<name>.lora_magnitude": (out,)`` for DoRA layers."""
     out: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model).items():
         out[f"{name}.lora_A"] = layer.lora_A.detach()
         out[f"{name}.lora_B"] = layer.lora_B.detach()
+        if layer.lora_magnitude is not None:
+            out[f"{name}.lora_magnitude"] = layer.lora_magnitude.detach()
     return out
 
 

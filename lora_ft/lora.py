@@ -4,6 +4,10 @@ The layer computes ``base(x) + dropout(x) @ A.T @ B.T * scaling`` with ``lora_A`
 ``(r, in_features)`` and ``lora_B`` of shape ``(out_features, r)``, so ``B @ A`` has the layout of
 ``nn.Linear.weight``. ``B`` starts at zero, so a freshly wrapped model computes exactly what the base
 model computes. ``delta_weight()`` is the single source of the update for ``merge()`` and ``unmerge()``.
+
+With ``use_dora`` the layer is DoRA (Liu et al., 2024): the adapted weight ``W + ΔW`` is split into a
+direction and a trainable magnitude ``m`` (one per output feature), and computes
+``m / ‖W + ΔW‖_row ⊙ (W x + ΔW x) + bias``, exactly as PEFT's ``use_dora`` layer does.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class LoRALinear(nn.Module):
         init: ``"kaiming"`` (uniform, a=sqrt(5), as ``nn.Linear`` and PEFT) or ``"gaussian"``
             (normal with std ``1/r``, PEFT's ``init_lora_weights="gaussian"``) for ``lora_A``.
         rslora: use rank-stabilised scaling.
+        use_dora: add DoRA's magnitude ``lora_magnitude`` of shape ``(out_features,)``, initialised to
+            the row norms of ``W``, so the layer starts equal to the base.
 
     Raises:
         ValueError: ``r < 1``, dropout outside ``[0, 1)``, an unknown ``init`` or a non-Linear base.
@@ -43,6 +49,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         init: str = "kaiming",
         rslora: bool = False,
+        use_dora: bool = False,
     ):
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -67,6 +74,15 @@ class LoRALinear(nn.Module):
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=w.device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=torch.float32))
+        self.use_dora = use_dora
+        if use_dora:
+            self.lora_magnitude = nn.Parameter(
+                torch.empty(self.out_features, device=w.device, dtype=torch.float32)
+            )
+        else:
+            self.register_parameter("lora_magnitude", None)
+        # DoRA's ‖W + ΔW‖_row at merge time: unmerge needs the norm of the weight it can no longer see.
+        self.register_buffer("_merged_norm", None, persistent=False)
         self.merged = False
         self.disabled = False
         for p in self.base.parameters():
@@ -74,42 +90,73 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """Re-draw ``lora_A`` and zero ``lora_B`` so the update is exactly zero."""
+        """Re-draw ``lora_A``, zero ``lora_B`` and (DoRA) set ``m = ‖W‖_row``, so the layer equals its base."""
         with torch.no_grad():
             if self.init == "kaiming":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             else:
                 nn.init.normal_(self.lora_A, std=1.0 / self.r)
             self.lora_B.zero_()
+            if self.use_dora:
+                self.lora_magnitude.copy_(self.weight_norm())
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``B @ A * scaling``, shape ``(out_features, in_features)``, in float32."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
     @torch.no_grad()
+    def weight_norm(self) -> torch.Tensor:
+        """DoRA's ``‖W + ΔW‖`` over each row (one per output feature), shape ``(out_features,)``, float32.
+
+        Computed without gradient: DoRA §4.3 treats the norm as a constant in backward, which saves the
+        memory of a graph through ``W + ΔW``; PEFT does the same. While merged it is the norm at merge time.
+        """
+        if self.merged:
+            return self._merged_norm
+        # One fused addmm: W + scaling · B @ A, the (out, in) weight the norm needs, and nothing more.
+        adapted = torch.addmm(self.base.weight.float(), self.lora_B, self.lora_A, alpha=self.scaling)
+        return torch.linalg.vector_norm(adapted, dim=1)
+
+    def _dora_factor(self) -> torch.Tensor:
+        """``m / ‖W + ΔW‖_row``, shape ``(out_features,)``; the gradient reaches ``m`` only."""
+        return self.lora_magnitude / self.weight_norm()
+
+    @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into ``base.weight`` (W += ΔW). A second call is a no-op.
 
+        DoRA: ``W' = (m / ‖W + ΔW‖_row)[:, None] · (W + ΔW)``, and the norm is kept for ``unmerge``.
         The sum is taken in float32 and cast back, so a low-precision base loses no more than one
         rounding of the merged weight.
         """
         if self.merged:
             return
         w = self.base.weight
-        w.copy_((w.float() + self.delta_weight()).to(w.dtype))
+        adapted = w.float() + self.delta_weight()
+        if self.use_dora:
+            self._merged_norm = torch.linalg.vector_norm(adapted, dim=1)
+            adapted *= (self.lora_magnitude / self._merged_norm)[:, None]
+        w.copy_(adapted.to(w.dtype))
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take the update back out of ``base.weight`` (W -= ΔW). A no-op when not merged."""
+        """Take the update back out of ``base.weight`` (W -= ΔW; DoRA first divides by the merge's
+        factor). A no-op when not merged."""
         if not self.merged:
             return
         w = self.base.weight
-        w.copy_((w.float() - self.delta_weight()).to(w.dtype))
+        merged = w.float()
+        if self.use_dora:
+            merged = merged / (self.lora_magnitude / self._merged_norm)[:, None]
+            self._merged_norm = None
+        w.copy_((merged - self.delta_weight()).to(w.dtype))
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(..., in_features)`` -> ``(..., out_features)``."""
+        if self.use_dora:
+            return self._dora_forward(x)
         out = self.base(x)
         if self.merged:
             if not self.disabled:
@@ -120,6 +167,30 @@ class LoRALinear(nn.Module):
             return out
         return out + (self._branch(self.dropout(x)) * self.scaling).to(out.dtype)
 
+    def _dora_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged != self.disabled:  # merged and on, or unmerged and off: the base computes it
+            return self.base(x)
+        w, bias = self.base.weight, self.base.bias
+        if self.merged:  # disabled while merged: W x = W' x / factor - ΔW x, with the merge's factor
+            h = F.linear(x, w)
+            h = h / (self.lora_magnitude / self._merged_norm).to(h.dtype)
+            h = torch.sub(h, self._branch(x).to(h.dtype), alpha=self.scaling)
+            return h if bias is None else h + bias
+        factor = self._dora_factor()  # (out,)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            # m / ‖W + ΔW‖ · (W x + ΔW x) + bias: the bias is not rescaled (PEFT subtracts it first).
+            h = F.linear(x, w)
+            h = torch.add(h, self._branch(x).to(h.dtype), alpha=self.scaling)
+            factor = factor.to(h.dtype)
+            return h * factor if bias is None else torch.addcmul(bias, h, factor)
+        # Dropout as PEFT applies it: base(x) + (factor - 1) · W drop(x) + factor · ΔW drop(x). It costs
+        # one more matmul with W than plain LoRA; without dropout it is the formula above.
+        xd = self.dropout(x)
+        out = self.base(x)
+        hd = F.linear(xd, w)
+        hd_adapted = torch.add(hd, self._branch(xd).to(hd.dtype), alpha=self.scaling)
+        return out - hd + hd_adapted * factor.to(hd.dtype)
+
     def _branch(self, h: torch.Tensor) -> torch.Tensor:
         # (x @ A.T) @ B.T: two thin matmuls, never the (out, in) ΔW.
         if h.dtype != self.lora_A.dtype:
@@ -129,5 +200,6 @@ class LoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-            f"alpha={self.alpha:g}, scaling={self.scaling:g}, dropout={self.dropout_p:g}, merged={self.merged}"
+            f"alpha={self.alpha:g}, scaling={self.scaling:g}, dropout={self.dropout_p:g}, "
+            f"{'dora=True, ' if self.use_dora else ''}merged={self.merged}"
         )

@@ -198,6 +198,9 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
             dropout=cfg.lora.dropout,
             init=cfg.lora.init,
             rslora=cfg.lora.rslora,
+            use_dora=cfg.lora.use_dora,
+            rank_pattern=cfg.lora.rank_pattern,
+            alpha_pattern=cfg.lora.alpha_pattern,
             head=head,
         )
         trainable, total = count_parameters(model)

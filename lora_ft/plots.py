@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-METHOD_COLORS = {"full": "tab:red", "head": "tab:gray", "lora": "tab:blue"}
+METHOD_COLORS = {
+    "full": "tab:red",
+    "head": "tab:gray",
+    "lora": "tab:blue",
+    "dora": "tab:purple",
+    "rslora": "tab:cyan",
+    "lora-all": "tab:green",
+}
 
 
 def _figure(width: float, height: float, ncols: int = 1):

@@ -358,6 +358,10 @@ def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) 
             "alpha": cfg.lora.alpha,
             "dropout": cfg.lora.dropout,
             "rslora": cfg.lora.rslora,
+            "use_dora": cfg.lora.use_dora,
+            "init": cfg.lora.init,
+            "rank_pattern": cfg.lora.rank_pattern,
+            "alpha_pattern": cfg.lora.alpha_pattern,
             "targets": p.build.targets,
         }
     if memory.cuda_peak_mb is not None:

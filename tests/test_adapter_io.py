@@ -243,7 +243,7 @@ def test_unknown_config_keys_are_ignored_with_a_warning(tmp_path, tiny_bert_dir,
 @pytest.mark.parametrize(
     ("edit", "phrase"),
     [
-        ({"use_dora": True}, "DoRA adapters are not supported"),
+        ({"use_dora": True}, "needs lora_A and lora_B and lora_magnitude_vector"),
         ({"bias": "all"}, "only bias='none' is supported"),
         ({"peft_type": "IA3"}, "is not LORA"),
         ({"init_lora_weights": "pissa"}, "rewrites the base weights"),

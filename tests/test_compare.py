@@ -235,7 +235,12 @@ def test_rank_sweep_rows_keep_the_scaling_and_plot_accuracy_vs_rank(tmp_path, ti
     assert list(rows) == ["lora r=1", "lora r=4", "head"]
     for r in (1, 4):
         assert rows[f"lora r={r}"]["trainable_params"] == _lora_params(r)
-        assert rows[f"lora r={r}"]["lora"] == {"r": r, "alpha": 2.0 * r, "rslora": False}  # alpha/r = 4/2
+        assert rows[f"lora r={r}"]["lora"] == {
+            "r": r,
+            "alpha": 2.0 * r,
+            "rslora": False,
+            "use_dora": False,
+        }  # alpha/r = 4/2
     assert matplotlib.image.imread(out / "accuracy_vs_rank.png").shape[2] == 4
     assert "](accuracy_vs_rank.png)" in (out / "report.md").read_text()
 

@@ -17,7 +17,13 @@ from lora_ft.errors import LoraFtError
 def compare(
     config: ConfigArg = None,
     methods: Annotated[
-        str, typer.Option("--methods", "-m", help="Comma-separated methods to train: lora, full, head.")
+        str,
+        typer.Option(
+            "--methods",
+            "-m",
+            help="Comma-separated methods to train: lora, full, head, and the LoRA variants dora, rslora, "
+            "lora-all (LoRA with lora.use_dora / lora.rslora / lora.targets=all-linear, at LoRA's learning rate).",
+        ),
     ] = "lora,full,head",
     seeds: Annotated[
         int, typer.Option("--seeds", help="Seeds per method (train.seed, +1, ...); N > 1 gives mean ± std.")
@@ -52,6 +58,8 @@ def compare(
         lora-ft compare configs/compare.yaml --out runs/compare
 
         lora-ft compare configs/compare.yaml --methods lora,full --seeds 3
+
+        lora-ft compare configs/compare.yaml --methods lora,dora,rslora
 
         lora-ft compare configs/smoke.yaml --ranks 1,2,4,8,16 --set train.epochs=2 --force
     """
