@@ -29,6 +29,16 @@ BaseOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sentences per forward pass.")]
+AdapterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--adapter",
+        "-a",
+        help="NAME=DIR: an adapter (or run) directory to serve on the base model RUN_OR_MODEL names; "
+        "repeat for several. The base loads once and every adapter sees the same sentences.",
+    ),
+]
+UseOpt = Annotated[str | None, typer.Option("--use", help="With --adapter: only this adapter.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda.")]
 
 
@@ -103,11 +113,16 @@ def eval_(
         str | None, typer.Option("--label-column", help="Label column of --data.")
     ] = None,
     base: BaseOpt = None,
+    adapter: AdapterOpt = None,
+    use: UseOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
 ) -> None:
     """Accuracy, F1 and loss of a run, adapter or model directory on one data split.
+
+    With `--adapter NAME=DIR` (repeated), RUN_OR_MODEL is the base model and the table has one row
+    per adapter, all on the same split (`--json`: one object keyed by adapter name).
 
     Examples:
 
@@ -116,26 +131,25 @@ def eval_(
         lora-ft eval runs/smoke-merged --split validation
 
         lora-ft eval ./my-model --data reviews.csv --text-column review --label-column stars
+
+        lora-ft eval minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16
     """
     from lora_ft.artifacts import load_artifact
-    from lora_ft.config import DataConfig
     from lora_ft.predict import evaluate
 
     if split not in ("train", "validation", "test"):
         raise LoraFtError(f"--split must be train, validation or test, got {split!r}")
+    if adapter or use is not None:
+        from lora_ft.commands.adapters import eval_adapters
+
+        def data_config(known):
+            return _data_config(data, text_column, label_column, known)
+
+        options = dict(split=split, batch_size=batch_size, device=device, as_json=as_json)
+        eval_adapters(run_or_model, adapter, use, base, data_config, **options)
+        return
     artifact = load_artifact(run_or_model, base=base)
-    cfg = None
-    if data is not None:
-        cfg = DataConfig(
-            name=data, text_column=text_column or "sentence", label_column=label_column or "label"
-        )
-    elif text_column or label_column:
-        known = artifact.data or DataConfig()
-        cfg = dataclasses.replace(
-            known,
-            text_column=text_column or known.text_column,
-            label_column=label_column or known.label_column,
-        )
+    cfg = _data_config(data, text_column, label_column, artifact.data)
     metrics = evaluate(artifact, cfg, split, batch_size=batch_size, device=device, progress=True)
     if as_json:
         typer.echo(json.dumps(metrics))
@@ -152,6 +166,24 @@ def eval_(
         f"{metrics['loss']:.4f}",
     )
     _console().print(table)
+
+
+def _data_config(data: str | None, text_column: str | None, label_column: str | None, known):
+    """``--data`` and its columns, else the known data with the columns overridden, else None."""
+    from lora_ft.config import DataConfig
+
+    if data is not None:
+        return DataConfig(
+            name=data, text_column=text_column or "sentence", label_column=label_column or "label"
+        )
+    if text_column or label_column:
+        known = known or DataConfig()
+        return dataclasses.replace(
+            known,
+            text_column=text_column or known.text_column,
+            label_column=label_column or known.label_column,
+        )
+    return None
 
 
 def _read_lines(stream, where: str) -> list[str]:
@@ -193,12 +225,17 @@ def predict(
         typer.Option("--json", help="One JSON object per line: text, label, probability, probabilities."),
     ] = False,
     base: BaseOpt = None,
+    adapter: AdapterOpt = None,
+    use: UseOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
 ) -> None:
     """Classify sentences: the label and its probability, one line per sentence, in input order.
 
-    Plain output is tab-separated `label<TAB>probability<TAB>sentence`.
+    Plain output is tab-separated `label<TAB>probability<TAB>sentence`. With `--adapter NAME=DIR`
+    (repeated), RUN_OR_MODEL is the base model, loaded once: `--use NAME` prints that adapter's
+    predictions as above; without it a header line and then `label<TAB>probability` per adapter,
+    then the sentence (`--json`: `{"text", "adapters": {NAME: {label, probability, probabilities}}}`).
 
     Examples:
 
@@ -207,6 +244,8 @@ def predict(
         lora-ft predict runs/smoke-merged --file reviews.txt --json > predictions.jsonl
 
         cat reviews.txt | lora-ft predict runs/smoke -
+
+        lora-ft predict minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16 "tedious and flat"
     """
     from lora_ft.artifacts import load_artifact
     from lora_ft.predict import predict as run_predict
@@ -214,6 +253,13 @@ def predict(
     sentences = _inputs(list(texts or []), file)
     if not sentences:
         raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
+    if adapter or use is not None:
+        from lora_ft.commands.adapters import predict_adapters
+
+        options = dict(batch_size=batch_size, device=device, as_json=as_json)
+        lines = predict_adapters(run_or_model, adapter, use, base, sentences, **options)
+        typer.echo("\n".join(lines))
+        return
     artifact = load_artifact(run_or_model, base=base)
     predictions = run_predict(
         artifact,
@@ -222,8 +268,13 @@ def predict(
         device=device,
         progress=len(sentences) >= PROGRESS_MIN_SENTENCES,
     )
-    lines = (
-        json.dumps(
+    typer.echo("\n".join(prediction_line(p, as_json) for p in predictions))
+
+
+def prediction_line(p, as_json: bool) -> str:
+    """One output line of ``predict``: JSON, or ``label<TAB>probability<TAB>sentence``."""
+    if as_json:
+        return json.dumps(
             {
                 "text": p.text,
                 "label": p.label,
@@ -232,8 +283,4 @@ def predict(
             },
             ensure_ascii=False,
         )
-        if as_json
-        else f"{p.label}\t{p.probability:.4f}\t{p.text}"
-        for p in predictions
-    )
-    typer.echo("\n".join(lines))
+    return f"{p.label}\t{p.probability:.4f}\t{p.text}"

@@ -1,0 +1,178 @@
+"""Load one base model and several named adapters into an ``AdapterSet``; predict and evaluate with each.
+
+What ``lora-ft predict/eval BASE --adapter NAME=DIR ...`` does: the base is loaded once, each adapter
+is built around its shared Linears, and every adapter sees the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lora_ft.adapter_io import CONFIG_NAME, Adapter, read_adapter
+from lora_ft.artifacts import _adapter_labels, _builtin_or, _read_run, _run_holding
+from lora_ft.config import DataConfig, ModelConfig
+from lora_ft.errors import LoraFtError
+from lora_ft.multi_adapter import NAME_PATTERN, AdapterSet
+from lora_ft.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
+
+log = logging.getLogger("lora_ft")
+
+
+def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
+    """``["a=runs/a", "b=dir"]`` -> ``{"a": "runs/a", "b": "dir"}``, in order.
+
+    Raises:
+        LoraFtError: a spec without ``=``, a bad name, a name given twice.
+    """
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise LoraFtError(f"--adapter {spec!r}: expected NAME=DIR, e.g. --adapter sst=runs/sst/adapter")
+        if not NAME_PATTERN.fullmatch(name):
+            raise LoraFtError(
+                f"--adapter {spec!r}: the name {name!r} must be letters, digits, '_', '-' or '.'"
+            )
+        if name in out:
+            raise LoraFtError(f"--adapter: the name {name!r} is given twice; give each adapter its own name")
+        out[name] = path
+    return out
+
+
+def _locate(name: str, path: str | Path):
+    """An adapter directory, or a run directory holding ``adapter/`` -> (adapter dir, its run or None)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise LoraFtError(f"--adapter {name}={path}: {'not a directory' if p.exists() else 'not found'}")
+    if (p / "config.yaml").is_file() and (p / "adapter" / CONFIG_NAME).is_file():
+        return p / "adapter", _read_run(p)
+    if (p / CONFIG_NAME).is_file():
+        return p, _run_holding(p)
+    if (p / "config.yaml").is_file() or (p / "config.json").is_file():
+        raise LoraFtError(
+            f"--adapter {name}={path} is a full model or a run without an adapter; --adapter takes LoRA "
+            "adapters (predict with that model on its own)"
+        )
+    raise LoraFtError(f"--adapter {name}={path} is not an adapter directory ({CONFIG_NAME} is missing)")
+
+
+def load_adapter_set(base: str, adapters: dict[str, str | Path]) -> AdapterSet:
+    """Load ``base`` once and add each named adapter (an adapter directory or a run directory) to it.
+
+    ``base`` is a built-in name, a model directory or a hub id (a built-in's hub id loads the built-in
+    copy). It is cut to the layer count the adapters record and gets their number of labels; the
+    first adapter is active afterwards.
+
+    Raises:
+        LoraFtError: ``base`` is an adapter or run directory; adapters recording different layer cuts;
+            see ``AdapterSet.add_adapter``.
+    """
+    from lora_ft.modeling import load_model
+
+    if not adapters:
+        raise LoraFtError("no adapters given; add --adapter NAME=DIR")
+    p = Path(base).expanduser()
+    if (p / CONFIG_NAME).is_file() or (p / "config.yaml").is_file():
+        raise LoraFtError(
+            f"{base} is an adapter or run directory; with --adapter the first argument is the base model "
+            f"(minilm-l6, a model directory or a hub id): pass it as --adapter NAME={base}"
+        )
+    found = {name: _locate(name, path) for name, path in adapters.items()}
+    read = {name: read_adapter(adir) for name, (adir, _) in found.items()}
+    cuts = {name: (a.model_settings or {}).get("num_layers") for name, a in read.items()}
+    if len(set(cuts.values())) > 1:
+        listing = ", ".join(f"{n}: {c or 'all'}" for n, c in cuts.items())
+        raise LoraFtError(f"the adapters were made on bases cut to different layer counts ({listing})")
+    cfg = ModelConfig(name=_builtin_or(base, None), num_layers=next(iter(cuts.values())))
+    labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
+    loaded = load_model(cfg, next(iter(labels.values())))
+    model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)
+    model.requires_grad_(False)
+    aset = AdapterSet(model, loaded.tokenizer, base_name=cfg.name, untrained=loaded.newly_initialized)
+    for name, adapter in read.items():
+        run = found[name][1]
+        aset.add_adapter(
+            name,
+            adapter,
+            label_names=labels[name],
+            max_length=run.config.data.max_length if run else None,
+            info={
+                "path": Path(adapters[name]),
+                "run_dir": run.path if run else None,
+                "data": run.config.data if run else None,
+                "metrics": run.metrics if run else None,
+            },
+        )
+        _warn_other_base(name, adapter, cfg.name)  # it fits: only a different record remains to say
+    aset.set_adapter(next(iter(read)))
+    return aset
+
+
+def _warn_other_base(name: str, adapter: Adapter, base: str) -> None:
+    """Shapes are checked; same-shaped other weights are not detectable, so a different record warns."""
+    recorded = (adapter.model_settings or {}).get("name") or adapter.base_model
+    if not recorded:
+        return
+    same = _builtin_or(recorded, None) == base
+    if not same and Path(recorded).expanduser().exists() and Path(base).expanduser().exists():
+        same = Path(recorded).expanduser().resolve() == Path(base).expanduser().resolve()
+    if not same:
+        log.warning("adapter %s was made on %s; applying it to %s", name, recorded, base)
+
+
+def predict_each(
+    aset: AdapterSet,
+    texts: list[str],
+    names: list[str] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict[str, list[Prediction]]:
+    """Each adapter's predictions (default: every adapter's) on the same ``texts``, by adapter name."""
+    aset.to(resolve_device(device))
+    out = {}
+    for name in names or aset.adapters:
+        out[name] = predict(
+            aset.artifact(name), texts, batch_size=batch_size, device=device, progress=progress
+        )
+    return out
+
+
+def common_data(aset: AdapterSet, names: list[str]) -> DataConfig | None:
+    """The data every adapter's run was trained on; None when none records it.
+
+    Raises:
+        LoraFtError: the adapters were trained on different data.
+    """
+    known = {name: aset.artifact(name).data for name in names}
+    recorded = {n: d for n, d in known.items() if d is not None}
+    if len({repr(d) for d in recorded.values()}) > 1:
+        listing = ", ".join(f"{n}: {d.name}" for n, d in recorded.items())
+        raise LoraFtError(
+            f"the adapters were trained on different data ({listing}); pass --data to evaluate them on the same split"
+        )
+    return next(iter(recorded.values()), None)
+
+
+def evaluate_each(
+    aset: AdapterSet,
+    data: DataConfig | None,
+    split: str = "test",
+    names: list[str] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Each adapter's metrics on the same split of ``data`` (default: the adapters' common data)."""
+    names = names or aset.adapters
+    cfg = data or common_data(aset, names) or DataConfig()
+    aset.to(resolve_device(device))
+    return {
+        name: evaluate(
+            aset.artifact(name), cfg, split, batch_size=batch_size, device=device, progress=progress
+        )
+        for name in names
+    }
