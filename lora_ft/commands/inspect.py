@@ -1,0 +1,95 @@
+"""``lora-ft inspect``: the rank of what LoRA (and full fine-tuning) learned, module by module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_ft.cli import app, guarded
+
+
+def _table(inspection):
+    from rich.table import Table
+
+    updates = inspection.updates
+    against = inspection.context.get("against")
+    title = f"ΔW of {inspection.context['adapter']}" + (f" vs full fine-tuning {against}" if against else "")
+    table = Table(title=title, caption="eff. rank: fewest singular directions holding 90% / 99% of ‖ΔW‖²_F")
+    table.add_column("module")
+    table.add_column("r", justify="right")
+    table.add_column("LoRA 90/99", justify="right")
+    table.add_column("‖ΔW‖/‖W‖", justify="right")
+    if against:
+        table.add_column("full 90/99", justify="right")
+        table.add_column("full ‖ΔW‖/‖W‖", justify="right")
+        table.add_column("overlap (k)", justify="right")
+    for u in updates:
+        row = [
+            u.short_name,
+            str(u.r),
+            f"{u.lora.effective_rank(0.9)}/{u.lora.effective_rank(0.99)}",
+            f"{u.lora.rel_norm:.4f}",
+        ]
+        if against:
+            overlap = "—" if u.overlap is None else f"{u.overlap:.2f} ({u.overlap_k})"
+            row += [
+                f"{u.full.effective_rank(0.9)}/{u.full.effective_rank(0.99)}",
+                f"{u.full.rel_norm:.4f}",
+                overlap,
+            ]
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+@guarded
+def inspect(
+    run: Annotated[
+        Path, typer.Argument(help="A LoRA run directory or an adapter directory (ours or PEFT's).")
+    ],
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against", help="A train.method=full run of the same base: compare its ΔW = W_ft - W_0."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Directory for inspect.json and the plots (default RUN/inspect)."),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="For adapters: the base model to use instead of the recorded one."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Rank analysis of the learned updates: singular values of each ΔW, effective rank, energy plots.
+
+    For every module LoRA wrapped: ΔW = B·A·scaling, its singular values, its effective rank at 90% and
+    99% of the energy (Σσ²), and ‖ΔW‖_F / ‖W‖_F. With --against, the same for full fine-tuning's
+    ΔW = W_ft - W_0, and the overlap of the two updates' top-k output subspaces (1: the same directions;
+    k/out: chance). Writes inspect.json and PNG plots.
+
+    Examples:
+
+        lora-ft inspect runs/demo
+
+        lora-ft inspect runs/demo --against runs/full --out docs/inspect-demo
+
+        lora-ft inspect ./peft-adapter --base ./my-base-model --force
+    """
+    from rich.console import Console
+
+    from lora_ft.inspect_run import default_out, write_inspection
+    from lora_ft.inspect_run import inspect as run_inspect
+    from lora_ft.rundir import check_output_dir
+
+    out_dir = out or default_out(run)
+    check_output_dir(out_dir, force)  # before the models load: a taken --out fails at once
+    inspection = run_inspect(run, against, base=base)
+    paths = write_inspection(inspection, out_dir, force=force)
+    console = Console(soft_wrap=True)
+    console.print(_table(inspection))
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
