@@ -17,7 +17,7 @@ import copy
 import functools
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,13 @@ class AdapterSet:
             if slot in adapter.lora and callable(getattr(module, "merge", None)):
                 # An instance attribute shadows the method, so merge_lora/merge_and_unload refuse too.
                 module.merge = functools.partial(_refuse_merge, name)
-        self._entries[name] = _Entry(adapter, modules, labels, max_length, dict(info or {}))
+        # The record keeps views of the served tensors, not the copies read from disk: one copy per adapter.
+        record = replace(
+            adapter,
+            lora={m: (modules[m].lora_A.detach(), modules[m].lora_B.detach()) for m in adapter.lora},
+            head={h: dict(modules[h].state_dict()) for h in adapter.head},
+        )
+        self._entries[name] = _Entry(record, modules, labels, max_length, dict(info or {}))
         self._restore(state)
         log.debug("adapter %s: %d LoRA modules, head %s", name, len(adapter.lora), ", ".join(adapter.head))
 

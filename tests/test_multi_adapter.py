@@ -184,6 +184,13 @@ def test_base_weights_are_shared_never_copied(aset, tiny_bert_dir):
     total = sum(p.numel() * p.element_size() for p in every.values())
     base_bytes = sum(p.numel() * p.element_size() for p in base_model(tiny_bert_dir).parameters())
     assert total == base_bytes + sum(aset.adapter_bytes(n) for n in aset.adapters)
+    # The adapter record holds views of the served tensors, not a second copy of them.
+    record = aset.adapter("b")
+    aset.set_adapter("b")
+    for module, (a, b) in record.lora.items():
+        layer = aset.model.get_submodule(module)
+        assert (a.data_ptr(), b.data_ptr()) == (layer.lora_A.data_ptr(), layer.lora_B.data_ptr())
+    assert record.head["classifier"]["weight"].data_ptr() == aset.model.classifier.weight.data_ptr()
 
 
 def test_merging_a_shared_base_is_refused(aset, tiny_bert_dir):
