@@ -219,6 +219,8 @@ def to_json(updates: list[ModuleUpdate], **context) -> dict:
         }
         if u.full is not None:
             row["full"] = _spectrum_json(u.full)
+            # How low-rank full fine-tuning's update is at LoRA's budget: its top-r directions' share.
+            row["full"]["energy_at_r"] = float(f"{u.full.energy()[u.r - 1]:.6g}")
             row["overlap"] = None if u.overlap is None else float(f"{u.overlap:.6g}")
             row["overlap_k"] = u.overlap_k
             row["overlap_random"] = None if u.overlap_random is None else float(f"{u.overlap_random:.6g}")

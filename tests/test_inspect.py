@@ -188,6 +188,7 @@ def test_cli_inspect_against_full_run(lora_run, full_run, tmp_path):
     assert [m["module"] for m in doc["modules"]] == MODULES
     for row in doc["modules"]:
         assert row["full"]["effective_rank"] == {"90%": 3, "99%": 5}
+        assert row["full"]["energy_at_r"] == pytest.approx(54 / 55)  # top r = 4 of 25, 16, 9, 4, 1
         assert row["full"]["singular_values"][:5] == pytest.approx(FULL_S, rel=1e-4)
         assert row["overlap"] == pytest.approx(2 / 3, abs=1e-4) and row["overlap_k"] == 3
     pngs = sorted(p.name for p in out.glob("*.png"))
