@@ -135,6 +135,19 @@ def test_spectrum_effective_rank_and_energy_by_hand():
     assert zero.effective_rank(0.9) == zero.numerical_rank == 0 and zero.rel_norm == 0
 
 
+def test_scaling_of_an_adapter_without_our_record_comes_from_its_config():
+    from lora_ft.adapter_io import Adapter
+    from lora_ft.analysis import adapter_scaling
+
+    lora = {"q": (torch.zeros(16, 8), torch.zeros(8, 16))}
+    peft = Adapter(Path("peft"), {"r": 16, "lora_alpha": 32}, lora, {})
+    assert adapter_scaling(peft, "q") == 2.0
+    rslora = Adapter(Path("peft"), {"r": 16, "lora_alpha": 32, "use_rslora": True}, lora, {})
+    assert adapter_scaling(rslora, "q") == 8.0
+    ours = Adapter(Path("ours"), {"r": 16, "lora_alpha": 32}, lora, {}, scaling={"q": 0.5})
+    assert adapter_scaling(ours, "q") == 0.5
+
+
 def test_analyse_known_rank_norm_and_overlap(lora_run, full_run, tiny_bert_dir):
     adapter = read_adapter(lora_run / "adapter")
     base = _base_weights(tiny_bert_dir)
