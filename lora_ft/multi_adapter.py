@@ -84,6 +84,9 @@ class AdapterSet:
         self.untrained = list(untrained)
         self._entries: dict[str, _Entry] = {}
         self._base: dict[str, nn.Module] = {}  # slot -> the base model's own module there
+        # slot -> (parent module, attribute): parents are never swapped (no slot lies inside another),
+        # so they are looked up once, and a switch is a dict walk plus one setattr per changed slot.
+        self._parents: dict[str, tuple[nn.Module, str]] = {}
         self._heads: set[str] = set()  # slots that hold head modules (the rest hold LoRA wrappers)
         self._active: str | None = None
         self._disabled_head: str | None = None
@@ -121,7 +124,7 @@ class AdapterSet:
         """Put ``choice[slot]`` (else the base's own module) into every slot: setattr only, no copies."""
         for slot, base in self._base.items():
             module = choice.get(slot, base)
-            parent, child = self._parent(slot)
+            parent, child = self._parents[slot]
             if parent._modules[child] is not module:
                 setattr(parent, child, module)
 
@@ -189,6 +192,7 @@ class AdapterSet:
 
         state = self._plain_view()
         self._base.update({s: self.model.get_submodule(s) for s in new_slots})
+        self._parents.update({s: self._parent(s) for s in new_slots})
         try:
             for h in adapter.head:  # the adapter's head is loaded into a copy: the base's stays as loaded
                 parent, child = self._parent(h)
@@ -198,7 +202,7 @@ class AdapterSet:
         except BaseException:
             self._install({})
             for s in new_slots:
-                del self._base[s]
+                del self._base[s], self._parents[s]
             self._restore(state)
             raise
         self._heads.update(adapter.head)
