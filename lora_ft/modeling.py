@@ -149,7 +149,11 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
             output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise LoraFtError(f"cannot load model {cfg.name}: {_first_line(exc)}") from None
+        raise LoraFtError(f"cannot load model {cfg.name}: {_load_error(exc)}") from None
+    except Exception as exc:  # torch.load(weights_only=True) raises UnpicklingError on a foreign object
+        if "Weights only load failed" not in str(exc):
+            raise
+        raise LoraFtError(f"cannot load model {cfg.name}: {_load_error(exc)}") from None
     if cfg.num_layers is not None:
         have = getattr(model.config, "num_hidden_layers", None)
         if have != cfg.num_layers:
@@ -208,6 +212,17 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
     freeze_for_method(model, method, head)
     trainable, total = count_parameters(model)
     return BuildReport(method, head, trainable, total)
+
+
+def _load_error(exc: BaseException) -> str:
+    # torch's own message goes on to suggest weights_only=False, which would run the pickle's code.
+    if "Weights only load failed" in str(exc):
+        return (
+            "its pickled weights hold objects other than tensors, which torch.load(weights_only=True) "
+            "refused; they may run code when unpickled, so lora-ft will not load them: convert the "
+            "checkpoint to safetensors from a source you trust"
+        )
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
