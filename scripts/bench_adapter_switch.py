@@ -97,7 +97,11 @@ def main() -> None:
     parser.add_argument("--switches", type=int, default=5000, help="set_adapter calls timed")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a shared machine: one core, so the forward time is comparable run to run
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        bench(args, Path(tmp))
 
+
+def bench(args: argparse.Namespace, tmp: Path) -> None:
     from lora_ft.adapter_io import read_adapter
     from lora_ft.artifacts import load_artifact
     from lora_ft.config import ModelConfig
@@ -106,10 +110,7 @@ def main() -> None:
     from lora_ft.multi_adapter import AdapterSet
 
     quiet_transformers()
-    logging.getLogger("lora_ft").setLevel(
-        logging.ERROR
-    )  # disable() warns that minilm-l6's own head is random
-    tmp = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
+    logging.getLogger("lora_ft").setLevel(logging.ERROR)  # disable() warns: minilm-l6's own head is random
     paths = make_adapters(tmp, args.adapters)
     records = {name: read_adapter(path) for name, path in paths.items()}
 
