@@ -199,6 +199,7 @@ ROWS = [
     Bad("eval-split", lambda ws: ["eval", str(ws.model), "--data", str(ws.data), "--split", "dev"], "--split must be train, validation or test"),
     Bad("eval-data-missing", lambda ws: ["eval", str(ws.model), "--data", str(ws.root / "nope")], "data file not found"),
     Bad("predict-no-sentences", lambda ws: ["predict", str(ws.model)], "no sentences to classify"),
+    Bad("predict-empty-sentence", lambda ws: ["predict", str(ws.model), "good", "  "], "sentence argument 2 is empty"),
     Bad("predict-file-missing", lambda ws: ["predict", str(ws.model), "--file", str(ws.root / "missing.txt")], "missing.txt not found"),
     Bad("predict-file-not-utf8", lambda ws: ["predict", str(ws.model), "--file", str(ws.file("s.txt", b"ok\n\xff\xfe\n"))], "is not UTF-8 text"),
     Bad("compare-method", lambda ws: ["compare", "--methods", "qlora", "--out", str(ws.out)], "(qlora unknown)"),

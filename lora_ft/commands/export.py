@@ -207,6 +207,9 @@ def _inputs(texts: list[str], file: Path | None) -> list[str]:
         return _read_lines(sys.stdin, "stdin")
     if "-" in texts:
         raise LoraFtError('"-" (read stdin) must be the only sentence argument')
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise LoraFtError(f"sentence argument {i} is empty; give the text to classify")
     return list(texts)
 
 
