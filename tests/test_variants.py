@@ -350,6 +350,30 @@ def test_a_pattern_that_matches_no_wrapped_module_is_an_error(tiny_bert_dir):
     assert not lora_layers(model)  # checked before anything was wrapped
 
 
+def test_dora_model_starts_as_its_base_and_a_step_moves_only_lora_magnitude_and_head(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    model = base_model(tiny_bert_dir)
+    reference = logits_of(model, tiny_bert_dir)
+    inject_lora(model, ["query", "value"], r=4, alpha=8, use_dora=True, dropout=0.1, head=["classifier"])
+    assert (logits_of(model.eval(), tiny_bert_dir) - reference).abs().max().item() <= 1e-6
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_()  # B = 0 would leave A without a gradient
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    batch = tok(["a gorgeous, moving film", "tedious and flat"], padding=True, return_tensors="pt")
+    model.train()
+    model(**batch, labels=torch.tensor([1, 0])).loss.backward()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt.step()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    moved = {n.rsplit(".", 1)[-1] if ".lora_" in n else n for n in changed}
+    assert moved == {"lora_A", "lora_B", "lora_magnitude", "classifier.weight", "classifier.bias"}
+    assert with_grad == changed  # every base weight is bit-identical and had no gradient
+
+
 def test_dora_model_merges_and_unloads_to_a_plain_model_with_the_same_logits(tiny_bert_dir):
     model = base_model(tiny_bert_dir)
     inject_lora(model, ["query", "value"], r=4, alpha=8, use_dora=True, head=["classifier"])
