@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_ft.lora import LoRALinear
+from lora_ft.lora import LoRALinear, _keep_mask
 
 IN, OUT, R = 12, 10, 4
 
@@ -78,14 +78,52 @@ def test_dropout_only_on_the_lora_branch():
     torch.manual_seed(5)
     out = layer(x)
     torch.manual_seed(5)
-    expected = (
-        layer.base(x) + F.dropout(x, 0.5, training=True) @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
-    )
-    torch.testing.assert_close(out, expected)
+    keep = _keep_mask(x.shape, 0.5, x.device)
+    assert 0 < keep.sum() < keep.numel()
+    dropped = x * keep / 0.5  # inverted dropout, as nn.Dropout: kept elements scaled by 1 / (1 - p)
+    torch.testing.assert_close(out, layer.base(x) + dropped @ layer.lora_A.T @ layer.lora_B.T * layer.scaling)
     with torch.no_grad():
         layer.lora_B.zero_()
     # With no update, training-mode output is the base output exactly: the base path sees no dropout.
     assert torch.equal(layer(x), layer.base(x))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1, 0.5])
+def test_gradients_match_the_formula(dropout):
+    """The fused forward (scale on x A^T, addmm_ into the base output, the dropout Function) has the
+    gradients of the plain formula, for x, A and B, on a 3-D input."""
+    layer = randomize_b(make(dropout=dropout))
+    x = x_of(3, 5, IN).requires_grad_()
+    grad_out = x_of(3, 5, OUT, seed=3)
+    torch.manual_seed(7)
+    layer(x).backward(grad_out)
+    ours = (x.grad, layer.lora_A.grad, layer.lora_B.grad)
+
+    a, b = layer.lora_A.detach().clone().requires_grad_(), layer.lora_B.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    torch.manual_seed(7)
+    keep = _keep_mask(torch.Size([15, IN]), dropout, x.device).view(x.shape) if dropout else 1  # (B*T, in)
+    h = x_ref * keep / (1 - dropout)
+    (layer.base(x_ref) + h @ a.T @ b.T * layer.scaling).backward(grad_out)
+    for got, want in zip(ours, (x_ref.grad, a.grad, b.grad), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_keep_mask_drops_each_element_with_probability_p(p):
+    torch.manual_seed(0)
+    masks = torch.stack([_keep_mask(torch.Size([64, 100]), p, torch.device("cpu")) for _ in range(50)])
+    assert masks.dtype == torch.bool and masks.shape == (50, 64, 100)
+    n = masks.numel()
+    dropped = (~masks).sum().item()
+    assert abs(dropped - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    # Every position is dropped at the same rate (no position favoured by the gap sampling).
+    per_position = (~masks).float().mean(0)
+    assert abs(per_position[0, 0].item() - p) < 0.35 and abs(per_position.mean().item() - p) < 0.01
+    # Neighbours are independent: a drop is no likelier right after a drop.
+    flat = (~masks).flatten(1)
+    after_drop = flat[:, 1:][flat[:, :-1]].float().mean().item()
+    assert abs(after_drop - p) < 5 * math.sqrt(p * (1 - p) / (n * p))
 
 
 def test_merge_unmerge_round_trip_and_idempotence():
