@@ -317,8 +317,18 @@ def _batch_line(cfg: RunConfig, world_size: int) -> str:
     )
 
 
+def _final_validation(trainer) -> dict[str, float] | None:
+    """The validation metrics the Trainer already computed at the last step (end of the last epoch)."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: float(entry[f"eval_{k}"]) for k in ("accuracy", "f1", "loss") if f"eval_{k}" in entry}
+    return None
+
+
 def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) -> dict[str, Any]:
-    validation = _evaluate(trainer, p.tokenized["validation"], "validation")
+    # Evaluating the same weights on the same split twice would cost a whole validation pass.
+    validation = _final_validation(trainer) or _evaluate(trainer, p.tokenized["validation"], "validation")
     test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
     tm = result.metrics
     metrics: dict[str, Any] = {
