@@ -24,7 +24,7 @@ from lora_ft.errors import LoraFtError
 THRESHOLDS = (0.90, 0.99)
 # Singular values below this fraction of the largest count as zero for the numerical rank (float64).
 _RANK_TOL = 1e-10
-_LAYER = re.compile(r"\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)(\d+)\.(.+)$")  # the first numbered component: the layer
 
 
 @dataclass
@@ -74,19 +74,16 @@ class ModuleUpdate:
     full: Spectrum | None = None
     overlap: float | None = None
     overlap_k: int | None = None
+    kind: str = ""  # what tells this module from the others in its layer: query, intermediate.dense, ...
 
     @property
     def layer(self) -> int | None:
-        match = _LAYER.search(f".{self.module}.")
+        match = _LAYER.search(self.module)
         return int(match.group(1)) if match else None
 
     @property
-    def kind(self) -> str:
-        return self.module.rsplit(".", 1)[-1]
-
-    @property
     def short_name(self) -> str:
-        return f"{self.layer}.{self.kind}" if self.layer is not None else self.module
+        return f"{self.layer}.{self.kind}" if self.layer is not None else self.kind
 
     @property
     def overlap_random(self) -> float | None:
@@ -169,7 +166,28 @@ def analyse(
             if k:
                 update.overlap, update.overlap_k = subspace_overlap(u_lora, u_full, k), k
         out.append(update)
+    _name_kinds(out)
     return out
+
+
+def _name_kinds(updates: list[ModuleUpdate]) -> None:
+    """Set each ``kind``: the shortest dotted tail of its name below the layer that no other module's ends in.
+
+    BERT's q/v give ``query``, ``value``; all-linear gives ``attention.output.dense``, ``intermediate.dense``
+    and ``output.dense`` rather than three ``dense``.
+    """
+    below = {}
+    for u in updates:
+        match = _LAYER.search(u.module)
+        below[u.module] = match.group(2) if match else u.module
+    kinds = set(below.values())
+    for u in updates:
+        own = below[u.module]
+        parts = own.split(".")
+        tails = (".".join(parts[-n:]) for n in range(1, len(parts) + 1))
+        u.kind = next(
+            (t for t in tails if not any(o != own and (o == t or o.endswith("." + t)) for o in kinds)), own
+        )
 
 
 def _weight(

@@ -246,3 +246,17 @@ def test_bad_inputs_leave_no_out_dir(lora_run, full_run, tiny_bert_dir, tmp_path
         assert_one_line_error(runner.invoke(app, ["inspect", *args, "--out", str(out)]), phrase)
         assert not out.exists()
         assert not list(tmp_path.glob(".out.*"))
+
+
+def test_module_kinds_stay_distinct_under_all_linear():
+    from lora_ft.analysis import ModuleUpdate, _name_kinds
+
+    leaves = ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")
+    names = [f"bert.encoder.layer.{i}.{leaf}" for i in (0, 11) for leaf in leaves] + ["bert.pooler.dense"]
+    updates = [ModuleUpdate(n, (1, 1), 1, 1.0, Spectrum(np.ones(1), 1.0)) for n in names]
+    _name_kinds(updates)
+    assert [u.short_name for u in updates] == [
+        "0.query", "0.attention.output.dense", "0.intermediate.dense", "0.output.dense",
+        "11.query", "11.attention.output.dense", "11.intermediate.dense", "11.output.dense", "pooler.dense",
+    ]  # fmt: skip
+    assert [u.layer for u in updates] == [0] * 4 + [11] * 4 + [None]
