@@ -17,14 +17,14 @@ def _table(inspection):
     against = inspection.context.get("against")
     title = f"ΔW of {inspection.context['adapter']}" + (f" vs full fine-tuning {against}" if against else "")
     table = Table(title=title, caption="eff. rank: fewest singular directions holding 90% / 99% of ‖ΔW‖²_F")
-    table.add_column("module")
+    table.add_column("module", overflow="fold", min_width=12)
     table.add_column("r", justify="right")
-    table.add_column("LoRA 90/99", justify="right")
-    table.add_column("‖ΔW‖/‖W‖", justify="right")
+    table.add_column("LoRA\n90/99", justify="right")
+    table.add_column("LoRA\n‖ΔW‖/‖W‖", justify="right")
     if against:
-        table.add_column("full 90/99", justify="right")
-        table.add_column("full ‖ΔW‖/‖W‖", justify="right")
-        table.add_column("overlap (k)", justify="right")
+        table.add_column("full\n90/99", justify="right")
+        table.add_column("full\n‖ΔW‖/‖W‖", justify="right")
+        table.add_column("overlap\n(k)", justify="right")
     for u in updates:
         row = [
             u.short_name,
