@@ -12,12 +12,14 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lora_ft.errors import LoraFtError
+from lora_ft.signals import TrainingInterrupted, signal_name
 
 PROGRESS_PREFIX = "@lora-ft-progress "
 
@@ -27,29 +29,47 @@ Emit = Callable[[dict[str, Any]], None]
 def run_in_subprocess(
     config_path: Path, run_dir: Path, log_path: Path, force: bool, emit: Emit
 ) -> str | None:
-    """Train one run in a fresh interpreter; its stderr and stray stdout go to ``log_path``."""
+    """Train one run in a fresh interpreter; its stderr and stray stdout go to ``log_path``.
+
+    The worker runs in its own session, so a terminal's Ctrl-C reaches only this process, which passes
+    each SIGINT/SIGTERM on exactly once: the first makes the worker checkpoint at the next step and
+    stop, a second aborts it (as for ``train``). The comparison then stops with the signal's exit code,
+    and running it again resumes the interrupted run from its checkpoint.
+    """
     command = [sys.executable, "-m", "lora_ft.compare_worker", str(config_path), str(run_dir)]
     if force:
         command.append("--force")
+    received: list[int] = []
     with log_path.open("w", encoding="utf-8") as logf:
         logf.write("$ " + " ".join(command) + "\n")
         logf.flush()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=logf, text=True, bufsize=1)
-        try:
-            for line in proc.stdout:
-                if line.startswith(PROGRESS_PREFIX):
-                    emit(json.loads(line[len(PROGRESS_PREFIX) :]))
-                else:
-                    logf.write(line)
-            code = proc.wait()
-        except KeyboardInterrupt:
-            # The worker got the terminal's SIGINT too; give it time to remove its partial run dir.
-            proc.send_signal(signal.SIGINT)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=logf, text=True, bufsize=1, start_new_session=True
+        )
+
+        def forward(signum, frame):
+            received.append(signum)
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+        with _forwarding(forward):
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
+                for line in proc.stdout:
+                    if line.startswith(PROGRESS_PREFIX):
+                        emit(json.loads(line[len(PROGRESS_PREFIX) :]))
+                    else:
+                        logf.write(line)
+                code = proc.wait()
+            except BaseException:
+                proc.kill()  # not a signal (those are forwarded): a bug or the caller's error
+                proc.wait()
+                raise
+    if received:
+        raise TrainingInterrupted(
+            f"compare interrupted by {signal_name(received[0])} during {run_dir.name}; finished runs and "
+            f"its last checkpoint are kept: run the same compare command again to resume",
+            received[0],
+        )
     if code == 0:
         return None
     errors = [
@@ -62,13 +82,38 @@ def run_in_subprocess(
     return f"exited with code {code}; see {log_path}"
 
 
+class _forwarding:
+    """Route SIGINT/SIGTERM to ``handler`` while inside (main thread only; elsewhere a no-op)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self.old.items():
+            signal.signal(s, old)
+
+
 def train_one(
     config_path: Path, run_dir: Path, *, force: bool = False, emit: Emit | None = None
 ) -> dict[str, Any]:
-    """The worker's job: train one resolved config into ``run_dir``, reporting steps through ``emit``."""
+    """The worker's job: train one resolved config into ``run_dir``, reporting steps through ``emit``.
+
+    An interrupted run of the same config (a checkpoint in its partial directory) is resumed rather
+    than started over, unless ``force``; one interrupted before its first checkpoint starts over.
+    """
     from transformers import TrainerCallback
 
+    from lora_ft.checkpoint import last_checkpoint
     from lora_ft.config import load_config
+    from lora_ft.rundir import RunDir
     from lora_ft.train import train
 
     class _Progress(TrainerCallback):
@@ -84,7 +129,13 @@ def train_one(
                 emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
 
     cfg = load_config(config_path)
-    return train(cfg, run_dir, force=force, callbacks=[_Progress()] if emit is not None else [])
+    callbacks = [_Progress()] if emit is not None else []
+    run = RunDir(run_dir)
+    if not force and (run.partial / "config.yaml").is_file() and last_checkpoint(run.checkpoints):
+        return train(cfg, run_dir, resume=True, callbacks=callbacks)
+    # The parent reuses finished runs and refuses foreign ones, so what is left here is this config's
+    # own leftover: an interrupted run with no checkpoint yet, safe to start over.
+    return train(cfg, run_dir, force=force or run.partial.exists(), callbacks=callbacks)
 
 
 def _print_progress(event: dict[str, Any]) -> None:

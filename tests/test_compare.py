@@ -304,3 +304,57 @@ def test_progress_shows_steps_loss_and_outcome():
     text = console.file.getvalue()
     assert "[1/2] lora-seed42" in text and "done: val acc 0.7500" in text
     assert "[2/2] full-seed42" in text and "failed: boom" in text
+
+
+def test_an_interrupted_comparison_stops_with_130_and_resumes_its_run(tmp_path, tiny_bert_dir, toy_data_dir):
+    """Ctrl-C reaches the parent; the worker checkpoints at the next step; a rerun resumes, not restarts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lora_ft.checkpoint import checkpoint_step, last_checkpoint
+    from lora_ft.config import dump_config
+
+    cfg = _cfg(tiny_bert_dir, toy_data_dir, "train.epochs=30", "train.eval_strategy=no")  # 180 steps
+    config_path = tmp_path / "compare.yaml"
+    config_path.write_text(dump_config(cfg))
+    out = tmp_path / "cmp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lora_ft",
+        "compare",
+        str(config_path),
+        "--methods",
+        "lora",
+        "--out",
+        str(out),
+    ]
+    partial = out / "runs" / ".lora-seed42.partial"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = partial / "log.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: compare interrupted by SIGINT during lora-seed42")
+    assert "run the same compare command again to resume" in lines[-1] and "Traceback" not in err
+    ckpt = last_checkpoint(partial / "checkpoints")
+    assert ckpt is not None
+    stopped_at = checkpoint_step(ckpt)
+    assert 0 < stopped_at < 180
+    assert not (out / "results.json").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    metrics = json.loads((out / "runs" / "lora-seed42" / "metrics.json").read_text())
+    assert metrics["resumed_from_steps"] == [stopped_at]
+    assert metrics["global_steps"] == 180
+    assert not partial.exists()
+    assert json.loads((out / "results.json").read_text())["rows"][0]["method"] == "lora"
