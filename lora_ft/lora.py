@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 INITS = ("kaiming", "gaussian")
+# Up to this dropout probability the LoRA branch on the CPU draws where the dropped elements are
+# (_DroppedDown); above it, or on a GPU, one draw per element (nn.Dropout) is the cheaper.
+SPARSE_DROPOUT_MAX = 0.25
 
 
 class LoRALinear(nn.Module):
@@ -175,10 +178,11 @@ class LoRALinear(nn.Module):
         h = x2
         if h.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(h.device.type):
             h = h.to(self.lora_A.dtype)  # a low-precision base without autocast: the update in float32
-        if self.training and self.dropout_p > 0:
-            u = _DroppedDown.apply(h, self.lora_A, self.dropout_p, self.scaling / (1 - self.dropout_p))
+        p = self.dropout_p if self.training else 0.0
+        if 0 < p <= SPARSE_DROPOUT_MAX and h.device.type == "cpu":
+            u = _DroppedDown.apply(h, self.lora_A, p, self.scaling / (1 - p))
         else:
-            u = F.linear(h, self.lora_A) * self.scaling  # (N, r)
+            u = F.linear(self.dropout(h) if p else h, self.lora_A) * self.scaling  # (N, r)
         out.addmm_(u.to(out.dtype), self.lora_B.t().to(out.dtype))
         return out.view(*x.shape[:-1], self.out_features)
 
@@ -223,49 +227,51 @@ class LoRALinear(nn.Module):
 class _DroppedDown(torch.autograd.Function):
     """``(x ⊙ keep) @ A.T * scale`` for ``x`` ``(N, in)``, ``keep ~ Bernoulli(1 - p)``: ``(N, r)``.
 
-    Inverted dropout on the LoRA branch's input, as ``nn.Dropout`` and PEFT apply it, at less cost: the
-    mask comes from ``_keep_mask`` and stays 1 byte per element; the ``1 / (1 - p)`` is folded into
-    ``scale`` on the r-wide output; backward keeps ``x`` (which the layer's other users hold anyway) and
-    the mask, not a dropped copy and a float mask.
+    Inverted dropout on the LoRA branch's input, as ``nn.Dropout`` and PEFT apply it, for the CPU and a
+    small ``p``, where ``nn.Dropout`` spends most of its time drawing one random number per element and
+    masking with float passes: here the dropped positions are drawn directly (``_dropped_positions``,
+    about ``p * N * in`` draws), zeroed with an index fill, the ``1 / (1 - p)`` is folded into ``scale``
+    on the r-wide output, and backward keeps ``x`` (which the layer's other users hold anyway) and the
+    positions (8 bytes per dropped element), not a dropped copy and a float mask.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, p: float, scale: float) -> torch.Tensor:
-        keep = _keep_mask(x.shape, p, x.device)  # (N, in), bool
-        ctx.save_for_backward(x, a, keep)
+        x = x.contiguous()
+        dropped = _dropped_positions(x.numel(), p)  # flat indices into x
+        ctx.save_for_backward(x, a, dropped)
         ctx.scale = scale
-        # where, not a multiply: a bool operand of a multiply is first copied to float.
-        return F.linear(torch.where(keep, x, 0.0), a) * scale
+        return F.linear(_zero_at(x, dropped), a) * scale
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, a, keep = ctx.saved_tensors
+        x, a, dropped = ctx.saved_tensors
         grad = grad * ctx.scale  # (N, r)
         grad_x = grad_a = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.where(keep, grad @ a.to(grad.dtype), 0.0).to(x.dtype)
+            grad_x = grad @ a.to(grad.dtype)  # (N, in)
+            grad_x.view(-1).index_fill_(0, dropped, 0.0)
+            grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_a = (grad.t() @ torch.where(keep, x, 0.0).to(grad.dtype)).to(a.dtype)
+            grad_a = (grad.t() @ _zero_at(x, dropped).to(grad.dtype)).to(a.dtype)
         return grad_x, grad_a, None, None
 
 
-def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A bool tensor of ``shape`` whose elements are independently True with probability ``1 - p``.
+def _zero_at(x: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
+    """A copy of contiguous ``x`` with the elements at ``flat_positions`` set to zero."""
+    return x.clone().view(-1).index_fill_(0, flat_positions, 0.0).view(x.shape)
 
-    On the CPU, for the small ``p`` LoRA uses, it draws where the dropped elements are instead of one
-    uniform per element: the gaps between successes of independent Bernoulli(p) trials are independent
-    Geometric(p), so about ``p * n`` draws give the same distribution as ``n`` (3x faster at p = 0.05,
-    where the RNG was most of dropout's cost).
+
+def _dropped_positions(n: int, p: float) -> torch.Tensor:
+    """Indices in ``[0, n)``, each present independently with probability ``p``, sorted; int64.
+
+    The gaps between successes of independent Bernoulli(p) trials are independent Geometric(p), so
+    drawing about ``p * n`` gaps gives the same distribution as ``n`` Bernoulli draws.
     """
-    n = shape.numel()
-    if device.type != "cpu" or p > 0.25:  # GPU generators are parallel; at large p per-element is cheaper
-        return torch.rand(shape, device=device) >= p
     mean = n * p
     count = int(mean + 8 * math.sqrt(mean) + 8)  # enough gaps to pass n, but for a 1e-15 chance
-    ends = torch.empty(count, dtype=torch.float64).geometric_(p).cumsum_(0)  # 1-based drop positions
+    ends = torch.empty(count, dtype=torch.float64).geometric_(p).cumsum_(0)  # 1-based, exact in float64
     while ends[-1] < n:
         more = torch.empty(count, dtype=torch.float64).geometric_(p).cumsum_(0)
         ends = torch.cat([ends, more + ends[-1]])
-    keep = torch.ones(n + 1, dtype=torch.bool)
-    keep[ends[ends <= n].long()] = False
-    return keep[1:].view(shape)
+    return ends[ends <= n].long() - 1

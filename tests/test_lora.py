@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_ft.lora import LoRALinear, _keep_mask
+from lora_ft.lora import LoRALinear, _dropped_positions
 
 IN, OUT, R = 12, 10, 4
 
@@ -67,8 +67,16 @@ def test_forward_matches_formula_with_nonzero_b():
     )
 
 
-def test_dropout_only_on_the_lora_branch():
-    layer = randomize_b(make(dropout=0.5))
+def _keep(shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """The keep mask ``LoRALinear`` draws on the CPU for dropout ``p`` <= 0.25, from the same RNG state."""
+    keep = torch.ones(math.prod(shape))
+    keep[_dropped_positions(keep.numel(), p)] = 0.0
+    return keep.view(shape)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])  # drawn as dropped positions / by nn.Dropout
+def test_dropout_only_on_the_lora_branch(p):
+    layer = randomize_b(make(dropout=p))
     x = x_of(8, IN)
     layer.eval()
     assert torch.equal(layer(x), layer(x))  # eval: deterministic, no dropout
@@ -78,9 +86,8 @@ def test_dropout_only_on_the_lora_branch():
     torch.manual_seed(5)
     out = layer(x)
     torch.manual_seed(5)
-    keep = _keep_mask(x.shape, 0.5, x.device)
-    assert 0 < keep.sum() < keep.numel()
-    dropped = x * keep / 0.5  # inverted dropout, as nn.Dropout: kept elements scaled by 1 / (1 - p)
+    dropped = x * _keep(x.shape, p) / (1 - p) if p <= 0.25 else F.dropout(x, p, training=True)
+    assert (dropped == 0).any() and (dropped != 0).any()
     torch.testing.assert_close(out, layer.base(x) + dropped @ layer.lora_A.T @ layer.lora_B.T * layer.scaling)
     with torch.no_grad():
         layer.lora_B.zero_()
@@ -102,28 +109,33 @@ def test_gradients_match_the_formula(dropout):
     a, b = layer.lora_A.detach().clone().requires_grad_(), layer.lora_B.detach().clone().requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     torch.manual_seed(7)
-    keep = _keep_mask(torch.Size([15, IN]), dropout, x.device).view(x.shape) if dropout else 1  # (B*T, in)
-    h = x_ref * keep / (1 - dropout)
+    if dropout > 0.25:
+        h = F.dropout(x_ref, dropout, training=True)
+    else:
+        h = x_ref * _keep(x.shape, dropout) / (1 - dropout) if dropout else x_ref
     (layer.base(x_ref) + h @ a.T @ b.T * layer.scaling).backward(grad_out)
     for got, want in zip(ours, (x_ref.grad, a.grad, b.grad), strict=True):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("p", [0.05, 0.5])
-def test_keep_mask_drops_each_element_with_probability_p(p):
+@pytest.mark.parametrize("p", [0.05, 0.25])
+def test_dropped_positions_are_independent_with_probability_p(p):
     torch.manual_seed(0)
-    masks = torch.stack([_keep_mask(torch.Size([64, 100]), p, torch.device("cpu")) for _ in range(50)])
-    assert masks.dtype == torch.bool and masks.shape == (50, 64, 100)
-    n = masks.numel()
-    dropped = (~masks).sum().item()
-    assert abs(dropped - n * p) < 5 * math.sqrt(n * p * (1 - p))
-    # Every position is dropped at the same rate (no position favoured by the gap sampling).
-    per_position = (~masks).float().mean(0)
-    assert abs(per_position[0, 0].item() - p) < 0.35 and abs(per_position.mean().item() - p) < 0.01
+    n, runs = 6400, 50
+    masks = torch.zeros(runs, n, dtype=torch.bool)
+    for row in masks:
+        positions = _dropped_positions(n, p)
+        assert positions.dtype == torch.int64 and bool((positions[1:] > positions[:-1]).all())
+        assert positions.min() >= 0 and positions.max() < n
+        row[positions] = True
+    total = masks.numel()
+    assert abs(masks.sum().item() - total * p) < 5 * math.sqrt(total * p * (1 - p))
+    # No position favoured: the first and the last are dropped at the rate p too.
+    for column in (0, n - 1):
+        assert abs(masks[:, column].float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / runs) + 0.05
     # Neighbours are independent: a drop is no likelier right after a drop.
-    flat = (~masks).flatten(1)
-    after_drop = flat[:, 1:][flat[:, :-1]].float().mean().item()
-    assert abs(after_drop - p) < 5 * math.sqrt(p * (1 - p) / (n * p))
+    after_drop = masks[:, 1:][masks[:, :-1]].float().mean().item()
+    assert abs(after_drop - p) < 5 * math.sqrt(p * (1 - p) / (total * p))
 
 
 def test_merge_unmerge_round_trip_and_idempotence():
