@@ -8,7 +8,9 @@ same module. For each update: its singular values σ (float64), the energy curve
 hold that share), and ``‖ΔW‖_F / ‖W_0‖_F``. Between the two updates: the overlap of LoRA's top-k
 left singular subspace with full fine-tuning's top-k, ``‖U_lora[:, :k]^T U_full[:, :k]‖_F² / k``, in
 [0, 1] (1: the same output directions; ``k / out`` is what random subspaces give), as in the LoRA
-paper's §7 subspace-similarity analysis.
+paper's §7 subspace-similarity analysis; and, weighting full fine-tuning's directions by their energy,
+the share of ``‖ΔW_full‖_F²`` inside LoRA's output subspace, ``‖U_lora^T ΔW_full‖_F² / ‖ΔW_full‖_F²``
+(at most full's own top-k energy; ``k / out`` by chance).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class ModuleUpdate:
     full: Spectrum | None = None
     overlap: float | None = None
     overlap_k: int | None = None
+    captured: float | None = None  # share of ‖ΔW_full‖² in LoRA's output subspace
     kind: str = ""  # what tells this module from the others in its layer: query, intermediate.dense, ...
 
     @property
@@ -160,11 +163,14 @@ def analyse(
         update = ModuleUpdate(module, shape, adapter.rank_of(module), scaling, Spectrum(s_lora, base_norm))
         if full_weights is not None:
             w_ft = _weight(full_weights, module, shape, "the full fine-tuning run")
-            u_full, s_full = dense_svd(w_ft.to(torch.float64) - w0.to(torch.float64))
+            delta = w_ft.to(torch.float64) - w0.to(torch.float64)
+            u_full, s_full = dense_svd(delta)
             update.full = Spectrum(s_full, base_norm)
             k = min(update.lora.numerical_rank, update.full.numerical_rank)
             if k:
                 update.overlap, update.overlap_k = subspace_overlap(u_lora, u_full, k), k
+                inside = u_lora[:, : update.lora.numerical_rank].T @ delta.numpy()  # (k, in)
+                update.captured = float(np.sum(inside**2) / update.full.norm**2)
         out.append(update)
     _name_kinds(out)
     return out
@@ -242,5 +248,6 @@ def to_json(updates: list[ModuleUpdate], **context) -> dict:
             row["overlap"] = None if u.overlap is None else float(f"{u.overlap:.6g}")
             row["overlap_k"] = u.overlap_k
             row["overlap_random"] = None if u.overlap_random is None else float(f"{u.overlap_random:.6g}")
+            row["captured_by_lora"] = None if u.captured is None else float(f"{u.captured:.6g}")
         modules.append(row)
     return {"format": 1, **context, "thresholds": list(THRESHOLDS), "modules": modules}

@@ -15,6 +15,7 @@ from lora_ft.analysis import THRESHOLDS, ModuleUpdate
 from lora_ft.plots import _save
 
 _FLOOR = 1e-6  # singular values below this fraction of the largest are not drawn (log axis)
+_SPECTRUM_BOTTOM = 1e-3  # σ_i / σ_1 below this is the tail of a full-rank spectrum, not its shape
 
 
 def _by_layer(updates: list[ModuleUpdate]) -> dict[int | None, list[ModuleUpdate]]:
@@ -42,8 +43,10 @@ def _grid(n: int, title: str, xlabel: str, ylabel: str):
     fig = Figure(figsize=(3.4 * ncols + 0.6, 2.7 * nrows + 1.0), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    for i in range(n, len(axes)):
+        axes[i].set_visible(False)
+        if i - ncols < n:  # the panel above an empty cell is the bottom of its column: label its x axis
+            axes[i - ncols].xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(title)
     fig.supxlabel(xlabel)
     fig.supylabel(ylabel)
@@ -154,7 +157,7 @@ def plot_spectra_vs_full(updates: list[ModuleUpdate], path: Path) -> Path:
                     continue
                 y = y / y[0]
                 ax.plot(x, y, style, ms=3, lw=1.4, color=colors[u.kind], label=f"{u.kind}, {who}")
-        ax.set(xscale="log", yscale="log")
+        ax.set(xscale="log", yscale="log", ylim=(_SPECTRUM_BOTTOM, 1.5))
         ax.axvline(mods[0].r, color="gray", ls=":", lw=1)
         ax.set_title(_panel_title(layer), fontsize="medium")
     return _finish(fig, axes, path)
@@ -183,41 +186,59 @@ def plot_energy_vs_full(updates: list[ModuleUpdate], path: Path) -> Path:
     return _finish(fig, axes, path)
 
 
+def _positions(updates: list[ModuleUpdate]) -> tuple[dict[str, float], list[float], list[str]]:
+    """x of each module: its layer; modules outside the layers (a pooler) after the last one."""
+    layers = sorted({u.layer for u in updates if u.layer is not None})
+    extra = [u for u in updates if u.layer is None]
+    x = {u.module: float(u.layer) for u in updates if u.layer is not None}
+    last = layers[-1] if layers else -1
+    x.update({u.module: float(last + 1 + i) for i, u in enumerate(extra)})
+    ticks = [float(layer) for layer in layers] + [x[u.module] for u in extra]
+    return x, ticks, [str(layer) for layer in layers] + [u.kind for u in extra]
+
+
 def plot_rank_summary(updates: list[ModuleUpdate], path: Path) -> Path:
-    """Per module: effective ranks of both updates against r, and the subspace overlap against chance."""
+    """Against the layer, per module kind: full fine-tuning's effective ranks next to r, and how much of
+    full fine-tuning's update lies in LoRA's output directions."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(8.0, 0.55 * len(updates) + 3), 7.2), dpi=110, layout="constrained")
+    fig = Figure(figsize=(10, 9.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    rank_ax, overlap_ax = fig.subplots(2, 1, sharex=True)
-    x = np.arange(len(updates))
-    for who, style, shift in (("full", "s", -0.12), ("lora", "o", 0.12)):
-        for t, fill in zip(THRESHOLDS, ("none", None), strict=True):
-            ranks = [getattr(u, who).effective_rank(t) for u in updates]
-            label = f"{'full fine-tuning' if who == 'full' else 'LoRA'}, {int(t * 100)}% energy"
-            color = "tab:red" if who == "full" else "tab:blue"
-            ax_kwargs = {"mfc": "none"} if fill == "none" else {}
-            rank_ax.plot(x + shift, ranks, style, ms=7, color=color, label=label, ls="none", **ax_kwargs)
-    rank_ax.plot(x, [u.r for u in updates], "_", ms=18, mew=2, color="black", label="LoRA rank r", ls="none")
-    rank_ax.set(yscale="log", ylabel="effective rank (log scale)", title="Effective rank of ΔW per module")
+    rank_ax, overlap_ax, share_ax = fig.subplots(3, 1, sharex=True)
+    colors = _colors(updates)
+    pos, ticks, labels = _positions(updates)
+    kinds = list(dict.fromkeys(u.kind for u in updates))
+
+    def line(ax, kind, value, style, label=None, **kwargs):
+        mods = [u for u in updates if u.kind == kind]
+        ax.plot([pos[u.module] for u in mods], [value(u) for u in mods], style, color=colors[kind], ms=5,
+                label=label, **kwargs)  # fmt: skip
+
+    for kind in kinds:
+        line(rank_ax, kind, lambda u: u.full.effective_rank(0.9), "-o", kind)
+        line(rank_ax, kind, lambda u: u.full.effective_rank(0.99), "--s", mfc="none")
+        line(overlap_ax, kind, lambda u: u.overlap, "-o")
+        line(share_ax, kind, lambda u: u.captured, "-o")
+        line(share_ax, kind, lambda u: u.full.energy()[u.r - 1], ":v")
+    for r in sorted({u.r for u in updates}):
+        rank_ax.axhline(r, color="black", lw=1.5, label=f"LoRA rank r = {r}")
+    for out in sorted({u.shape[0] for u in updates}):
+        k = max(u.overlap_k or 0 for u in updates if u.shape[0] == out)
+        overlap_ax.axhline(k / out, color="gray", ls="--", lw=1, label=f"chance, out = {out} (k/out)")
+    rank_ax.set(yscale="log", ylabel="effective rank of full's ΔW",
+                title="Full fine-tuning's ΔW: effective rank at 90% (solid) and 99% (dashed) of its energy")  # fmt: skip
     _plain_log_ticks(rank_ax.yaxis)
-    rank_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    overlap = [u.overlap if u.overlap is not None else np.nan for u in updates]
-    chance = [u.overlap_random if u.overlap_random is not None else np.nan for u in updates]
-    overlap_ax.bar(x, overlap, color="tab:purple", label="‖U_LoRA,kᵀ U_full,k‖²_F / k")
-    overlap_ax.plot(
-        x, chance, "_", ms=18, mew=2, color="black", label="random subspaces (k / out)", ls="none"
-    )
-    overlap_ax.set(
-        ylim=(0, 1), ylabel="subspace overlap",
-        title="Overlap of the top-k output directions (k: LoRA's rank)",
-    )  # fmt: skip
-    overlap_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    overlap_ax.set_xticks(x, [u.short_name for u in updates], rotation=60, ha="right", fontsize="small")
-    overlap_ax.set_xlabel("module (layer.name)")
-    for ax in (rank_ax, overlap_ax):
-        ax.grid(alpha=0.3, axis="y")
+    overlap_ax.set(ylim=(0, 1), ylabel="‖U_LoRA,kᵀ U_full,k‖²_F / k",
+                   title="Overlap of the top-k output directions (k: LoRA's rank)")  # fmt: skip
+    share_ax.set(ylim=(0, 1.02), ylabel="share of full's ‖ΔW‖²_F",
+                 title="Share of full's ΔW energy in LoRA's output directions (solid), in its own top r (dotted)")  # fmt: skip
+    share_ax.set_xticks(ticks, labels)
+    share_ax.set_xlabel("layer")
+    for ax in (rank_ax, overlap_ax, share_ax):
+        ax.grid(alpha=0.3)
+    for ax in (rank_ax, overlap_ax):  # the colours are the module kinds, as in every plot
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)
 
 

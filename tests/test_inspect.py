@@ -165,6 +165,7 @@ def test_analyse_known_rank_norm_and_overlap(lora_run, full_run, tiny_bert_dir):
         assert u.full.rel_norm == pytest.approx(math.sqrt(55) / base_norm, rel=1e-5)
         assert u.overlap_k == 3 and u.overlap == pytest.approx(2 / 3, abs=1e-5)
         assert u.overlap_random == pytest.approx(3 / 32)
+        assert u.captured == pytest.approx((25 + 16) / 55, abs=1e-6)  # full's q1, q2 lie in LoRA's span
 
 
 def _is_png(path: Path) -> bool:
@@ -204,11 +205,12 @@ def test_cli_inspect_against_full_run(lora_run, full_run, tmp_path):
         assert row["full"]["energy_at_r"] == pytest.approx(54 / 55)  # top r = 4 of 25, 16, 9, 4, 1
         assert row["full"]["singular_values"][:5] == pytest.approx(FULL_S, rel=1e-4)
         assert row["overlap"] == pytest.approx(2 / 3, abs=1e-4) and row["overlap_k"] == 3
+        assert row["captured_by_lora"] == pytest.approx(41 / 55, abs=1e-4)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["energy_vs_full.png", "lora_energy.png", "lora_spectra.png", "rank_summary.png",
                     "spectra_vs_full.png"]  # fmt: skip
     assert all(_is_png(out / p) for p in pngs)
-    assert "3/5" in result.stdout and "0.67 (3)" in result.stdout
+    assert "3/5" in result.stdout and "0.67 (3)" in result.stdout and "75%" in result.stdout
     assert not list(tmp_path.glob(".report.*"))  # no temporary directory left behind
 
 

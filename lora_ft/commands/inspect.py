@@ -16,7 +16,13 @@ def _table(inspection):
     updates = inspection.updates
     against = inspection.context.get("against")
     title = f"ΔW of {inspection.context['adapter']}" + (f" vs full fine-tuning {against}" if against else "")
-    table = Table(title=title, caption="eff. rank: fewest singular directions holding 90% / 99% of ‖ΔW‖²_F")
+    caption = "90/99: effective rank, the fewest singular directions holding 90% / 99% of ‖ΔW‖²_F"
+    if against:
+        caption += (
+            "; overlap: ‖U_LoRAᵀ U_full‖²/k of the top-k output directions (chance: k/out); "
+            "full in LoRA's U: share of full's ‖ΔW‖² inside LoRA's output directions"
+        )
+    table = Table(title=title, caption=caption)
     table.add_column("module", overflow="fold", min_width=12)
     table.add_column("r", justify="right")
     table.add_column("LoRA\n90/99", justify="right")
@@ -25,6 +31,7 @@ def _table(inspection):
         table.add_column("full\n90/99", justify="right")
         table.add_column("full\n‖ΔW‖/‖W‖", justify="right")
         table.add_column("overlap\n(k)", justify="right")
+        table.add_column("full in\nLoRA's U", justify="right")
     for u in updates:
         row = [
             u.short_name,
@@ -38,6 +45,7 @@ def _table(inspection):
                 f"{u.full.effective_rank(0.9)}/{u.full.effective_rank(0.99)}",
                 f"{u.full.rel_norm:.4f}",
                 overlap,
+                "—" if u.captured is None else f"{u.captured:.0%}",
             ]
         table.add_row(*row)
     return table
