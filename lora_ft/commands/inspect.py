@@ -15,32 +15,31 @@ def _table(inspection):
 
     updates = inspection.updates
     against = inspection.context.get("against")
-    title = f"ΔW of {inspection.context['adapter']}" + (f" vs full fine-tuning {against}" if against else "")
+    ranks = sorted({u.r for u in updates})
+    title = f"ΔW of {inspection.context['adapter']}" + (f" (r={ranks[0]})" if len(ranks) == 1 else "")
+    title += f" vs full fine-tuning {against}" if against else ""
     caption = "90/99: effective rank, the fewest singular directions holding 90% / 99% of ‖ΔW‖²_F"
     if against:
         caption += (
-            "; overlap: ‖U_LoRAᵀ U_full‖²/k of the top-k output directions (chance: k/out); "
+            "; overlap: ‖U_LoRAᵀ U_full‖²/k of the top-k output directions, k = LoRA's rank (chance: k/out); "
             "full in LoRA's U: share of full's ‖ΔW‖² inside LoRA's output directions"
         )
     table = Table(title=title, caption=caption)
     table.add_column("module", overflow="fold", min_width=12)
-    table.add_column("r", justify="right")
+    if len(ranks) > 1:
+        table.add_column("r", justify="right")
     table.add_column("LoRA\n90/99", justify="right")
     table.add_column("LoRA\n‖ΔW‖/‖W‖", justify="right")
     if against:
         table.add_column("full\n90/99", justify="right")
         table.add_column("full\n‖ΔW‖/‖W‖", justify="right")
-        table.add_column("overlap\n(k)", justify="right")
+        table.add_column("overlap", justify="right")
         table.add_column("full in\nLoRA's U", justify="right")
     for u in updates:
-        row = [
-            u.short_name,
-            str(u.r),
-            f"{u.lora.effective_rank(0.9)}/{u.lora.effective_rank(0.99)}",
-            f"{u.lora.rel_norm:.4f}",
-        ]
+        row = [u.short_name, *([str(u.r)] if len(ranks) > 1 else [])]
+        row += [f"{u.lora.effective_rank(0.9)}/{u.lora.effective_rank(0.99)}", f"{u.lora.rel_norm:.4f}"]
         if against:
-            overlap = "—" if u.overlap is None else f"{u.overlap:.2f} ({u.overlap_k})"
+            overlap = "—" if u.overlap is None else f"{u.overlap:.2f}"
             row += [
                 f"{u.full.effective_rank(0.9)}/{u.full.effective_rank(0.99)}",
                 f"{u.full.rel_norm:.4f}",
