@@ -143,6 +143,7 @@ def write_inspection(inspection: Inspection, out: Path, *, force: bool = False) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read like any other directory
         (tmp / JSON_NAME).write_text(json.dumps(inspection.to_json()) + "\n", encoding="utf-8")
         names = [JSON_NAME, *(p.name for p in write_plots(inspection.updates, tmp))]
         publish_dir(tmp, out)

@@ -212,6 +212,7 @@ def test_cli_inspect_against_full_run(lora_run, full_run, tmp_path):
     assert all(_is_png(out / p) for p in pngs)
     assert "3/5" in result.stdout and "0.67" in result.stdout and "75%" in result.stdout
     assert not list(tmp_path.glob(".report.*"))  # no temporary directory left behind
+    assert out.stat().st_mode & 0o777 == 0o755
 
 
 def assert_one_line_error(result, phrase: str) -> None:
