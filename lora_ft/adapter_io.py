@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 
 from lora_ft import assets
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import publishable_temp_dir
 from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 from lora_ft.lora import LoRALinear
 
@@ -185,7 +185,7 @@ def save_adapter(
         metadata[META_MODEL] = json.dumps(model_settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = publishable_temp_dir(out.parent, f".{out.name}.", ".tmp")
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import datasets
 from lora_ft import assets
 from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import publishable_temp_dir
 
 logger = logging.getLogger("lora_ft")
 
@@ -443,7 +443,7 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
         }
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    tmp = publishable_temp_dir(target.parent, f".{target.name}.tmp-")
     try:
         tokenized.save_to_disk(str(tmp))
         os.replace(tmp, target)

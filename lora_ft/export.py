@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from lora_ft import __version__, assets
 from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
 
@@ -212,7 +212,7 @@ def _write(artifact: Artifact, report: MergeReport) -> None:
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        tmp = publishable_temp_dir(out.parent, f".{out.name}.", ".partial")
         artifact.model.save_pretrained(tmp)
         artifact.tokenizer.save_pretrained(tmp)
         provenance = _provenance(artifact, report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,15 @@ def test_one_object_serves_base_and_adapted_outputs(tmp_path, tiny_bert_dir):
     torch.testing.assert_close(logits_of(ours, tiny_bert_dir), adapted, atol=1e-5, rtol=0)
     unmerge_lora(ours)
     torch.testing.assert_close(logits_of(ours, tiny_bert_dir), adapted, atol=1e-5, rtol=0)
+
+
+def test_saved_adapter_dir_has_the_permissions_mkdir_gives(tmp_path, tiny_bert_dir):
+    """Written through a private mkdtemp, published readable like any directory the user makes."""
+    old = os.umask(0o027)
+    try:
+        make_adapter(tiny_bert_dir, tmp_path / "a")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o750
