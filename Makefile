@@ -29,6 +29,11 @@ demo: assets
 test: assets
 	$(PY) -m pytest -q
 
+# Speed, memory and scaling against the targets of issue #5: a table with PASS/MISS lines, and
+# runs/bench/bench.json. A few minutes; scripts/bench.py --help for longer runs.
+bench: assets
+	$(PY) scripts/bench.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lora_ft tests scripts
 	$(VENV)/bin/ruff format --check lora_ft tests scripts
