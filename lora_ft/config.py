@@ -20,7 +20,7 @@ import yaml
 from lora_ft.errors import LoraFtError
 
 METHODS = ("lora", "full", "head")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
 
@@ -146,7 +146,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     group_by_length: bool = True  # batches of similar lengths: less padding, faster steps
-    precision: str = "fp32"
+    precision: str = "fp32"  # or bf16, fp16, auto: bf16 where the hardware multiplies it natively, else fp32
     gradient_checkpointing: bool = False
     eval_strategy: str = "epoch"
     eval_steps: int | None = None

@@ -31,7 +31,7 @@ from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_wor
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
-from lora_ft.precision import check_supported, prepare_model
+from lora_ft.precision import check_supported, prepare_model, resolve_precision
 from lora_ft.resources import peak_rss_mb
 from lora_ft.rundir import RunDir, check_output_dir, publish_dir, write_atomic
 from lora_ft.signals import StopSignals
@@ -229,6 +229,9 @@ def train(
     if method is not None and method != cfg.train.method:
         cfg = copy.deepcopy(cfg)
         cfg.train.method = method
+    if cfg.train.precision == "auto":  # the run's config.yaml and metrics record what it ran in
+        cfg = copy.deepcopy(cfg)
+        cfg.train.precision = resolve_precision("auto")
     method = cfg.train.method
     run = RunDir(out)
     if resume:

@@ -10,11 +10,12 @@ from torch import nn
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from lora_ft import precision
 from lora_ft.cli import app
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.lora import LoRALinear
-from lora_ft.precision import prepare_model, set_dtypes
+from lora_ft.precision import prepare_model, resolve_precision, set_dtypes
 from lora_ft.train import train
 
 
@@ -183,3 +184,29 @@ def test_prepare_model_sets_frozen_and_trainable_dtypes(precision, method, froze
     prepare_model(model, precision, method, checkpointing=False)
     assert model[0].base.weight.dtype == frozen
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [({"avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), ({"avx2"}, "fp32")]
+)
+def test_auto_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    assert resolve_precision("auto") == expected
+    assert [resolve_precision(p) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+
+
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(precision, "_CPUINFO", cpuinfo)
+    assert {"avx512f", "avx512_bf16"} <= precision._cpu_flags()
+    monkeypatch.setattr(precision, "_CPUINFO", tmp_path / "missing")
+    assert precision._cpu_flags() == set()
+
+
+def test_a_run_with_auto_records_the_precision_it_ran_in(monkeypatch, tmp_path, tiny_bert_dir, toy_data_dir):
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    metrics = train(_cfg(tiny_bert_dir, toy_data_dir, "train.precision=auto"), tmp_path / "run")
+    assert metrics["precision"] == "bf16"
+    assert load_config(tmp_path / "run" / "config.yaml").train.precision == "bf16"
