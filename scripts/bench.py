@@ -53,11 +53,12 @@ from bench_models import (
     Setup,
     Trainee,
     bench_config,
-    bf16_supported,
     forward_flops,
     set_clock,
     step_flops,
 )
+
+from lora_ft.precision import native_bf16
 
 SECTIONS = ("speed", "threads", "inference", "memory", "scaling", "e2e")
 PHASES = ("forward", "backward", "optimizer")
@@ -128,7 +129,7 @@ def speed(setup: Setup, args) -> dict:
     in bf16 (``train.precision=bf16``); their ratios are to the bf16 full and floor rows.
     """
     methods = [FULL, Method("head"), FLOOR, LORA.with_(dropout=0.0), LORA, PEFT.with_(dropout=0.0), PEFT]
-    bf16 = bf16_supported()
+    bf16 = native_bf16()
     if bf16:
         methods += [m.with_(bf16=True) for m in (FULL, FLOOR, LORA)]
     batch = setup.batch(args.batch, args.tokens)
@@ -584,7 +585,7 @@ def machine() -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_native": bf16_supported(),
+        "bf16_native": native_bf16(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),

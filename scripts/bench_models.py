@@ -223,16 +223,6 @@ class Gemm:
         return clock() - t0
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), so autocast to bf16 can pay."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return capability.startswith("AVX512") and any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
 def step_flops(trainee: Trainee, batch) -> int:
     """FLOPs of one forward + backward as autograd really runs them (frozen weights get no weight
     gradients, and no input gradient is computed below the lowest layer that needs one)."""
