@@ -48,6 +48,7 @@ COSTS = (
 VARIANTS: dict[str, dict[str, Any]] = {
     "dora": {"use_dora": True},
     "rslora": {"rslora": True},
+    "gaussian": {"init": "gaussian"},
     "lora-all": {"targets": "all-linear"},
 }
 COMPARE_METHODS = (*METHODS, *VARIANTS)

@@ -423,9 +423,13 @@ def test_variant_methods_are_lora_runs_with_the_variant_switched_on():
 
     cfg = load_config(None, [])
     assert parse_methods("lora,dora,rslora,lora-all,full") == ["lora", "dora", "rslora", "lora-all", "full"]
-    with pytest.raises(LoraFtError, match="lora, full, head, dora, rslora, lora-all; got 'qlora'"):
+    with pytest.raises(LoraFtError, match="lora, full, head, dora, rslora, gaussian, lora-all; got 'qlora'"):
         parse_methods("qlora")
     runs = {m: run_config(cfg, RunSpec(m, 1)) for m in ("lora", "dora", "rslora", "lora-all")}
+    assert (
+        run_config(cfg, RunSpec("gaussian", 1)).lora.init == "gaussian"
+        and runs["lora"].lora.init == "kaiming"
+    )
     assert {r.train.method for r in runs.values()} == {"lora"}
     assert [runs[m].lora.use_dora for m in runs] == [False, True, False, False]
     assert [runs[m].lora.rslora for m in runs] == [False, False, True, False]

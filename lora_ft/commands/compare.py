@@ -22,7 +22,8 @@ def compare(
             "--methods",
             "-m",
             help="Comma-separated methods to train: lora, full, head, and the LoRA variants dora, rslora, "
-            "lora-all (LoRA with lora.use_dora / lora.rslora / lora.targets=all-linear, at LoRA's learning rate).",
+            "gaussian, lora-all (LoRA with lora.use_dora / lora.rslora / lora.init=gaussian / "
+            "lora.targets=all-linear, at LoRA's learning rate).",
         ),
     ] = "lora,full,head",
     seeds: Annotated[
