@@ -275,7 +275,12 @@ _register_command_modules()
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="lora-ft")
+    from lora_ft.distributed import shutdown
+
+    try:
+        app(prog_name="lora-ft")
+    finally:
+        shutdown()  # under torchrun/accelerate: leave the process group before the interpreter exits
 
 
 if __name__ == "__main__":

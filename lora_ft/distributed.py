@@ -77,3 +77,14 @@ def check_same_on_all_ranks(fingerprint: str) -> None:
             f"ranks {differing} built different initial LoRA/head weights from rank 0; every rank must use "
             "the same train.seed and the same model files (do not derive the seed from the rank)"
         )
+
+
+def shutdown() -> None:
+    """Leave the process group the Trainer joined, if any.
+
+    Exiting with a live gloo/NCCL group lets the interpreter tear down its background threads in an
+    arbitrary order; now and then that aborts a rank ("terminate called without an active exception",
+    exit -6) after its work is done, and torchrun then reports the whole launch as failed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
