@@ -92,3 +92,13 @@ def toy_data_dir(tmp_path) -> Path:
     write_split(d / "validation.csv", toy_rows(16, 100))
     write_split(d / "test.csv", toy_rows(16, 200))
     return d
+
+
+def assert_one_line_error(result, phrase: str, code: int = 1) -> None:
+    """A CLI failure as users must see it: exit ``code``, one ``error: ...`` line with ``phrase``, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output + result.stderr
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert phrase in err, err

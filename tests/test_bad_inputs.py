@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from lora_ft.cli import app
 from lora_ft.config import ModelConfig, dump_config, load_config
 
-from .conftest import toy_rows, write_split
+from .conftest import assert_one_line_error, toy_rows, write_split
 
 
 @dataclass
@@ -229,15 +229,6 @@ def _snapshot(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
         for p in sorted(root.rglob("*"))
     }
-
-
-def assert_one_line_error(result, phrase: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output + result.stderr
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    assert phrase in err, err
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])

@@ -15,6 +15,8 @@ from lora_ft.cli import app
 from lora_ft.inject import count_parameters, default_head, default_targets, inject_lora
 from lora_ft.modeling import load_model_skeleton
 
+from .conftest import assert_one_line_error
+
 runner = CliRunner()
 
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -28,14 +30,6 @@ def _config_json(tmp_path, name: str, **fields) -> str:
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "llama", **fields}), encoding="utf-8")
     return str(d / "config.json")
-
-
-def assert_one_line_error(result, phrase: str) -> None:
-    assert result.exit_code == 1, result.output
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output + err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert phrase in err, err
 
 
 @pytest.mark.parametrize(

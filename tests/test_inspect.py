@@ -19,6 +19,8 @@ from lora_ft.cli import app
 from lora_ft.config import config_from_dict, dump_config
 from lora_ft.inject import default_head, inject_lora, lora_layers
 
+from .conftest import assert_one_line_error
+
 runner = CliRunner()
 
 R, ALPHA = 4, 8.0
@@ -213,14 +215,6 @@ def test_cli_inspect_against_full_run(lora_run, full_run, tmp_path):
     assert "3/5" in result.stdout and "0.67" in result.stdout and "75%" in result.stdout
     assert not list(tmp_path.glob(".report.*"))  # no temporary directory left behind
     assert out.stat().st_mode & 0o777 == 0o755
-
-
-def assert_one_line_error(result, phrase: str) -> None:
-    assert result.exit_code == 1, result.output
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output + err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert phrase in err, err
 
 
 def test_bad_inputs_leave_no_out_dir(lora_run, full_run, tiny_bert_dir, tmp_path):
