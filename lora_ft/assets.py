@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import publishable_temp_dir
 
 try:
     import fcntl
@@ -458,8 +459,7 @@ def _build(asset: Asset, archive: Path, target: Path, log: Log) -> None:
     for stale in target.parent.glob(f".{asset.name}.*"):
         # Left by a killed process; safe to remove because we hold the asset's lock.
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{asset.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be readable like any other
+    tmp = publishable_temp_dir(target.parent, f".{asset.name}.tmp-")
     try:
         log(f"preparing {asset.name} from {archive.name}")
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{asset.name}.scratch-") as scratch:

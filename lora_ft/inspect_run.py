@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lora_ft.adapter_io import CONFIG_NAME
 from lora_ft.analysis import ModuleUpdate, analyse, to_json
 from lora_ft.config import config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import publishable_temp_dir
 from lora_ft.rundir import check_output_dir, publish_dir
 
 JSON_NAME = "inspect.json"
@@ -141,9 +141,8 @@ def write_inspection(inspection: Inspection, out: Path, *, force: bool = False) 
 
     check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = publishable_temp_dir(out.parent, f".{out.name}.", ".tmp")
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read like any other directory
         (tmp / JSON_NAME).write_text(json.dumps(inspection.to_json()) + "\n", encoding="utf-8")
         names = [JSON_NAME, *(p.name for p in write_plots(inspection.updates, tmp))]
         publish_dir(tmp, out)
