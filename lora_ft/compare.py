@@ -28,6 +28,7 @@ from typing import Any
 from lora_ft.compare_worker import Emit, run_in_subprocess
 from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_marker
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
 ADAM_BYTES_PER_PARAM = 8
@@ -277,17 +278,6 @@ def _check_reusable(cfg: RunConfig, run_dir: Path) -> None:
         )
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LoraFtError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        if not ((out / "runs").is_dir() or (out / "results.json").is_file()):
-            raise LoraFtError(
-                f"--out {out} is a non-empty directory that no comparison wrote (no runs/ or results.json); "
-                "choose another --out, or pass --force to write into it"
-            )
-
-
 @dataclass
 class Comparison:
     out: Path
@@ -320,8 +310,9 @@ def compare(
     and ``run_finished(result)``.
 
     Raises:
-        LoraFtError: bad arguments, or a finished run in ``out`` trained with another config (without
-            ``force``); checked before anything is trained. A run that fails is a failed row, not an error.
+        LoraFtError: bad arguments, ``out`` a non-empty directory that no comparison wrote (``force``
+            or not), or a finished run in ``out`` trained with another config (without ``force``);
+            checked before anything is trained. A run that fails is a failed row, not an error.
     """
     from lora_ft.compare_report import write_report
 
@@ -330,7 +321,7 @@ def compare(
     out = Path(out)
     methods = methods or list(METHODS)
     specs = plan_runs(methods, [cfg.train.seed + i for i in range(seeds)], ranks)
-    _check_out(out, force)
+    check_comparison_dir(out)
     runs = out / "runs"
     configs = {spec: run_config(cfg, spec) for spec in specs}
     reuse = {spec: not force and (runs / spec.name / "metrics.json").is_file() for spec in specs}
@@ -338,6 +329,7 @@ def compare(
         if reuse[spec]:
             _check_reusable(configs[spec], runs / spec.name)
     runs.mkdir(parents=True, exist_ok=True)
+    write_marker(out, COMPARISON)
     results = []
     for index, spec in enumerate(specs):
         run_dir = runs / spec.name

@@ -25,7 +25,7 @@ import torch
 from lora_ft import __version__, assets
 from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import publishable_temp_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
 
@@ -129,14 +129,12 @@ def _check_plain(model: torch.nn.Module) -> None:
 
 
 def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
-    from lora_ft.rundir import check_output_dir
-
-    check_output_dir(out, force)
     target = out.resolve()
     for src in sources:
         s = src.resolve()
         if s == target or s.is_relative_to(target):
             raise LoraFtError(f"--out {out} would replace the source {src}; choose another --out")
+    check_output_dir(out, force)
 
 
 def export_merged(
@@ -201,13 +199,11 @@ def export_merged(
     if dtype != "float32":
         model.to(DTYPES[dtype])
         report.drift = _compare(merged, logits(), probe.labels)
-    _write(artifact, report)
+    _write(artifact, report, force)
     return report
 
 
-def _write(artifact: Artifact, report: MergeReport) -> None:
-    from lora_ft.rundir import publish_dir
-
+def _write(artifact: Artifact, report: MergeReport, force: bool) -> None:
     out = report.out
     tmp = None
     try:
@@ -218,7 +214,7 @@ def _write(artifact: Artifact, report: MergeReport) -> None:
         provenance = _provenance(artifact, report)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(artifact, report, provenance), encoding="utf-8")
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, "merged", force)
     except OSError as exc:
         raise LoraFtError(f"cannot write {out}: {exc.strerror or exc} (choose another --out)") from None
     finally:

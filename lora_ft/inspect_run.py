@@ -17,8 +17,7 @@ from lora_ft.adapter_io import CONFIG_NAME
 from lora_ft.analysis import ModuleUpdate, analyse, to_json
 from lora_ft.config import config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import publishable_temp_dir
-from lora_ft.rundir import check_output_dir, publish_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
 
 JSON_NAME = "inspect.json"
 
@@ -145,7 +144,7 @@ def write_inspection(inspection: Inspection, out: Path, *, force: bool = False) 
     try:
         (tmp / JSON_NAME).write_text(json.dumps(inspection.to_json()) + "\n", encoding="utf-8")
         names = [JSON_NAME, *(p.name for p in write_plots(inspection.updates, tmp))]
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, "inspect", force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

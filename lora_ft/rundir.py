@@ -23,6 +23,7 @@ from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoint
 from lora_ft.config import RunConfig, apply_overrides, config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import is_disk_full
+from lora_ft.fsutil import path_exists
 from lora_ft.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
@@ -69,40 +70,6 @@ def resume_target(path: Path) -> Path:
     if name.startswith(".") and name.endswith(".partial") and len(name) > len("..partial"):
         return path.with_name(name[1 : -len(".partial")])
     return path
-
-
-def path_exists(path: Path) -> bool:
-    """``path.exists()``, with an unusable path (a name over the file system's limit) as a LoraFtError."""
-    try:
-        return path.exists()
-    except OSError as exc:
-        raise LoraFtError(f"output path {path} is not usable: {exc.strerror}; choose another --out") from None
-
-
-def check_output_dir(out: Path, force: bool) -> None:
-    if path_exists(out) and not force:
-        raise LoraFtError(
-            f"output directory {out} already exists; pass --force to replace it, or choose another --out"
-        )
-    if out.exists() and not out.is_dir():
-        raise LoraFtError(f"output path {out} exists and is not a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise LoraFtError(f"cannot write to {parent}: permission denied (choose another --out)")
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temporary directory to ``out``, replacing an old ``out`` only at the last moment."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class RunDir:

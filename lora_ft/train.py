@@ -30,10 +30,11 @@ from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
+from lora_ft.fsutil import check_output_dir, publish_dir
 from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
 from lora_ft.precision import check_supported, prepare_model, resolve_precision
 from lora_ft.resources import peak_rss_mb
-from lora_ft.rundir import RunDir, check_output_dir, publish_dir, write_atomic
+from lora_ft.rundir import RunDir, write_atomic
 from lora_ft.signals import StopSignals
 
 log = logging.getLogger("lora_ft")
@@ -236,8 +237,8 @@ def train(
     run = RunDir(out)
     if resume:
         run.check_resume(cfg, force)
-    else:
-        check_output_dir(run.out, force)
+    check_output_dir(run.out, force)
+    if not resume:
         run.check_fresh(force)
     # Under torchrun / accelerate launch, building the arguments joins the process group.
     args = training_arguments(cfg, method, run.checkpoints)
@@ -256,7 +257,7 @@ def train(
                 if finished is not None:
                     if main:
                         run.release()
-                        publish_dir(run.partial, run.out)
+                        publish_dir(run.partial, run.out, "run", force)
                     return finished
             # The main process tokenizes into the shared cache first; the others then read it from there.
             with args.main_process_first(local=False, desc="loading data and model"):
@@ -302,7 +303,7 @@ def train(
                 if cfg.train.save_strategy == "no":  # the last-step and interrupt checkpoints were insurance
                     shutil.rmtree(run.checkpoints, ignore_errors=True)
                 run.release()
-                publish_dir(run.partial, run.out)
+                publish_dir(run.partial, run.out, "run", force)
             return metrics
         except BaseException as exc:
             error = run.abandon(exc, signals.aborted_by)

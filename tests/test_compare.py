@@ -16,6 +16,7 @@ from lora_ft.compare import aggregate, compare, parse_methods, parse_ranks, plan
 from lora_ft.compare_worker import train_one
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import MARKER_NAME
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HIDDEN = 32  # tiny_bert_dir: hidden size 32, 2 layers, 2 labels
@@ -142,7 +143,9 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
         assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
         height, width, channels = matplotlib.image.imread(out / name).shape
         assert width > 500 and height > 300 and channels == 4
-    assert not [p.name for p in out.rglob(".*")], "temporary files left behind"
+    assert not [p.name for p in out.rglob(".*") if p.name != MARKER_NAME], "temporary files left behind"
+    marked = sorted(p.parent.name for p in out.rglob(MARKER_NAME))
+    assert marked == ["cmp", "full-seed42", "head-seed42", "lora-seed42"]
 
     console = Console(file=io.StringIO(), width=250)
     print_comparison(result, console)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_ft.config import load_config
+from lora_ft.fsutil import MARKER_NAME
 from lora_ft.train import train
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
@@ -94,7 +95,8 @@ def test_two_processes_and_accumulation_match_one_process_with_the_same_global_b
 
     # One run directory, written by rank 0 only: no partial or stale directory from the other rank.
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["acc", "one", "two"]
-    assert sorted(p.name for p in two.iterdir()) == ["adapter", "config.yaml", "log.jsonl", "metrics.json"]
+    files = sorted(p.name for p in two.iterdir())
+    assert files == [MARKER_NAME, "adapter", "config.yaml", "log.jsonl", "metrics.json"]
     assert proc.stdout.count("global batch 8 = 4 per device x 1 accumulation step(s) x 2 process(es)") == 1
     assert proc.stdout.count("trainable params") == 1  # the summary table, printed by rank 0 only
 

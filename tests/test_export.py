@@ -175,16 +175,18 @@ def test_a_merge_that_changes_the_outputs_writes_nothing(tmp_path, tiny_bert_dir
 def test_cli_merge_prints_the_figures_and_force_replaces(tmp_path, tiny_bert_dir):
     make_adapter(tiny_bert_dir, tmp_path / "adapter")
     out = tmp_path / "out" / "merged"
-    out.mkdir(parents=True)
+    assert runner.invoke(app, ["merge", str(tmp_path / "adapter"), "--out", str(out)]).exit_code == 0
     (out / "old.txt").write_text("old")
     args = ["merge", str(tmp_path / "adapter"), "--out", str(out), "--dtype", "bfloat16", "--force"]
+    assert_one_line_error(runner.invoke(app, args), "holds old.txt, which lora-ft did not write")
+    (out / "old.txt").unlink()  # an export lora-ft wrote, and nothing else, is replaced
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (
         "float32 merge vs adapter: max |Δlogit|" in result.stdout and "bfloat16 vs float32" in result.stdout
     )
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
-    assert leftovers(out.parent) == []
+    assert (out / "model.safetensors").is_file() and leftovers(out.parent) == []
+    assert json.loads((out / PROVENANCE_NAME).read_text())["merge"]["dtype"] == "bfloat16"
 
 
 def _break_weights(adapter: Path):
@@ -228,10 +230,9 @@ def test_cli_merge_adapter_for_another_base(tmp_path, tiny_bert_dir, tiny_distil
 def test_cli_merge_existing_out_needs_force(tmp_path, tiny_bert_dir):
     make_adapter(tiny_bert_dir, tmp_path / "adapter")
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "mine.txt").write_text("mine")
     result = runner.invoke(app, ["merge", str(tmp_path / "adapter"), "--out", str(tmp_path / "m")])
     assert_one_line_error(result, "already exists; pass --force")
-    assert [p.name for p in (tmp_path / "m").iterdir()] == ["mine.txt"] and leftovers(tmp_path) == []
+    assert list((tmp_path / "m").iterdir()) == [] and leftovers(tmp_path) == []
 
 
 def test_cli_merge_unwritable_out(tmp_path, tiny_bert_dir):

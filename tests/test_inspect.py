@@ -17,6 +17,7 @@ from lora_ft.adapter_io import read_adapter, save_adapter
 from lora_ft.analysis import Spectrum, analyse, lora_svd
 from lora_ft.cli import app
 from lora_ft.config import config_from_dict, dump_config
+from lora_ft.fsutil import MARKER_NAME
 from lora_ft.inject import default_head, inject_lora, lora_layers
 
 from .conftest import assert_one_line_error
@@ -184,7 +185,8 @@ def test_cli_inspect_run_writes_json_and_pngs(lora_run):
     row = doc["modules"][0]
     assert row["lora"]["effective_rank"] == {"90%": 2, "99%": 3} and row["r"] == R
     assert row["lora"]["singular_values"][:3] == pytest.approx(LORA_S, rel=1e-5)
-    assert sorted(p.name for p in out.iterdir()) == ["inspect.json", "lora_energy.png", "lora_spectra.png"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [MARKER_NAME, "inspect.json", "lora_energy.png", "lora_spectra.png"]
     assert all(_is_png(p) for p in out.glob("*.png"))
     assert "0.query" in result.stdout and "2/3" in result.stdout
 

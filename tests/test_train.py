@@ -127,11 +127,11 @@ def test_existing_out_needs_force(tmp_path, tiny_bert_dir, toy_data_dir):
 
     cfg = _tiny_cfg(tiny_bert_dir, toy_data_dir)
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    first = train(cfg, out)
     with pytest.raises(LoraFtError, match="already exists; pass --force"):
         train(cfg, out)
-    assert (out / "keep.txt").read_text() == "mine"
-    train(cfg, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(first))
+    (out / "metrics.json").write_text("{}")  # so the replacement shows
+    second = train(cfg, out, force=True)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(second)) != {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy-data"]  # no temporary or old dir left

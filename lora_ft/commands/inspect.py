@@ -89,9 +89,9 @@ def inspect(
     """
     from rich.console import Console
 
+    from lora_ft.fsutil import check_output_dir
     from lora_ft.inspect_run import default_out, write_inspection
     from lora_ft.inspect_run import inspect as run_inspect
-    from lora_ft.rundir import check_output_dir
 
     out_dir = out or default_out(run)
     check_output_dir(out_dir, force)  # before the models load: a taken --out fails at once
