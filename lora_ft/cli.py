@@ -102,7 +102,9 @@ def train(
         Path | None,
         typer.Option("--out", "-o", help="Run directory (default runs/<config>-<method>-<time>)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(

@@ -59,7 +59,9 @@ def merge(
     ] = "float32",
     base: BaseOpt = None,
     probe: Annotated[int, typer.Option("--probe", help="Sentences in the verification batch.")] = 64,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
+    ] = False,
 ) -> None:
     """Fold a LoRA adapter into its base model, verify, and write a plain Hugging Face checkpoint.
 

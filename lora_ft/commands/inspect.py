@@ -70,7 +70,9 @@ def inspect(
         str | None,
         typer.Option("--base", help="For adapters: the base model to use instead of the recorded one."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
+    ] = False,
 ) -> None:
     """Rank analysis of the learned updates: singular values of each ΔW, effective rank, energy plots.
 
