@@ -25,7 +25,7 @@ import torch
 from lora_ft import __version__, assets
 from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.fsutil import check_location, check_output_dir, publish_dir, publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
 
@@ -129,6 +129,7 @@ def _check_plain(model: torch.nn.Module) -> None:
 
 
 def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
+    check_location(out)
     target = out.resolve()
     for src in sources:
         s = src.resolve()
