@@ -329,3 +329,22 @@ def test_a_labels_file_too_deep_is_one_line(tmp_path):
     (data / "labels.json").write_text("[" * 100_000)
     with pytest.raises(LoraFtError, match="label list .* is nested too deeply"):
         load_data(DataConfig(name=str(data)))
+
+
+def test_compare_passes_its_command_lines_grant_to_each_run(ws):
+    from lora_ft.compare import compare
+    from lora_ft.compare_worker import train_one
+
+    granted = []
+
+    def runner(config_path, run_dir, log_path, force, emit, trust_remote_code):
+        granted.append(trust_remote_code)
+        if trust_remote_code:  # the run's config file says true; the worker needs the grant beside it
+            with pytest.raises(LoraFtError, match="a file cannot grant that"):
+                train_one(config_path, run_dir)
+        return "not trained in this test"
+
+    trusted = load_config(None, ws.settings(), trust_remote_code=True)
+    compare(trusted, ws.root / "c1", methods=["head"], runner=runner)
+    compare(load_config(None, ws.settings()), ws.root / "c2", methods=["head"], runner=runner)
+    assert granted == [True, False]
