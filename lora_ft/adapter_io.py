@@ -31,7 +31,7 @@ from torch import nn
 
 from lora_ft import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import publishable_temp_dir
+from lora_ft.fsutil import publishable_temp_dir, read_json_record
 from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 from lora_ft.lora import LoRALinear
 
@@ -315,7 +315,7 @@ def read_adapter(path: str | Path) -> Adapter:
             )
         raise LoraFtError(f"adapter {p} is incomplete: {WEIGHTS_NAME} is missing")
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = read_json_record(cfg_path, "adapter config")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoraFtError(f"{cfg_path} is not valid JSON ({exc.__class__.__name__})") from None
     _check_config(config, cfg_path)

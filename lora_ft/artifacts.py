@@ -27,6 +27,7 @@ from lora_ft import assets
 from lora_ft.adapter_io import CONFIG_NAME, Adapter, apply_adapter, read_adapter
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import read_json_record
 
 log = logging.getLogger("lora_ft")
 
@@ -99,13 +100,15 @@ def _run_holding(path: Path) -> _Run | None:
     return None
 
 
-def load_artifact(path: str | Path, *, base: str | None = None) -> Artifact:
+def load_artifact(path: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Artifact:
     """Load a run directory, an adapter directory or a model directory (see the module docstring).
 
     Args:
         path: the directory.
         base: for adapters, the base model to apply it to instead of the one it records (a built-in
             name, a directory or a hub id); the recorded layer cut still applies.
+        trust_remote_code: run the model directory's own Python (its config.json's ``auto_map``). Only
+            the caller grants it: a run's saved ``model.trust_remote_code`` is never followed.
 
     Raises:
         LoraFtError: a path that is none of the three, an adapter that does not fit its base, a base
@@ -124,16 +127,16 @@ def load_artifact(path: str | Path, *, base: str | None = None) -> Artifact:
     if (p / "config.yaml").is_file():
         run = _read_run(p)
         if (p / "adapter" / CONFIG_NAME).is_file():
-            return _from_adapter(p / "adapter", p, run, base)
+            return _from_adapter(p / "adapter", p, run, base, trust_remote_code)
         if (p / "model" / "config.json").is_file():
-            return _from_model(p / "model", p, run, base)
+            return _from_model(p / "model", p, run, base, trust_remote_code)
         raise LoraFtError(
             f"run directory {p} has neither adapter/ nor model/; was the run interrupted? Train it again"
         )
     if (p / CONFIG_NAME).is_file():
-        return _from_adapter(p, p, _run_holding(p), base)
+        return _from_adapter(p, p, _run_holding(p), base, trust_remote_code)
     if (p / "config.json").is_file():
-        return _from_model(p, p, _run_holding(p), base)
+        return _from_model(p, p, _run_holding(p), base, trust_remote_code)
     listing = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
     raise LoraFtError(
         f"{p} is not a run, adapter or model directory (no config.yaml, {CONFIG_NAME} or config.json; "
@@ -147,7 +150,9 @@ def _builtin_or(name: str, revision: str | None) -> str:
     return builtin or name
 
 
-def _base_config(adapter: Adapter, run: _Run | None, base: str | None) -> ModelConfig:
+def _base_config(
+    adapter: Adapter, run: _Run | None, base: str | None, trust_remote_code: bool
+) -> ModelConfig:
     settings = adapter.model_settings or {}
     if run is not None:
         cfg = dataclasses.replace(run.config.model)
@@ -165,7 +170,8 @@ def _base_config(adapter: Adapter, run: _Run | None, base: str | None) -> ModelC
         )
     if base is not None:
         cfg = dataclasses.replace(cfg, name=base, revision=None)
-    return dataclasses.replace(cfg, name=_builtin_or(cfg.name, cfg.revision))
+    name = _builtin_or(cfg.name, cfg.revision)
+    return dataclasses.replace(cfg, name=name, trust_remote_code=trust_remote_code)
 
 
 def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) -> list[str]:
@@ -176,7 +182,7 @@ def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) 
         return list(run.metrics["label_names"])
     from transformers import AutoConfig
 
-    from lora_ft.modeling import resolve_model_path
+    from lora_ft.modeling import load_error, resolve_model_path
 
     try:
         base_config = AutoConfig.from_pretrained(
@@ -185,8 +191,7 @@ def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) 
             trust_remote_code=model_cfg.trust_remote_code,
         )
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LoraFtError(f"cannot read the config of model {model_cfg.name}: {first}") from None
+        raise LoraFtError(f"cannot read the config of model {model_cfg.name}: {load_error(exc)}") from None
     count = adapter.num_labels or base_config.num_labels
     names = [base_config.id2label.get(i, f"LABEL_{i}") for i in range(count)]
     return names if len(set(names)) == count else [f"LABEL_{i}" for i in range(count)]
@@ -203,11 +208,13 @@ def _ready(model: nn.Module) -> nn.Module:
     return model
 
 
-def _from_adapter(adir: Path, named: Path, run: _Run | None, base: str | None) -> Artifact:
+def _from_adapter(
+    adir: Path, named: Path, run: _Run | None, base: str | None, trust_remote_code: bool
+) -> Artifact:
     from lora_ft.modeling import load_model
 
     adapter = read_adapter(adir)
-    model_cfg = _base_config(adapter, run, base)
+    model_cfg = _base_config(adapter, run, base, trust_remote_code)
     try:
         labels = _adapter_labels(adapter, run, model_cfg)
         loaded = load_model(model_cfg, labels)
@@ -245,27 +252,28 @@ def _read_provenance(mdir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_record(path, "merged-export record")
     except (json.JSONDecodeError, UnicodeDecodeError):
         log.warning("%s is not valid JSON; ignoring it", path)
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _from_model(mdir: Path, named: Path, run: _Run | None, base: str | None) -> Artifact:
+def _from_model(
+    mdir: Path, named: Path, run: _Run | None, base: str | None, trust_remote_code: bool
+) -> Artifact:
     from transformers import AutoConfig
 
-    from lora_ft.modeling import load_model
+    from lora_ft.modeling import load_error, load_model
 
     if base is not None:
         raise LoraFtError(f"--base applies to adapters; {mdir} is a complete model")
     try:
-        config = AutoConfig.from_pretrained(mdir)
+        config = AutoConfig.from_pretrained(mdir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LoraFtError(f"cannot read {mdir / 'config.json'}: {first}") from None
+        raise LoraFtError(f"cannot read {mdir / 'config.json'}: {load_error(exc)}") from None
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-    loaded = load_model(ModelConfig(name=str(mdir)), labels)
+    loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), labels)
     if loaded.newly_initialized:
         raise LoraFtError(
             f"{mdir} has no trained classification head ({', '.join(loaded.newly_initialized)} would be "

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from lora_ft.fsutil import open_own
 from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from lora_ft.signals import StopSignals
 
@@ -24,7 +26,8 @@ class JsonlLogCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": state.epoch}
         record.update({k: v for k, v in logs.items() if not (isinstance(v, float) and math.isnan(v))})
-        with self.path.open("a", encoding="utf-8") as f:
+        fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # not through a planted link
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 

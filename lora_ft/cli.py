@@ -88,6 +88,14 @@ SetOpt = Annotated[
         help="Override a config key, typed: `--set lora.r=16 --set lora.targets=[query,value]`.",
     ),
 ]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run the Python a model directory ships (auto_map in its config.json). Only this command line "
+        "grants it: a config file, a saved run or an adapter never does.",
+    ),
+]
 
 
 @app.command()
@@ -113,6 +121,7 @@ def train(
             "config; --set may change only the budget (train.epochs, train.max_steps) and logging/eval/save cadence.",
         ),
     ] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Fine-tune a classifier and write a run directory.
 
@@ -145,9 +154,9 @@ def train(
             raise LoraFtError(
                 f"--resume {resume} continues {out_dir}; drop --out {out} (or make it the same)"
             )
-        cfg = resume_config(out_dir, config, overrides)
+        cfg = resume_config(out_dir, config, overrides, trust_remote_code=trust_remote_code)
     else:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, trust_remote_code=trust_remote_code)
         out_dir = out or default_run_dir(config, cfg.train.method)
     console = _console()
     metrics = run_train(
@@ -188,6 +197,7 @@ def targets(
             "e.g. 4,8,16,64, against full fine-tuning.",
         ),
     ] = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Dry run: which Linear modules a target spec would wrap, and what LoRA would train.
 
@@ -214,7 +224,7 @@ def targets(
     spec = None
     if targets_ is not None:
         spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
-    skeleton = load_model_skeleton(model)
+    skeleton = load_model_skeleton(model, trust_remote_code=trust_remote_code)
     console = _console()
     print_targets(skeleton, spec, r, console, all_rows=all_rows)
     if rank_list:

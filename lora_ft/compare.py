@@ -28,7 +28,7 @@ from typing import Any
 from lora_ft.compare_worker import Emit, run_in_subprocess
 from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_marker
+from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_atomic, write_marker
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
 ADAM_BYTES_PER_PARAM = 8
@@ -54,8 +54,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 COMPARE_METHODS = (*METHODS, *VARIANTS)
 
-# (config file, run dir, log file, force, emit) -> None on success, else a one-line error.
-Runner = Callable[[Path, Path, Path, bool, Emit], "str | None"]
+# (config file, run dir, log file, force, emit, trust_remote_code) -> None on success, else a one-line
+# error. The config file is this comparison's own, but the grant to run the model's code travels beside
+# it, from the command line, as it does for every other command.
+Runner = Callable[[Path, Path, Path, bool, Emit, bool], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,9 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
 
 def _check_reusable(cfg: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only if it was trained with exactly the config this comparison asks for."""
-    saved = config_from_dict(read_yaml(run_dir / "config.yaml")).to_dict()
+    saved = config_from_dict(
+        read_yaml(run_dir / "config.yaml"), trust_remote_code=cfg.model.trust_remote_code
+    ).to_dict()
     wanted = cfg.to_dict()
     changed = [
         f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
@@ -340,8 +344,9 @@ def compare(
             result = RunResult(spec, run_dir, metrics, reused=True)
         else:
             config_path = runs / f"{spec.name}.yaml"
-            _write_atomic(config_path, dump_config(configs[spec]))
-            result = _train_run(spec, config_path, run_dir, force, runner, progress)
+            write_atomic(config_path, dump_config(configs[spec]))
+            trust = configs[spec].model.trust_remote_code
+            result = _train_run(spec, config_path, run_dir, force, runner, progress, trust)
         results.append(result)
         if progress is not None:
             progress.run_finished(result)
@@ -356,10 +361,17 @@ def _children_cpu_seconds() -> float:
 
 
 def _train_run(
-    spec: RunSpec, config_path: Path, run_dir: Path, force: bool, runner: Runner, progress
+    spec: RunSpec,
+    config_path: Path,
+    run_dir: Path,
+    force: bool,
+    runner: Runner,
+    progress,
+    trust_remote_code: bool,
 ) -> RunResult:
     start, cpu_start = time.perf_counter(), _children_cpu_seconds()
-    error = runner(config_path, run_dir, config_path.with_suffix(".log"), force, _emitter(progress))
+    log_path = config_path.with_suffix(".log")
+    error = runner(config_path, run_dir, log_path, force, _emitter(progress), trust_remote_code)
     seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
     metrics_path = run_dir / "metrics.json"
     if error is None and not metrics_path.is_file():
@@ -378,9 +390,3 @@ def _train_run(
 
 def _emitter(progress) -> Emit:
     return progress.run_event if progress is not None else lambda event: None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.compare import VARIANTS, Comparison, RunResult, RunSpec, describe_variant, read_log, train_method
+from lora_ft.fsutil import write_atomic
 from lora_ft.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 
 PLOTS = {
@@ -286,12 +287,6 @@ def results_json(c: Comparison, plots: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_plots(c: Comparison) -> dict[str, str]:
     """The PNGs this comparison has data for; a plot left from an earlier comparison in DIR is removed."""
     ok = [row for row in c.rows if row["status"] != "failed"]
@@ -316,8 +311,8 @@ def write_plots(c: Comparison) -> dict[str, str]:
 def write_report(c: Comparison) -> None:
     """``DIR/report.md``, ``DIR/results.json`` and the PNGs, each written whole or not at all."""
     plots = write_plots(c)
-    _write_atomic(c.out / "results.json", json.dumps(results_json(c, plots), indent=2) + "\n")
-    _write_atomic(c.out / "report.md", render_markdown(c, plots))
+    write_atomic(c.out / "results.json", json.dumps(results_json(c, plots), indent=2) + "\n")
+    write_atomic(c.out / "report.md", render_markdown(c, plots))
 
 
 def print_comparison(c: Comparison, console) -> None:

@@ -1,14 +1,15 @@
 """The process boundary of ``lora-ft compare``: one training run per fresh interpreter.
 
-``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force]`` trains one resolved config. It prints
-progress lines (``PROGRESS_PREFIX`` + JSON) on stdout for the parent's progress bar, and ends a failure
-with the CLI's one-line ``error: ...`` on stderr, which the parent puts in the report.
+``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force] [--trust-remote-code]`` trains one resolved
+config. It prints progress lines (``PROGRESS_PREFIX`` + JSON) on stdout for the parent's progress bar,
+and ends a failure with the CLI's one-line ``error: ...`` on stderr, which the parent puts in the report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import open_own
 from lora_ft.signals import TrainingInterrupted, signal_name
 
 PROGRESS_PREFIX = "@lora-ft-progress "
@@ -27,7 +29,7 @@ Emit = Callable[[dict[str, Any]], None]
 
 
 def run_in_subprocess(
-    config_path: Path, run_dir: Path, log_path: Path, force: bool, emit: Emit
+    config_path: Path, run_dir: Path, log_path: Path, force: bool, emit: Emit, trust_remote_code: bool = False
 ) -> str | None:
     """Train one run in a fresh interpreter; its stderr and stray stdout go to ``log_path``.
 
@@ -39,8 +41,11 @@ def run_in_subprocess(
     command = [sys.executable, "-m", "lora_ft.compare_worker", str(config_path), str(run_dir)]
     if force:
         command.append("--force")
+    if trust_remote_code:
+        command.append("--trust-remote-code")
     received: list[int] = []
-    with log_path.open("w", encoding="utf-8") as logf:
+    log_fd = open_own(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(log_fd, "w", encoding="utf-8") as logf:
         logf.write("$ " + " ".join(command) + "\n")
         logf.flush()
         proc = subprocess.Popen(
@@ -102,9 +107,16 @@ class _forwarding:
 
 
 def train_one(
-    config_path: Path, run_dir: Path, *, force: bool = False, emit: Emit | None = None
+    config_path: Path,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    emit: Emit | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The worker's job: train one resolved config into ``run_dir``, reporting steps through ``emit``.
+
+    ``trust_remote_code`` is the comparison's command line's grant; the config file cannot give it.
 
     An interrupted run of the same config (a checkpoint in its partial directory) is resumed rather
     than started over, unless ``force``; one interrupted before its first checkpoint starts over.
@@ -128,7 +140,7 @@ def train_one(
             if picked:
                 emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, trust_remote_code=trust_remote_code)
     callbacks = [_Progress()] if emit is not None else []
     run = RunDir(run_dir)
     if not force and (run.partial / "config.yaml").is_file() and last_checkpoint(run.checkpoints):
@@ -144,11 +156,17 @@ def _print_progress(event: dict[str, Any]) -> None:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force]``: the same one-line errors as the CLI."""
+    """``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force] [--trust-remote-code]``: the CLI's one-line errors."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config_path, run_dir, *flags = argv
     try:
-        train_one(Path(config_path), Path(run_dir), force="--force" in flags, emit=_print_progress)
+        train_one(
+            Path(config_path),
+            Path(run_dir),
+            force="--force" in flags,
+            emit=_print_progress,
+            trust_remote_code="--trust-remote-code" in flags,
+        )
     except LoraFtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

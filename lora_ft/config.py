@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from lora_ft.errors import LoraFtError
+from lora_ft.fsutil import read_record
 
 METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -222,7 +223,23 @@ class RunConfig:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with 1.2 booleans: only true/false are booleans, so ``save_strategy: no`` stays the string "no"."""
+    """YAML with 1.2 booleans: only true/false are booleans, so ``save_strategy: no`` stays the string "no".
+
+    Aliases (``*name``) are refused: nine nested anchors of nine aliases each, 431 bytes, expand to
+    hundreds of millions of values once the config is copied or compared (a MemoryError after minutes).
+    A config has no need for them; refusing them at parse time keeps the parsed size bounded by the text's.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}; lora-ft configs do not expand YAML aliases: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -236,6 +253,13 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes every value out, never as an alias: a saved config must load with ``_Loader``."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 # Keys a saved config may carry that are records, not settings.
@@ -338,7 +362,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise LoraFtError(f"--set {key}: cannot parse value {raw!r} ({exc.__class__.__name__})") from None
+        why = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise LoraFtError(f"--set {key}: cannot parse value {raw!r} ({why})") from None
     return key.split("."), value
 
 
@@ -365,7 +390,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"config file not found: {p} (run without a config for the defaults, or see configs/)"
         )
     try:
-        data = _yaml_load(p.read_text(encoding="utf-8"))
+        data = _yaml_load(read_record(p, "config file"))
+    except RecursionError:
+        raise LoraFtError(f"config file {p} is nested too deeply to be a run config") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise LoraFtError(f"config file {p} is not valid YAML: {first}") from None
@@ -378,18 +405,49 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "")
+def config_from_dict(data: dict[str, Any], *, trust_remote_code: bool = False) -> RunConfig:
+    """The config ``data`` holds, with ``model.trust_remote_code`` from the argument, never from ``data``.
+
+    Running a model directory's own Python is granted by the current command line only: a saved
+    config.yaml (a run someone sent, a resumed run) or a merged export's record cannot switch it on.
+    """
+    cfg = _build(RunConfig, data, "")
+    cfg.model.trust_remote_code = trust_remote_code
+    return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def _trust_in(data: dict[str, Any]) -> Any:
+    model = data.get("model")
+    return model.get("trust_remote_code") if isinstance(model, dict) else None
+
+
+def command_line_trust(overrides: list[str], flag: bool = False) -> bool | None:
+    """``model.trust_remote_code`` as the command line sets it: True with ``--trust-remote-code``, else
+    what ``--set model.trust_remote_code=...`` says (the last one wins), else None."""
+    return True if flag else _trust_in(apply_overrides({}, list(overrides)))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, trust_remote_code: bool = False
+) -> RunConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated.
 
+    ``model.trust_remote_code`` is on only when the command line grants it (``trust_remote_code``,
+    or an override setting it true); a file that sets it true without that grant is refused.
+
     Raises:
-        LoraFtError: a missing or malformed file, an unknown key, a wrong type or a value out of range.
+        LoraFtError: a missing or malformed file, an unknown key, a wrong type or a value out of range,
+            or a file setting ``model.trust_remote_code: true`` that the command line does not grant.
     """
+    overrides = list(overrides or [])
     data = read_yaml(path) if path is not None else {}
-    return config_from_dict(apply_overrides(data, list(overrides or [])))
+    granted = command_line_trust(overrides, trust_remote_code)
+    if granted is None and _trust_in(data) is True:
+        raise LoraFtError(
+            f"config file {path} sets model.trust_remote_code: true, which runs Python code from the model's "
+            "directory; a file cannot grant that: add --trust-remote-code to the command if you trust that code"
+        )
+    return config_from_dict(apply_overrides(data, overrides), trust_remote_code=granted is True)
 
 
 def dump_config(cfg: RunConfig, extra: dict[str, Any] | None = None) -> str:
@@ -397,4 +455,4 @@ def dump_config(cfg: RunConfig, extra: dict[str, Any] | None = None) -> str:
     data = cfg.to_dict()
     if extra:
         data.update(extra)
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

@@ -34,7 +34,7 @@ import datasets
 from lora_ft import assets
 from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import publishable_temp_dir
+from lora_ft.fsutil import publishable_temp_dir, read_json_record
 
 logger = logging.getLogger("lora_ft")
 
@@ -168,7 +168,7 @@ def _label_names_file(directory: Path) -> list[str] | None:
     path = directory / "labels.json"
     if not path.is_file():
         return None
-    names = json.loads(path.read_text(encoding="utf-8"))
+    names = read_json_record(path, "label list")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise LoraFtError(f"{path} must hold a non-empty JSON list of label names (index = label id)")
     return names

@@ -115,12 +115,14 @@ def _compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None
     }
 
 
-def _check_plain(model: torch.nn.Module) -> None:
+def _check_plain(model: torch.nn.Module, trust_remote_code: bool) -> None:
     """After unloading: no LoRA layer left, and exactly the state-dict keys of the base architecture."""
     from transformers import AutoModelForSequenceClassification
 
     with torch.device("meta"):
-        reference = AutoModelForSequenceClassification.from_config(model.config)
+        reference = AutoModelForSequenceClassification.from_config(
+            model.config, trust_remote_code=trust_remote_code
+        )
     extra = sorted(set(model.state_dict()) ^ set(reference.state_dict()))
     if lora_layers(model) or extra:
         raise LoraFtError(
@@ -146,6 +148,7 @@ def export_merged(
     dtype: str = "float32",
     force: bool = False,
     probe_size: int = DEFAULT_PROBE_SIZE,
+    trust_remote_code: bool = False,
 ) -> MergeReport:
     """Merge the adapter of a run or adapter directory into its base and write a plain checkpoint to ``out``.
 
@@ -155,6 +158,7 @@ def export_merged(
         base: the base model, overriding the one the adapter records.
         dtype: the saved precision; below float32 the drift against the float32 merge is measured.
         probe_size: sentences in the verification batch.
+        trust_remote_code: run the base model directory's own Python (never taken from the run).
 
     Raises:
         LoraFtError: bad input (see ``load_artifact``), an unknown dtype, ``out`` existing without
@@ -164,7 +168,7 @@ def export_merged(
         raise LoraFtError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out).expanduser()
     _check_out(out, force, [Path(path).expanduser()])
-    artifact = load_artifact(path, base=base)
+    artifact = load_artifact(path, base=base, trust_remote_code=trust_remote_code)
     if artifact.kind != "adapter":
         raise LoraFtError(
             f"{path} holds a complete model, not a LoRA adapter: there is nothing to merge, and it already "
@@ -187,7 +191,7 @@ def export_merged(
             f"merge verification failed on {probe.source}: max |Δlogit| {check['max_abs_logit_diff']:.3g} "
             f"(limit {TOLERANCE:g}), predictions agree on {check['agreement']:.1%}; nothing was written"
         )
-    _check_plain(model)
+    _check_plain(model, trust_remote_code)
     report = MergeReport(
         out=out,
         dtype=dtype,

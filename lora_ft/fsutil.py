@@ -1,4 +1,4 @@
-"""Output directories: where a command may write one, the temporary it is built in, and publishing it.
+"""Where lora-ft writes: output directories (where one may go, its temporary, publishing) and our own files.
 
 Every output lora-ft publishes (a run, a merged export, an inspect report) is built in a hidden
 temporary next to ``--out`` and renamed into place. An existing ``--out`` is replaced only with
@@ -6,10 +6,18 @@ temporary next to ``--out`` and renamed into place. An existing ``--out`` is rep
 lists every path we wrote), or it has the exact layout of an output written before the marker
 existed. Nothing else is ever deleted, and no ``--out`` may be the current directory, one of its
 ancestors, the home directory, a file system root or a symbolic link, ``--force`` or not.
+
+A run directory can be received (a colleague's interrupted run, an unpacked archive) and resumed, so
+its names may be symbolic links planted to make us truncate or overwrite their targets: we open our
+own files with ``O_NOFOLLOW`` (temporaries also ``O_EXCL``), replace files by renaming over them (a
+rename replaces a link, never its target), and refuse a run directory that holds links at all. Small
+records written by others (adapter configs, label lists, YAML configs) are read with a size bound.
+Reading a model directory through links (the Hugging Face hub cache is made of them) is unaffected.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import json
@@ -18,9 +26,13 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lora_ft.errors import LoraFtError
 
+# Far above any real adapter_config.json, labels.json, lora-ft.json or YAML config (a few KB), far
+# below what would exhaust memory once parsed.
+MAX_RECORD_BYTES = 8 * 2**20
 MARKER_NAME = ".lora-ft-output.json"
 MARKER_MAX_BYTES = 1 << 20
 COMPARISON = "comparison"
@@ -209,13 +221,7 @@ def write_marker(directory: Path, kind: str, entries: list[str] | None = None) -
     marker: dict = {"written_by": "lora-ft", "kind": kind}
     if entries is not None:
         marker["entries"] = entries
-    tmp = directory / f".{MARKER_NAME}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, directory / MARKER_NAME)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(directory / MARKER_NAME, json.dumps(marker, indent=1) + "\n")
 
 
 def publishable_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
@@ -273,3 +279,101 @@ def publish_dir(tmp: Path, out: Path, kind: str, force: bool) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     _tidy_replaced(out)
+
+
+def _link_error(path: Path) -> LoraFtError:
+    return LoraFtError(
+        f"{path} is a symbolic link; lora-ft never writes through a link it did not make: remove it "
+        "(or use a copy of the directory without links) and retry"
+    )
+
+
+def open_own(path: Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` of a file of ours, never through a symbolic link (``O_NOFOLLOW``); returns the fd.
+
+    Raises:
+        LoraFtError: ``path`` is a symbolic link.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link_error(path) from None
+        raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8): a new temporary sibling, renamed over ``path``.
+
+    The temporary is created with ``O_EXCL`` (a planted link or file at its name is never opened), and
+    the rename replaces whatever ``path`` is, a link included, without touching a link's target.
+
+    Raises:
+        LoraFtError: a symbolic link sits at the temporary's name.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = open_own(tmp, flags)
+    except FileExistsError:
+        if tmp.is_symlink():
+            raise _link_error(tmp) from None
+        tmp.unlink()  # our own, left by a killed process that had this pid
+        fd = open_own(tmp, flags)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def refuse_links(root: Path, what: str) -> None:
+    """Refuse ``root`` if it or anything under it is a symbolic link: lora-ft writes there and makes none.
+
+    Raises:
+        LoraFtError: naming the first link found.
+    """
+    if root.is_symlink():
+        raise LoraFtError(
+            f"{what} {root} is a symbolic link; lora-ft writes into it and never through a link it did "
+            "not make: use the directory itself"
+        )
+    for dirpath, dirnames, filenames in os.walk(root):  # links to directories are listed, not entered
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                raise LoraFtError(
+                    f"{what} {root} holds a symbolic link, {path}; lora-ft writes into this directory and "
+                    "never through a link it did not make: remove the link (or use a copy without links)"
+                )
+
+
+def read_record(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> str:
+    """The UTF-8 text of a small file someone else may have written, refused above ``limit`` bytes.
+
+    Raises:
+        LoraFtError: a file over the limit. UnicodeDecodeError and OSError pass through.
+    """
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)  # not stat: a FIFO or a growing file has no honest size
+    if len(raw) > limit:
+        raise LoraFtError(
+            f"{what} {path} is larger than {limit // 2**20} MiB; such a file is a few KB, so this is not "
+            "one: check the path"
+        )
+    return raw.decode("utf-8")
+
+
+def read_json_record(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> Any:
+    """``read_record`` parsed as JSON; json.JSONDecodeError passes through for the caller's message.
+
+    Raises:
+        LoraFtError: a file over the limit, or nested too deeply to parse.
+    """
+    text = read_record(path, what, limit)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LoraFtError(f"{what} {path} is nested too deeply to be one; check the path") from None

@@ -95,8 +95,16 @@ def _accuracy(metrics: dict[str, Any] | None) -> float | None:
     return ((metrics or {}).get("validation") or {}).get("accuracy")
 
 
-def inspect(run: str | Path, against: str | Path | None = None, *, base: str | None = None) -> Inspection:
+def inspect(
+    run: str | Path,
+    against: str | Path | None = None,
+    *,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+) -> Inspection:
     """Analyse the updates of the LoRA run or adapter ``run``, and of the full run ``against`` if given.
+
+    ``trust_remote_code`` runs the models' own Python; what the runs saved never does.
 
     Raises:
         LoraFtError: ``run`` is not a LoRA run or adapter directory; ``against`` is not a finished
@@ -109,7 +117,7 @@ def inspect(run: str | Path, against: str | Path | None = None, *, base: str | N
     _check_lora_source(run)
     if against is not None:
         _check_full_run(against)
-    lora = load_artifact(run, base=base)
+    lora = load_artifact(run, base=base, trust_remote_code=trust_remote_code)
     base_weights = {name: layer.base.weight.detach() for name, layer in lora_layers(lora.model).items()}
     context: dict[str, Any] = {
         "run": str(run),
@@ -127,7 +135,7 @@ def inspect(run: str | Path, against: str | Path | None = None, *, base: str | N
                 f"--against {against} fine-tuned {full_cfg.name} (num_layers={full_cfg.num_layers}) but the adapter's "
                 f"base is {lora.base} (num_layers={lora.model_settings.get('num_layers')}); compare runs of the same base"
             )
-        full = load_artifact(against)
+        full = load_artifact(against, trust_remote_code=trust_remote_code)
         full_weights = _linear_weights(full.model)
         context["against"] = str(against)
         context["validation_accuracy"]["full"] = _accuracy(full.metrics)

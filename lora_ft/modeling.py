@@ -111,7 +111,7 @@ def load_tokenizer(path: str, cfg: ModelConfig):
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise LoraFtError(f"cannot load a tokenizer for model {cfg.name}: {_first_line(exc)}") from None
+        raise LoraFtError(f"cannot load a tokenizer for model {cfg.name}: {load_error(exc)}") from None
 
 
 def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
@@ -149,11 +149,11 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
             output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise LoraFtError(f"cannot load model {cfg.name}: {_load_error(exc)}") from None
+        raise LoraFtError(f"cannot load model {cfg.name}: {load_error(exc)}") from None
     except Exception as exc:  # torch.load(weights_only=True) raises UnpicklingError on a foreign object
         if "Weights only load failed" not in str(exc):
             raise
-        raise LoraFtError(f"cannot load model {cfg.name}: {_load_error(exc)}") from None
+        raise LoraFtError(f"cannot load model {cfg.name}: {load_error(exc)}") from None
     if cfg.num_layers is not None:
         have = getattr(model.config, "num_hidden_layers", None)
         if have != cfg.num_layers:
@@ -184,7 +184,7 @@ def load_model_skeleton(name: str, num_labels: int = 2, trust_remote_code: bool 
         with torch.device("meta"):
             return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise LoraFtError(f"cannot build model {name} from its config: {_first_line(exc)}") from None
+        raise LoraFtError(f"cannot build model {name} from its config: {load_error(exc)}") from None
 
 
 def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = None) -> BuildReport:
@@ -214,7 +214,14 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
     return BuildReport(method, head, trainable, total)
 
 
-def _load_error(exc: BaseException) -> str:
+REMOTE_CODE_HINT = (
+    "; the model ships its own Python code (auto_map in its config.json), which lora-ft runs only when "
+    "the command line says so: add --trust-remote-code if you trust that code"
+)
+
+
+def load_error(exc: BaseException) -> str:
+    """The first line of a loading error, with what to do when it is pickled weights or the model's own code."""
     # torch's own message goes on to suggest weights_only=False, which would run the pickle's code.
     if "Weights only load failed" in str(exc):
         return (
@@ -222,6 +229,8 @@ def _load_error(exc: BaseException) -> str:
             "refused; they may run code when unpickled, so lora-ft will not load them: convert the "
             "checkpoint to safetensors from a source you trust"
         )
+    if "trust_remote_code" in str(exc):  # transformers' refusal: its advice names a Python argument
+        return _first_line(exc) + REMOTE_CODE_HINT
     return _first_line(exc)
 
 

@@ -57,12 +57,15 @@ def _locate(name: str, path: str | Path):
     raise LoraFtError(f"--adapter {name}={path} is not an adapter directory ({CONFIG_NAME} is missing)")
 
 
-def load_adapter_set(base: str, adapters: dict[str, str | Path]) -> AdapterSet:
+def load_adapter_set(
+    base: str, adapters: dict[str, str | Path], *, trust_remote_code: bool = False
+) -> AdapterSet:
     """Load ``base`` once and add each named adapter (an adapter directory or a run directory) to it.
 
     ``base`` is a built-in name, a model directory or a hub id (a built-in's hub id loads the built-in
     copy). It is cut to the layer count the adapters record and gets their number of labels; the
-    first adapter is active afterwards.
+    first adapter is active afterwards. ``trust_remote_code`` runs the base directory's own Python;
+    what the adapters' runs saved never does.
 
     Raises:
         LoraFtError: ``base`` is an adapter or run directory; adapters recording different layer cuts;
@@ -84,7 +87,11 @@ def load_adapter_set(base: str, adapters: dict[str, str | Path]) -> AdapterSet:
     if len(set(cuts.values())) > 1:
         listing = ", ".join(f"{n}: {c or 'all'}" for n, c in cuts.items())
         raise LoraFtError(f"the adapters were made on bases cut to different layer counts ({listing})")
-    cfg = ModelConfig(name=_builtin_or(base, None), num_layers=next(iter(cuts.values())))
+    cfg = ModelConfig(
+        name=_builtin_or(base, None),
+        num_layers=next(iter(cuts.values())),
+        trust_remote_code=trust_remote_code,
+    )
     labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
     loaded = load_model(cfg, next(iter(labels.values())))
     model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)

@@ -6,11 +6,13 @@ display needed. Every file is written under a temporary name and renamed into pl
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lora_ft.fsutil import write_atomic
 
 METHOD_COLORS = {
     "full": "tab:red",
@@ -33,9 +35,9 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
     return path
 
 

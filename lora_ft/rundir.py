@@ -20,18 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoints
-from lora_ft.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from lora_ft.config import (
+    RunConfig,
+    apply_overrides,
+    command_line_trust,
+    config_from_dict,
+    load_config,
+    read_yaml,
+)
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import is_disk_full
-from lora_ft.fsutil import path_exists
+from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
 from lora_ft.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
 
 # What a resume may change: the budget, and how often to log, evaluate and save. Anything else
 # (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
+# model.trust_remote_code is a permission, granted by each command line anew, never by the saved config.
 RESUMABLE_CHANGES = frozenset(
     {
+        "model.trust_remote_code",
         "train.epochs",
         "train.max_steps",
         "train.logging_steps",
@@ -94,7 +103,7 @@ class RunDir:
     def _holder(self) -> str | None:
         """``"(pid N) "`` of a live process holding the lock (``""`` if it wrote no pid), or None."""
         try:
-            fd = os.open(self._lock_path, os.O_RDONLY)
+            fd = open_own(self._lock_path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
@@ -120,6 +129,8 @@ class RunDir:
 
     def check_fresh(self, force: bool) -> None:
         """Before a new run: refuse to discard an interrupted one unless ``force``."""
+        if self.partial.is_symlink():
+            refuse_links(self.partial, "the in-progress directory")
         if not path_exists(self.partial):
             return
         self._refuse_if_running()
@@ -145,6 +156,7 @@ class RunDir:
                 f"{self.partial} has no config.yaml, so it cannot be resumed; train into {self.out} "
                 "again with --force to discard it"
             )
+        refuse_links(self.partial, "the interrupted run")  # received runs: resuming writes into it
         return read_yaml(self.partial / "config.yaml")
 
     def check_resume(self, cfg: RunConfig, force: bool) -> None:
@@ -179,7 +191,7 @@ class RunDir:
                     f"another lora-ft process started training into {self.out} just now"
                 ) from None
             self._created = True
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -264,15 +276,21 @@ class RunDir:
         return exc
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def resume_config(
+    out: str | Path,
+    config_path: str | Path | None,
+    overrides: list[str],
+    *,
+    trust_remote_code: bool = False,
+) -> RunConfig:
+    """The config of a resumed run: its saved config.yaml (or ``config_path``), then ``overrides``.
 
-
-def resume_config(out: str | Path, config_path: str | Path | None, overrides: list[str]) -> RunConfig:
-    """The config of a resumed run: its saved config.yaml (or ``config_path``), then ``overrides``."""
+    ``model.trust_remote_code`` is the command line's (``trust_remote_code`` or an override), never
+    the saved config's: a run received from someone else cannot switch on its model's code.
+    """
     run = RunDir(resume_target(Path(out)))
     saved = run.saved_config()
-    data = read_yaml(config_path) if config_path is not None else saved
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    if config_path is not None:
+        return load_config(config_path, overrides, trust_remote_code=trust_remote_code)
+    granted = command_line_trust(overrides, trust_remote_code) is True
+    return config_from_dict(apply_overrides(saved, list(overrides)), trust_remote_code=granted)

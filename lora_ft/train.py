@@ -30,11 +30,11 @@ from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
-from lora_ft.fsutil import check_output_dir, publish_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic
 from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
 from lora_ft.precision import check_supported, prepare_model, resolve_precision
 from lora_ft.resources import peak_rss_mb
-from lora_ft.rundir import RunDir, write_atomic
+from lora_ft.rundir import RunDir
 from lora_ft.signals import StopSignals
 
 log = logging.getLogger("lora_ft")
@@ -297,9 +297,7 @@ def train(
                 metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
             if trainer.is_world_process_zero():
                 _save_outputs(p, run.partial, method)
-                (run.partial / "metrics.json").write_text(
-                    json.dumps(metrics, indent=2) + "\n", encoding="utf-8"
-                )
+                write_atomic(run.partial / "metrics.json", json.dumps(metrics, indent=2) + "\n")
                 if cfg.train.save_strategy == "no":  # the last-step and interrupt checkpoints were insurance
                     shutil.rmtree(run.checkpoints, ignore_errors=True)
                 run.release()

@@ -48,10 +48,10 @@ def _cfg(model_dir: Path, data_dir: Path, *extra: str):
 def in_process(calls: list[str]):
     """The worker's job without the process boundary (seconds instead of a Python start-up per run)."""
 
-    def runner(config_path, run_dir, log_path, force, emit):
+    def runner(config_path, run_dir, log_path, force, emit, trust_remote_code):
         calls.append(run_dir.name)
         try:
-            train_one(config_path, run_dir, force=force, emit=emit)
+            train_one(config_path, run_dir, force=force, emit=emit, trust_remote_code=trust_remote_code)
         except LoraFtError as exc:
             return str(exc)
         return None

@@ -12,7 +12,9 @@ import typer
 from lora_ft.errors import LoraFtError
 
 
-def _adapter_set(base_name: str, specs: list[str] | None, use: str | None, base: str | None):
+def _adapter_set(
+    base_name: str, specs: list[str] | None, use: str | None, base: str | None, trust_remote_code: bool
+):
     from lora_ft.multi_serve import load_adapter_set, parse_adapter_specs
 
     if base is not None:
@@ -24,7 +26,7 @@ def _adapter_set(base_name: str, specs: list[str] | None, use: str | None, base:
     adapters = parse_adapter_specs(specs)
     if use is not None and use not in adapters:
         raise LoraFtError(f"--use {use}: no adapter of that name; give one of: {', '.join(adapters)}")
-    aset = load_adapter_set(base_name, adapters)
+    aset = load_adapter_set(base_name, adapters, trust_remote_code=trust_remote_code)
     return aset, [use] if use is not None else aset.adapters
 
 
@@ -38,12 +40,13 @@ def predict_adapters(
     batch_size: int,
     device: str,
     as_json: bool,
+    trust_remote_code: bool = False,
 ) -> list[str]:
     """The output lines: with ``use`` exactly single-adapter ``predict``'s, else one column pair per adapter."""
     from lora_ft.commands.export import PROGRESS_MIN_SENTENCES, prediction_line
     from lora_ft.multi_serve import predict_each
 
-    aset, names = _adapter_set(base_name, specs, use, base)
+    aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
     progress = len(sentences) >= PROGRESS_MIN_SENTENCES
     results = predict_each(aset, sentences, names, batch_size=batch_size, device=device, progress=progress)
     if use is not None:
@@ -80,6 +83,7 @@ def eval_adapters(
     batch_size: int,
     device: str,
     as_json: bool,
+    trust_remote_code: bool = False,
 ) -> None:
     """Every adapter's (or ``use``'s) metrics on one split: a table, or JSON keyed by adapter name.
 
@@ -90,7 +94,7 @@ def eval_adapters(
 
     from lora_ft.multi_serve import common_data, evaluate_each
 
-    aset, names = _adapter_set(base_name, specs, use, base)
+    aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
     known = common_data(aset, names)
     cfg = data_config(known) or known
     metrics = evaluate_each(aset, cfg, split, names, batch_size=batch_size, device=device, progress=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import ConfigArg, SetOpt, app, guarded
+from lora_ft.cli import ConfigArg, SetOpt, TrustOpt, app, guarded
 from lora_ft.errors import LoraFtError
 
 
@@ -46,6 +46,7 @@ def compare(
         bool,
         typer.Option("--force", help="Retrain runs that already finished in --out instead of reusing them."),
     ] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Train each method on the same data, seeds and budget, each in its own process; report side by side.
 
@@ -71,7 +72,7 @@ def compare(
     from lora_ft.compare_report import CompareProgress, print_comparison
     from lora_ft.config import load_config
 
-    cfg = load_config(config, list(set_ or []))
+    cfg = load_config(config, list(set_ or []), trust_remote_code=trust_remote_code)
     method_list = parse_methods(methods)
     rank_list = parse_ranks(ranks) if ranks else None
     out_dir = out or Path("runs") / f"compare-{Path(config).stem if config else 'default'}"
@@ -79,6 +80,7 @@ def compare(
     words = ["lora-ft", "compare", *([str(config)] if config else []), "--methods", ",".join(method_list)]
     words += ["--seeds", str(seeds), *(["--ranks", ",".join(map(str, rank_list))] if rank_list else [])]
     words += ["--out", str(out_dir), *(w for s in set_ or [] for w in ("--set", s))]
+    words += ["--trust-remote-code"] if trust_remote_code else []
     console = Console(soft_wrap=True)
     with CompareProgress(console) as progress:
         result = run_compare(

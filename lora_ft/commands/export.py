@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import app, guarded
+from lora_ft.cli import TrustOpt, app, guarded
 from lora_ft.errors import LoraFtError
 
 # Below this many sentences a progress bar would only flicker.
@@ -62,6 +62,7 @@ def merge(
     force: Annotated[
         bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
     ] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Fold a LoRA adapter into its base model, verify, and write a plain Hugging Face checkpoint.
 
@@ -79,7 +80,15 @@ def merge(
     """
     from lora_ft.export import TOLERANCE, export_merged
 
-    report = export_merged(run_or_adapter, out, base=base, dtype=dtype, force=force, probe_size=probe)
+    report = export_merged(
+        run_or_adapter,
+        out,
+        base=base,
+        dtype=dtype,
+        force=force,
+        probe_size=probe,
+        trust_remote_code=trust_remote_code,
+    )
     console = _console()
     console.print(f"probe: {report.probe_source}")
     accuracy = f", probe accuracy {report.accuracy:.4f}" if report.accuracy is not None else ""
@@ -120,6 +129,7 @@ def eval_(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Accuracy, F1 and loss of a run, adapter or model directory on one data split.
 
@@ -148,9 +158,11 @@ def eval_(
             return _data_config(data, text_column, label_column, known)
 
         options = dict(split=split, batch_size=batch_size, device=device, as_json=as_json)
-        eval_adapters(run_or_model, adapter, use, base, data_config, **options)
+        eval_adapters(
+            run_or_model, adapter, use, base, data_config, trust_remote_code=trust_remote_code, **options
+        )
         return
-    artifact = load_artifact(run_or_model, base=base)
+    artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
     cfg = _data_config(data, text_column, label_column, artifact.data)
     metrics = evaluate(artifact, cfg, split, batch_size=batch_size, device=device, progress=True)
     if as_json:
@@ -234,6 +246,7 @@ def predict(
     use: UseOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Classify sentences: the label and its probability, one line per sentence, in input order.
 
@@ -262,10 +275,12 @@ def predict(
         from lora_ft.commands.adapters import predict_adapters
 
         options = dict(batch_size=batch_size, device=device, as_json=as_json)
-        lines = predict_adapters(run_or_model, adapter, use, base, sentences, **options)
+        lines = predict_adapters(
+            run_or_model, adapter, use, base, sentences, trust_remote_code=trust_remote_code, **options
+        )
         typer.echo("\n".join(lines))
         return
-    artifact = load_artifact(run_or_model, base=base)
+    artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
     predictions = run_predict(
         artifact,
         sentences,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import app, guarded
+from lora_ft.cli import TrustOpt, app, guarded
 
 
 def _table(inspection):
@@ -73,6 +73,7 @@ def inspect(
     force: Annotated[
         bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
     ] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Rank analysis of the learned updates: singular values of each ΔW, effective rank, energy plots.
 
@@ -97,7 +98,7 @@ def inspect(
 
     out_dir = out or default_out(run)
     check_output_dir(out_dir, force)  # before the models load: a taken --out fails at once
-    inspection = run_inspect(run, against, base=base)
+    inspection = run_inspect(run, against, base=base, trust_remote_code=trust_remote_code)
     paths = write_inspection(inspection, out_dir, force=force)
     console = Console(soft_wrap=True)
     console.print(_table(inspection))
