@@ -42,7 +42,9 @@ log = logging.getLogger("lora_ft")
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and F1 from ``logits`` ``(N, K)`` and ``labels`` ``(N,)``.
 
-    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and the macro average otherwise.
+    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and otherwise the macro average over
+    the classes that occur in ``labels`` or in the predictions (scikit-learn's ``labels=`` their union):
+    a class absent from both has no F1 to average, not an F1 of 0.
     Written by hand because the ``evaluate`` library downloads its metrics from the Hub.
     """
     preds = logits.argmax(-1)
@@ -55,7 +57,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         fn = float(((preds != c) & (labels == c)).sum())
         return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
-    f1 = f1_of(1) if k == 2 else float(np.mean([f1_of(c) for c in range(k)]))
+    if k == 2:
+        f1 = f1_of(1)
+    else:
+        present = np.union1d(labels, preds)
+        f1 = float(np.mean([f1_of(int(c)) for c in present])) if len(present) else 0.0
     return {"accuracy": accuracy, "f1": f1}
 
 
