@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -80,6 +81,16 @@ def _pickled_model(ws: Ws) -> Path:
     torch.save(
         AutoModelForSequenceClassification.from_pretrained(ws.model).state_dict(), d / "pytorch_model.bin"
     )
+    return d
+
+
+def _named_model(ws: Ws, names: list[str]) -> Path:
+    """The tiny model, its two outputs named ``names``, as a model trained on named labels saves them."""
+    d = ws.model_copy("named")
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"] = dict(enumerate(names))
+    config["label2id"] = {n: i for i, n in enumerate(names)}
+    (d / "config.json").write_text(json.dumps(config))
     return d
 
 
@@ -197,6 +208,11 @@ ROWS = [
     Bad("merge-full-model", lambda ws: ["merge", str(ws.model), "--out", str(ws.out)], "not a LoRA adapter: there is nothing to merge"),
     Bad("merge-dtype", lambda ws: ["merge", str(ws.model), "--out", str(ws.out), "--dtype", "float8"], "--dtype must be one of"),
     Bad("eval-split", lambda ws: ["eval", str(ws.model), "--data", str(ws.data), "--split", "dev"], "--split must be train, validation or test"),
+    Bad(
+        "eval-label-names-differ",
+        lambda ws: ["eval", str(_named_model(ws, ["negative", "positive"])), "--data", str(ws.data_dir("d-named", [("good", "pos"), ("bad", "neg")])), "--split", "validation"],
+        "the data has labels neg, pos but the model predicts negative, positive; they cannot be matched by name",
+    ),
     Bad("eval-data-missing", lambda ws: ["eval", str(ws.model), "--data", str(ws.root / "nope")], "data file not found"),
     Bad("predict-no-sentences", lambda ws: ["predict", str(ws.model)], "no sentences to classify"),
     Bad("predict-empty-sentence", lambda ws: ["predict", str(ws.model), "good", "  "], "sentence argument 2 is empty"),
