@@ -30,7 +30,14 @@ from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
-from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
+from lora_ft.modeling import (
+    BuildReport,
+    LoadedModel,
+    build_for_method,
+    check_max_length,
+    load_model,
+    quiet_transformers,
+)
 from lora_ft.precision import check_supported, prepare_model, resolve_precision
 from lora_ft.resources import peak_rss_mb
 from lora_ft.rundir import RunDir, check_output_dir, publish_dir, write_atomic
@@ -115,6 +122,7 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     # Seed before the model is built: the classifier head's and LoRA A's initial values depend on it.
     set_seed(cfg.train.seed)
     loaded = load_model(cfg.model, data.label_names)
+    check_max_length(loaded, cfg.data.max_length)
     build = build_for_method(loaded, cfg, method)
     tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)
     # Evaluation batches are padded to their longest sentence; sorted by length they pad ~2x less.

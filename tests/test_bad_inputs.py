@@ -166,6 +166,8 @@ ROWS = [
     Bad("model-no-config", lambda ws: _train(ws, model=ws.model_copy("m-noconfig", drop=("config.json",))), "no config.json in it"),
     Bad("model-no-weights", lambda ws: _train(ws, model=ws.model_copy("m-noweights", drop=("*.safetensors",))), "has no weights"),
     Bad("model-only-pickle", lambda ws: _train(ws, model=_pickled_model(ws)), "pass --set model.allow_pickle=true"),
+    Bad("model-no-tokenizer", lambda ws: _train(ws, model=ws.model_copy("m-notok", drop=("tokenizer*",))), "has no tokenizer files"),
+    Bad("max-length-past-positions", lambda ws: _train(ws, "--set", "data.max_length=129"), "data.max_length=129 is more than model"),
     # --- train: data files, columns, labels
     Bad("data-missing", lambda ws: _train(ws, data=ws.root / "no-data"), "data file not found"),
     Bad("data-no-label-column", lambda ws: _train(ws, data=ws.data_dir("d-nolabel", toy_rows(8), ("sentence", "y"))), "has no column 'label'"),
