@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -247,13 +248,27 @@ def _map_columns(ds: datasets.Dataset, where: str, cfg: DataConfig) -> datasets.
     return ds.rename_columns({cfg.text_column: "sentence", cfg.label_column: "label"})
 
 
-def _check_sentences(ds: datasets.Dataset, where: str) -> None:
+def _missing(value) -> bool:
+    """An empty cell: csv gives ``""`` (na_filter off), json and parquet ``None``, a float column NaN."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check_cells(ds: datasets.Dataset, where: str, cfg: DataConfig) -> None:
     if len(ds) == 0:
         raise LoraFtError(f"{where} has no rows")
     for i, sentence in enumerate(ds["sentence"]):
         if not isinstance(sentence, str) or not sentence.strip():
             raise LoraFtError(
-                f"empty, missing or non-text sentence at row {i + 1} of {where}; fix or remove that row"
+                f"empty, missing or non-text sentence at row {i + 1} of {where} (column {cfg.text_column!r}); "
+                "fix or remove that row"
+            )
+    for i, label in enumerate(ds["label"]):
+        if _missing(label):
+            raise LoraFtError(
+                f"empty or missing label at row {i + 1} of {where} (column {cfg.label_column!r}); "
+                "fill it in or remove that row"
             )
 
 
@@ -330,7 +345,7 @@ def load_data(cfg: DataConfig) -> LoadedData:
     notes = []
     columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     for split, ds in columns.items():
-        _check_sentences(ds, raw.where[split])
+        _check_cells(ds, raw.where[split], cfg)
     train = columns["train"]
     train_labels = train["label"][:]
     names = _label_names(train.features["label"], train_labels, raw.where["train"], raw.label_names)

@@ -176,6 +176,7 @@ ROWS = [
     Bad("data-one-label", lambda ws: _train(ws, data=ws.data_dir("d-onelabel", [("a", 1), ("b", 1)])), "a classifier needs two or more"),
     Bad("data-empty", lambda ws: _train(ws, data=ws.data_dir("d-empty", [])), "has no rows"),
     Bad("data-empty-sentence", lambda ws: _train(ws, data=ws.data_dir("d-emptysentence", [("", 1), ("bad", 0)])), "empty, missing or non-text sentence at row 1"),
+    Bad("data-empty-label", lambda ws: _train(ws, data=ws.data_dir("d-emptylabel", [("good", 1), ("bad", 0), ("fine", "")])), "empty or missing label at row 3"),
     Bad(
         "data-not-utf8",
         lambda ws: _train(ws, data=ws.file("d-latin1/train.csv", b"sentence,label\n\xff bad,1\nok,0\n").parent),
