@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_ft import __version__
+from lora_ft import __version__, assets
 from lora_ft.adapter_io import save_adapter
-from lora_ft.config import RunConfig, dump_config
+from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
 from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
@@ -253,6 +253,8 @@ def train(
     else:
         check_output_dir(run.out, force)
         run.check_fresh(force)
+    # After the resume check, which compares the settings as the user and the saved config wrote them.
+    cfg = _absolute_paths(cfg)
     # Under torchrun / accelerate launch, building the arguments joins the process group.
     args = training_arguments(cfg, method, run.checkpoints)
     main_out = from_main(run.out)
@@ -275,6 +277,10 @@ def train(
             # The main process tokenizes into the shared cache first; the others then read it from there.
             with args.main_process_first(local=False, desc="loading data and model"):
                 p = prepared or prepare(cfg, method)
+            if resume:
+                changed = from_main(run.changed_data(p.data.fingerprint) if main else None)
+                if changed is not None:
+                    raise LoraFtError(changed)
             prepare_model(p.loaded.model, cfg.train.precision, method, cfg.train.gradient_checkpointing)
             fingerprint = seeded_fingerprint(p.loaded.model, p.loaded.newly_initialized)
             check_same_on_all_ranks(fingerprint)
@@ -282,7 +288,8 @@ def train(
                 run.claim(fresh=True)
             start = from_main(run.start_checkpoint() if main else None) if resume else None
             if main:
-                write_atomic(run.partial / "config.yaml", dump_config(cfg, {"versions": library_versions()}))
+                records = {"versions": library_versions(), DATA_FINGERPRINT: p.data.fingerprint}
+                write_atomic(run.partial / "config.yaml", dump_config(cfg, records))
                 if notify is not None:
                     notify(_batch_line(cfg, args.world_size))
             # Our classifiers average the loss over the batch and ignore num_items_in_batch; a model whose
@@ -325,6 +332,16 @@ def train(
             raise error from None
 
 
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with local data and model paths absolute, so the saved config names the same files anywhere."""
+    data, model = assets.absolute_name(cfg.data.name), assets.absolute_name(cfg.model.name)
+    if (data, model) == (cfg.data.name, cfg.model.name):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.name, cfg.model.name = data, model
+    return cfg
+
+
 def _batch_line(cfg: RunConfig, world_size: int) -> str:
     t = cfg.train
     total = t.batch_size * t.gradient_accumulation_steps * world_size
@@ -352,6 +369,7 @@ def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) 
         "method": method,
         "model": cfg.model.name,
         "data": p.data.source,
+        DATA_FINGERPRINT: p.data.fingerprint,
         "validation": validation,
         "test": test,
         "trainable_params": p.build.trainable_params,
