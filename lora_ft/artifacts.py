@@ -299,7 +299,8 @@ def _from_model(
 
 
 def _model_max_length(tokenizer, model: nn.Module) -> int:
-    """The longest input both the tokenizer and the position embeddings accept."""
-    positions = getattr(model.config, "max_position_embeddings", None) or _FALLBACK_MAX_LENGTH
-    limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LENGTH
-    return int(min(positions, limit, _FALLBACK_MAX_LENGTH))
+    """The longest input both the tokenizer and the position embeddings accept, at most 512."""
+    from lora_ft.modeling import input_limit
+
+    limit = input_limit(model, tokenizer)
+    return min(limit[0], _FALLBACK_MAX_LENGTH) if limit else _FALLBACK_MAX_LENGTH

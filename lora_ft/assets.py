@@ -338,6 +338,17 @@ def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS or name in BUILTIN_DATA
 
 
+def absolute_name(name: str) -> str:
+    """``name`` with a local path made absolute against the current directory; built-ins and hub ids as given.
+
+    A saved config is read again by commands run from anywhere: a relative path in it would name
+    whatever file has that name where the next command runs.
+    """
+    if is_builtin(name) or not Path(name).expanduser().exists():
+        return name
+    return os.path.abspath(Path(name).expanduser())
+
+
 def hub_id_of(name: str) -> str | None:
     """The hub id a built-in model is published under, or None."""
     asset = BUILTIN_MODELS.get(name)

@@ -262,8 +262,10 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-# Keys a saved config may carry that are records, not settings.
-_INFORMATIONAL_KEYS = ("versions",)
+# Keys a saved config may carry that are records, not settings: the library versions, and the sha256 of
+# every data file the run read (``LoadedData.fingerprint``), which a resume must find unchanged.
+DATA_FINGERPRINT = "data_sha256"
+_INFORMATIONAL_KEYS = ("versions", DATA_FINGERPRINT)
 
 
 def _type_name(tp: Any) -> str:

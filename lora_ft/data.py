@@ -10,10 +10,15 @@
 - otherwise a Hugging Face Hub data set (``glue/sst2``, ``rotten_tomatoes``), when online.
 
 Every split comes out with exactly two columns: ``sentence`` (str) and ``label`` (``ClassLabel``, ids
-0..K-1). Empty or null sentences and labels are errors naming the row (counted from 1, a csv header
-not counted): nothing is dropped silently,
-so the same data gives the same evaluation set in every tool. A split whose labels are all -1 (GLUE's
-unlabelled test sets) is not used as a test split.
+0..K-1). Empty or null sentences and labels are errors naming the file, the row (counted from 1, a csv
+header not counted) and the column: nothing is dropped silently, so the same data gives the same
+evaluation set in every tool (and an empty label cell does not become a class of its own). A split
+whose labels are all -1 (GLUE's unlabelled test sets) is not used as a test split.
+
+Data is fingerprinted by content: the sha256 of every local file read (``LoadedData.fingerprint``).
+It keys the ``datasets`` cache, which on its own keys local files by path and mtime and so would serve
+a file corrected in place (same size, mtime kept) stale, and a run records it so that ``--resume``
+refuses data that changed underneath.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,6 +40,7 @@ import datasets
 from lora_ft import assets
 from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
+from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
 
 logger = logging.getLogger("lora_ft")
@@ -64,11 +71,14 @@ class LoadedData:
             (``ClassLabel`` with ``label_names``).
         label_names: index -> name.
         source: human-readable origin, with notes on carved-out or unused splits.
+        fingerprint: what was read -> the sha256 of its content: each local file by absolute path, a
+            built-in's files as ``<name>/<file>``, a hub split as ``<name>[<split>]``.
     """
 
     splits: datasets.DatasetDict
     label_names: list[str]
     source: str
+    fingerprint: dict[str, str]
 
     @property
     def num_labels(self) -> int:
@@ -77,6 +87,12 @@ class LoadedData:
 
 def _hf_cache() -> str:
     return str(assets.cache_root() / "hf-datasets")
+
+
+def _cache_full(exc: BaseException, where: Path | str) -> LoraFtError:
+    return disk_full_error(
+        exc, where, "free some space, or set LORA_FT_CACHE to a directory on a disk with room"
+    )
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -115,8 +131,8 @@ def _check_utf8(path: Path) -> None:
             offset += len(chunk)
 
 
-def _read_files(paths: list[Path]) -> datasets.Dataset:
-    """One split from one or more files of the same type (shards)."""
+def _read_files(paths: list[Path]) -> tuple[datasets.Dataset, dict[str, str]]:
+    """One split from one or more files of the same type (shards), and each file's sha256 by absolute path."""
     suffix = paths[0].suffix.lower()
     if suffix not in FILE_BUILDERS:
         raise LoraFtError(f"data file {paths[0]} has an unsupported type; use {', '.join(FILE_BUILDERS)}")
@@ -125,21 +141,30 @@ def _read_files(paths: list[Path]) -> datasets.Dataset:
             f"split files {', '.join(p.name for p in paths)} mix file types; use one type per split"
         )
     builder, kwargs = FILE_BUILDERS[suffix]
+    digests = {}
     for path in paths:
         if path.stat().st_size == 0:
             raise LoraFtError(f"data file {path} is empty")
         if builder != "parquet":
             _check_utf8(path)
+        digests[os.path.abspath(path)] = assets.sha256_file(path)
     if builder == "csv":
         kwargs = {**kwargs, "na_filter": False}  # keep sentences such as "NA" or "null" as text
+    # datasets keys its cache of a local file by path and mtime; one cache directory per content makes
+    # the bytes the key, so a file corrected in place with its mtime kept is read again.
+    content = hashlib.sha256("".join(digests.values()).encode("ascii")).hexdigest()[:16]
+    cache_dir = str(Path(_hf_cache()) / f"files-{content}")
     try:
-        return datasets.load_dataset(
-            builder, data_files=[str(p) for p in paths], split="train", cache_dir=_hf_cache(), **kwargs
+        ds = datasets.load_dataset(
+            builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache_dir, **kwargs
         )
     except Exception as exc:  # the builders raise many types; the root cause is the useful part
+        if is_disk_full(exc):
+            raise _cache_full(exc, cache_dir) from None
         if "corresponds to no data" in str(exc):  # datasets' words for a file with a header and no rows
             raise LoraFtError(f"data file {paths[0]} has no rows") from None
         raise LoraFtError(f"could not read data file {paths[0]}: {_root_cause(exc)}") from None
+    return ds, digests
 
 
 def _split_files(directory: Path, cfg: DataConfig) -> dict[str, list[Path]]:
@@ -181,6 +206,7 @@ class _Raw:
     splits: dict[str, datasets.Dataset]
     where: dict[str, str]
     source: str
+    fingerprint: dict[str, str]
     label_names: list[str] | None = None
 
 
@@ -193,12 +219,15 @@ def _read_spec(cfg: DataConfig) -> _Raw:
             )
         raw = _read_directory(assets.ensure(name), cfg)
         raw.source = f"built-in {name}"
+        # Named by the asset, not the cache path: the same data wherever LORA_FT_CACHE points.
+        raw.fingerprint = {f"{name}/{Path(p).name}": h for p, h in raw.fingerprint.items()}
         return raw
     path = Path(name).expanduser()
     if path.is_dir():
         return _read_directory(path, cfg)
     if path.is_file():
-        return _Raw({"train": _read_files([path])}, {"train": f"data file {path}"}, str(path))
+        ds, digests = _read_files([path])
+        return _Raw({"train": ds}, {"train": f"data file {path}"}, str(path), digests)
     if name.startswith((".", "/", "~")) or path.suffix.lower() in FILE_BUILDERS:
         raise LoraFtError(
             f"data file not found: {name} (give a csv/tsv/jsonl/parquet file, a directory or a hub name)"
@@ -208,9 +237,15 @@ def _read_spec(cfg: DataConfig) -> _Raw:
 
 def _read_directory(directory: Path, cfg: DataConfig) -> _Raw:
     files = _split_files(directory, cfg)
-    splits = {split: _read_files(paths) for split, paths in files.items()}
+    splits, fingerprint = {}, {}
+    for split, paths in files.items():
+        splits[split], digests = _read_files(paths)
+        fingerprint.update(digests)
+    labels_file = directory / "labels.json"
+    if labels_file.is_file():
+        fingerprint[os.path.abspath(labels_file)] = assets.sha256_file(labels_file)
     where = {split: f"data file {', '.join(str(p) for p in paths)}" for split, paths in files.items()}
-    return _Raw(splits, where, str(directory), _label_names_file(directory))
+    return _Raw(splits, where, str(directory), fingerprint, _label_names_file(directory))
 
 
 def _read_hub(name: str, cfg: DataConfig) -> _Raw:
@@ -218,6 +253,8 @@ def _read_hub(name: str, cfg: DataConfig) -> _Raw:
     try:
         loaded = hub_load(path, config)
     except Exception as exc:  # offline, unknown name, gated repo: all end the same way for the user
+        if is_disk_full(exc):
+            raise _cache_full(exc, _hf_cache()) from None
         raise LoraFtError(
             f"could not load data set {name!r} from the Hugging Face Hub ({_root_cause(exc)}); if offline, use a "
             "local file or directory (data.name=path/to/train.csv) or the built-in rt-sentences"
@@ -230,7 +267,9 @@ def _read_hub(name: str, cfg: DataConfig) -> _Raw:
     splits = {
         ours: loaded[theirs] for ours, theirs in wanted.items() if theirs is not None and theirs in loaded
     }
-    return _Raw(splits, {ours: f"data set {name}[{wanted[ours]}]" for ours in splits}, f"{name} (hub)")
+    where = {ours: f"data set {name}[{wanted[ours]}]" for ours in splits}
+    fingerprint = {f"{name}[{wanted[ours]}]": _content_hash(ds).hex() for ours, ds in splits.items()}
+    return _Raw(splits, where, f"{name} (hub)", fingerprint)
 
 
 # --- columns, sentences, labels -----------------------------------------------------------------
@@ -247,13 +286,27 @@ def _map_columns(ds: datasets.Dataset, where: str, cfg: DataConfig) -> datasets.
     return ds.rename_columns({cfg.text_column: "sentence", cfg.label_column: "label"})
 
 
-def _check_sentences(ds: datasets.Dataset, where: str) -> None:
+def _missing(value) -> bool:
+    """An empty cell: csv gives ``""`` (na_filter off), json and parquet ``None``, a float column NaN."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check_cells(ds: datasets.Dataset, where: str, cfg: DataConfig) -> None:
     if len(ds) == 0:
         raise LoraFtError(f"{where} has no rows")
     for i, sentence in enumerate(ds["sentence"]):
         if not isinstance(sentence, str) or not sentence.strip():
             raise LoraFtError(
-                f"empty, missing or non-text sentence at row {i + 1} of {where}; fix or remove that row"
+                f"empty, missing or non-text sentence at row {i + 1} of {where} (column {cfg.text_column!r}); "
+                "fix or remove that row"
+            )
+    for i, label in enumerate(ds["label"]):
+        if _missing(label):
+            raise LoraFtError(
+                f"empty or missing label at row {i + 1} of {where} (column {cfg.label_column!r}); "
+                "fill it in or remove that row"
             )
 
 
@@ -330,7 +383,7 @@ def load_data(cfg: DataConfig) -> LoadedData:
     notes = []
     columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     for split, ds in columns.items():
-        _check_sentences(ds, raw.where[split])
+        _check_cells(ds, raw.where[split], cfg)
     train = columns["train"]
     train_labels = train["label"][:]
     names = _label_names(train.features["label"], train_labels, raw.where["train"], raw.label_names)
@@ -364,7 +417,7 @@ def load_data(cfg: DataConfig) -> LoadedData:
             splits[split] = _cap(splits[split], cfg.max_eval_samples)
     source = raw.source + (f" ({'; '.join(notes)})" if notes else "")
     ordered = datasets.DatasetDict({split: splits[split] for split in SPLITS if split in splits})
-    return LoadedData(ordered, names, source)
+    return LoadedData(ordered, names, source, raw.fingerprint)
 
 
 # --- tokenization -------------------------------------------------------------------------------
@@ -442,6 +495,17 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
             for split, ds in data.splits.items()
         }
     )
+    try:
+        _save_tokenized(tokenized, target)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise _cache_full(exc, target.parent) from None
+        raise
+    logger.info("tokenized data cached in %s", target)
+    return datasets.load_from_disk(str(target))
+
+
+def _save_tokenized(tokenized: datasets.DatasetDict, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = publishable_temp_dir(target.parent, f".{target.name}.tmp-")
     try:
@@ -452,5 +516,3 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
             raise  # a real failure, not another process having saved the same key first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
-    logger.info("tokenized data cached in %s", target)
-    return datasets.load_from_disk(str(target))

@@ -23,12 +23,35 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded", "unexpected pos")
 
 
-def is_disk_full(exc: BaseException) -> bool:
+def _is_disk_full_one(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return True
     if isinstance(exc, (OSError, RuntimeError)) or type(exc).__name__ == "SafetensorError":
         return any(text in str(exc) for text in _DISK_FULL_TEXT)
     return False
+
+
+def _disk_full_cause(exc: BaseException) -> BaseException | None:
+    """``exc`` or the error it was raised from that says the disk is full (datasets wraps its writer's)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if _is_disk_full_one(exc):
+            return exc
+        seen.add(id(exc))
+        # Python's own rule for what a traceback shows: ``raise ... from None`` ends the chain.
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return _disk_full_cause(exc) is not None
+
+
+def disk_full_error(exc: BaseException, target: object, fix: str) -> LoraFtError:
+    """The one line for a full disk (or a file-size limit) met while writing ``target``, ending in ``fix``."""
+    cause = _disk_full_cause(exc) or exc
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return LoraFtError(f"disk full or file too large while writing {target} ({first}); {fix}")
 
 
 @contextlib.contextmanager

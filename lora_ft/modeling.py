@@ -26,6 +26,9 @@ from lora_ft.inject import (
 
 log = logging.getLogger("lora_ft")
 
+# transformers' stand-in for "no limit" in a tokenizer's model_max_length is int(1e30).
+_NO_LIMIT = 10**18
+
 
 def quiet_transformers() -> None:
     """Silence transformers' load reports and the libraries' per-file progress bars; ours say what matters."""
@@ -104,14 +107,52 @@ def _check_weights_format(path: str, allow_pickle: bool) -> bool:
 
 
 def load_tokenizer(path: str, cfg: ModelConfig):
+    """The model's tokenizer; one that knows nothing but its special tokens is an error.
+
+    transformers 5 builds a tokenizer from the model's config alone when the directory has no tokenizer
+    files: every word becomes ``[UNK]``, and a model trained on that learns nothing from the text.
+    """
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise LoraFtError(f"cannot load a tokenizer for model {cfg.name}: {load_error(exc)}") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise LoraFtError(
+            f"model {path} has no tokenizer files (its tokenizer knows only its {len(tokenizer)} special "
+            "tokens); copy them in from the model it was made from: "
+            f"AutoTokenizer.from_pretrained(BASE).save_pretrained({path!r})"
+        )
+    return tokenizer
+
+
+def input_limit(model: nn.Module, tokenizer) -> tuple[int, str] | None:
+    """The longest input, in tokens, that ``model`` and ``tokenizer`` accept, and what sets it; None if unbounded.
+
+    Position embeddings end at ``max_position_embeddings`` (RoBERTa's start at 2, which only the
+    tokenizer's ``model_max_length`` of 512 for 514 positions tells).
+    """
+    limits = []
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, f"max_position_embeddings={positions}"))
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < _NO_LIMIT:
+        limits.append((stated, f"the tokenizer's model_max_length={stated}"))
+    return min(limits) if limits else None
+
+
+def check_max_length(loaded: LoadedModel, max_length: int) -> None:
+    """Refuse a ``data.max_length`` the model cannot take, before any tokenizing or training."""
+    limit = input_limit(loaded.model, loaded.tokenizer)
+    if limit is not None and max_length > limit[0]:
+        raise LoraFtError(
+            f"data.max_length={max_length} is more than model {loaded.source} takes ({limit[0]} tokens: "
+            f"{limit[1]}); set data.max_length={limit[0]} or lower"
+        )
 
 
 def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:

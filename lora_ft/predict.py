@@ -138,27 +138,32 @@ _GENERIC = re.compile(r"(LABEL_)?\d+")
 
 
 def label_map(data_names: list[str], model_names: list[str]) -> np.ndarray:
-    """Data label id -> model label id: by name when the model knows every data label, else by position.
+    """Data label id -> model label id, by name; by position only when the data's labels are bare ids.
+
+    Integer labels (``0``, ``1``) name no class: they are the model's ids. Named labels are matched by
+    name (saying so when the order differs); names that the model does not have cannot be matched, and
+    matching them by position would score the model against a guess.
 
     Raises:
-        LoraFtError: the data and the model have a different number of labels and names that do not match.
+        LoraFtError: data labels that are names the model does not predict, or more ids than it has.
     """
     if all(n in model_names for n in data_names):
-        return np.array([model_names.index(n) for n in data_names])
-    if len(data_names) != len(model_names):
-        raise LoraFtError(
-            f"the data has labels {', '.join(data_names)} but the model predicts {', '.join(model_names)}; "
-            "evaluate on data with the model's labels"
-        )
-    if not all(_GENERIC.fullmatch(n) for n in data_names) and not all(
-        _GENERIC.fullmatch(n) for n in model_names
-    ):
-        log.warning(
-            "matching data labels %s to model labels %s by position",
-            ", ".join(data_names),
-            ", ".join(model_names),
-        )
-    return np.arange(len(data_names))
+        mapping = np.array([model_names.index(n) for n in data_names])
+        if list(mapping) != list(range(len(data_names))):
+            log.warning(
+                "data labels matched to the model's by name (data id -> model id): %s",
+                ", ".join(
+                    f"{n} {i} -> {j}" for i, (n, j) in enumerate(zip(data_names, mapping, strict=True))
+                ),
+            )
+        return mapping
+    if all(_GENERIC.fullmatch(n) for n in data_names) and len(data_names) <= len(model_names):
+        return np.arange(len(data_names))
+    raise LoraFtError(
+        f"the data has labels {', '.join(data_names)} but the model predicts {', '.join(model_names)}; "
+        "they cannot be matched by name: evaluate on data with the model's label names (or its ids "
+        f"0..{len(model_names) - 1})"
+    )
 
 
 def evaluate(

@@ -21,6 +21,7 @@ from typing import Any
 
 from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoints
 from lora_ft.config import (
+    DATA_FINGERPRINT,
     RunConfig,
     apply_overrides,
     command_line_trust,
@@ -29,7 +30,7 @@ from lora_ft.config import (
     read_yaml,
 )
 from lora_ft.errors import LoraFtError
-from lora_ft.failures import is_disk_full
+from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
 from lora_ft.signals import TrainingInterrupted, signal_name
 
@@ -177,6 +178,31 @@ class RunDir:
                 "(train.epochs, train.max_steps), or start a new run with another --out"
             )
 
+    def changed_data(self, fingerprint: dict[str, str]) -> str | None:
+        """Why a resume on data with ``fingerprint`` (``LoadedData.fingerprint``) must be refused, or None.
+
+        The run continues only on the bytes it started on: any file changed, added or gone is refused.
+        """
+        saved = self.saved_config().get(DATA_FINGERPRINT)
+        if not isinstance(saved, dict):
+            return None  # a run from a lora-ft that did not record its data
+        for name in sorted(set(saved) | set(fingerprint)):
+            old, new = saved.get(name), fingerprint.get(name)
+            if old == new:
+                continue
+            if old is None:
+                what = "was not part of the data when the run started"
+            elif new is None:
+                what = "is no longer part of the data"
+            else:
+                what = f"changed since the run started (sha256 {str(old)[:12]}... then, {new[:12]}... now)"
+            kind = "data file" if os.path.isabs(name) else "data"
+            return (
+                f"cannot resume {self.out}: {kind} {name} {what}; restore the data the run started on, or "
+                "start a new run with another --out"
+            )
+        return None
+
     def claim(self, fresh: bool) -> None:
         """Take the directory: for a fresh run remove a discarded one (checked before) and create it."""
         if fresh:
@@ -264,11 +290,7 @@ class RunDir:
             return TrainingInterrupted(f"aborted by {signal_name(signum)}; {where}", signum)
         if is_disk_full(exc):
             target = getattr(exc, "filename", None) or self.partial
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return LoraFtError(
-                f"disk full or file too large while writing {target} ({first}); free some space or "
-                f"choose another --out{kept}"
-            )
+            return disk_full_error(exc, target, f"free some space or choose another --out{kept}")
         if isinstance(exc, LoraFtError) and kept:
             return LoraFtError(f"{exc}{kept}", exc.exit_code)
         if kept:  # an unexpected error keeps its own message and traceback; say what survived it

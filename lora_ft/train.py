@@ -23,15 +23,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_ft import __version__
+from lora_ft import __version__, assets
 from lora_ft.adapter_io import save_adapter
-from lora_ft.config import RunConfig, dump_config
+from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
 from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic
-from lora_ft.modeling import BuildReport, LoadedModel, build_for_method, load_model, quiet_transformers
+from lora_ft.modeling import (
+    BuildReport,
+    LoadedModel,
+    build_for_method,
+    check_max_length,
+    load_model,
+    quiet_transformers,
+)
 from lora_ft.precision import check_supported, prepare_model, resolve_precision
 from lora_ft.resources import peak_rss_mb
 from lora_ft.rundir import RunDir
@@ -43,7 +50,9 @@ log = logging.getLogger("lora_ft")
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and F1 from ``logits`` ``(N, K)`` and ``labels`` ``(N,)``.
 
-    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and the macro average otherwise.
+    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and otherwise the macro average over
+    the classes that occur in ``labels`` or in the predictions (scikit-learn's ``labels=`` their union):
+    a class absent from both has no F1 to average, not an F1 of 0.
     Written by hand because the ``evaluate`` library downloads its metrics from the Hub.
     """
     preds = logits.argmax(-1)
@@ -56,7 +65,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         fn = float(((preds != c) & (labels == c)).sum())
         return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
-    f1 = f1_of(1) if k == 2 else float(np.mean([f1_of(c) for c in range(k)]))
+    if k == 2:
+        f1 = f1_of(1)
+    else:
+        present = np.union1d(labels, preds)
+        f1 = float(np.mean([f1_of(int(c)) for c in present])) if len(present) else 0.0
     return {"accuracy": accuracy, "f1": f1}
 
 
@@ -110,6 +123,7 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     # Seed before the model is built: the classifier head's and LoRA A's initial values depend on it.
     set_seed(cfg.train.seed)
     loaded = load_model(cfg.model, data.label_names)
+    check_max_length(loaded, cfg.data.max_length)
     build = build_for_method(loaded, cfg, method)
     tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)
     # Evaluation batches are padded to their longest sentence; sorted by length they pad ~2x less.
@@ -240,6 +254,8 @@ def train(
     check_output_dir(run.out, force)
     if not resume:
         run.check_fresh(force)
+    # After the resume check, which compares the settings as the user and the saved config wrote them.
+    cfg = _absolute_paths(cfg)
     # Under torchrun / accelerate launch, building the arguments joins the process group.
     args = training_arguments(cfg, method, run.checkpoints)
     main_out = from_main(run.out)
@@ -262,6 +278,10 @@ def train(
             # The main process tokenizes into the shared cache first; the others then read it from there.
             with args.main_process_first(local=False, desc="loading data and model"):
                 p = prepared or prepare(cfg, method)
+            if resume:
+                changed = from_main(run.changed_data(p.data.fingerprint) if main else None)
+                if changed is not None:
+                    raise LoraFtError(changed)
             prepare_model(p.loaded.model, cfg.train.precision, method, cfg.train.gradient_checkpointing)
             fingerprint = seeded_fingerprint(p.loaded.model, p.loaded.newly_initialized)
             check_same_on_all_ranks(fingerprint)
@@ -269,7 +289,8 @@ def train(
                 run.claim(fresh=True)
             start = from_main(run.start_checkpoint() if main else None) if resume else None
             if main:
-                write_atomic(run.partial / "config.yaml", dump_config(cfg, {"versions": library_versions()}))
+                records = {"versions": library_versions(), DATA_FINGERPRINT: p.data.fingerprint}
+                write_atomic(run.partial / "config.yaml", dump_config(cfg, records))
                 if notify is not None:
                     notify(_batch_line(cfg, args.world_size))
             # Our classifiers average the loss over the batch and ignore num_items_in_batch; a model whose
@@ -310,6 +331,16 @@ def train(
             raise error from None
 
 
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with local data and model paths absolute, so the saved config names the same files anywhere."""
+    data, model = assets.absolute_name(cfg.data.name), assets.absolute_name(cfg.model.name)
+    if (data, model) == (cfg.data.name, cfg.model.name):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.name, cfg.model.name = data, model
+    return cfg
+
+
 def _batch_line(cfg: RunConfig, world_size: int) -> str:
     t = cfg.train
     total = t.batch_size * t.gradient_accumulation_steps * world_size
@@ -337,6 +368,7 @@ def _metrics(p: Prepared, cfg: RunConfig, method: str, trainer, result, memory) 
         "method": method,
         "model": cfg.model.name,
         "data": p.data.source,
+        DATA_FINGERPRINT: p.data.fingerprint,
         "validation": validation,
         "test": test,
         "trainable_params": p.build.trainable_params,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -80,6 +81,16 @@ def _pickled_model(ws: Ws) -> Path:
     torch.save(
         AutoModelForSequenceClassification.from_pretrained(ws.model).state_dict(), d / "pytorch_model.bin"
     )
+    return d
+
+
+def _named_model(ws: Ws, names: list[str]) -> Path:
+    """The tiny model, its two outputs named ``names``, as a model trained on named labels saves them."""
+    d = ws.model_copy("named")
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"] = dict(enumerate(names))
+    config["label2id"] = {n: i for i, n in enumerate(names)}
+    (d / "config.json").write_text(json.dumps(config))
     return d
 
 
@@ -155,6 +166,8 @@ ROWS = [
     Bad("model-no-config", lambda ws: _train(ws, model=ws.model_copy("m-noconfig", drop=("config.json",))), "no config.json in it"),
     Bad("model-no-weights", lambda ws: _train(ws, model=ws.model_copy("m-noweights", drop=("*.safetensors",))), "has no weights"),
     Bad("model-only-pickle", lambda ws: _train(ws, model=_pickled_model(ws)), "pass --set model.allow_pickle=true"),
+    Bad("model-no-tokenizer", lambda ws: _train(ws, model=ws.model_copy("m-notok", drop=("tokenizer*",))), "has no tokenizer files"),
+    Bad("max-length-past-positions", lambda ws: _train(ws, "--set", "data.max_length=129"), "data.max_length=129 is more than model"),
     # --- train: data files, columns, labels
     Bad("data-missing", lambda ws: _train(ws, data=ws.root / "no-data"), "data file not found"),
     Bad("data-no-label-column", lambda ws: _train(ws, data=ws.data_dir("d-nolabel", toy_rows(8), ("sentence", "y"))), "has no column 'label'"),
@@ -163,6 +176,7 @@ ROWS = [
     Bad("data-one-label", lambda ws: _train(ws, data=ws.data_dir("d-onelabel", [("a", 1), ("b", 1)])), "a classifier needs two or more"),
     Bad("data-empty", lambda ws: _train(ws, data=ws.data_dir("d-empty", [])), "has no rows"),
     Bad("data-empty-sentence", lambda ws: _train(ws, data=ws.data_dir("d-emptysentence", [("", 1), ("bad", 0)])), "empty, missing or non-text sentence at row 1"),
+    Bad("data-empty-label", lambda ws: _train(ws, data=ws.data_dir("d-emptylabel", [("good", 1), ("bad", 0), ("fine", "")])), "empty or missing label at row 3"),
     Bad(
         "data-not-utf8",
         lambda ws: _train(ws, data=ws.file("d-latin1/train.csv", b"sentence,label\n\xff bad,1\nok,0\n").parent),
@@ -197,6 +211,11 @@ ROWS = [
     Bad("merge-full-model", lambda ws: ["merge", str(ws.model), "--out", str(ws.out)], "not a LoRA adapter: there is nothing to merge"),
     Bad("merge-dtype", lambda ws: ["merge", str(ws.model), "--out", str(ws.out), "--dtype", "float8"], "--dtype must be one of"),
     Bad("eval-split", lambda ws: ["eval", str(ws.model), "--data", str(ws.data), "--split", "dev"], "--split must be train, validation or test"),
+    Bad(
+        "eval-label-names-differ",
+        lambda ws: ["eval", str(_named_model(ws, ["negative", "positive"])), "--data", str(ws.data_dir("d-named", [("good", "pos"), ("bad", "neg")])), "--split", "validation"],
+        "the data has labels neg, pos but the model predicts negative, positive; they cannot be matched by name",
+    ),
     Bad("eval-data-missing", lambda ws: ["eval", str(ws.model), "--data", str(ws.root / "nope")], "data file not found"),
     Bad("predict-no-sentences", lambda ws: ["predict", str(ws.model)], "no sentences to classify"),
     Bad("predict-empty-sentence", lambda ws: ["predict", str(ws.model), "good", "  "], "sentence argument 2 is empty"),

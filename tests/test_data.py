@@ -161,6 +161,10 @@ def test_test_split_skipped_when_configured_off(cache, toy_data_dir):
         (b"sentence,label\n", "has no rows"),
         (b"sentence,label\ngood,1\n,0\n", "empty, missing or non-text sentence at row 2"),
         (b"sentence,label\n   ,1\n", "empty, missing or non-text sentence at row 1"),
+        (
+            b"sentence,label\ngood,1\nbad,0\nfine,\n",
+            r"empty or missing label at row 3 of .* \(column 'label'\)",
+        ),
         (b"sentence,label\ncaf\xe9,1\n", r"not UTF-8 \(byte 0xe9 at offset 18\)"),
     ],
 )

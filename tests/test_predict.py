@@ -4,6 +4,7 @@ arguments, files and stdin, writes plain or JSON lines, and rejects bad input in
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -137,6 +138,33 @@ def test_label_map():
     np.testing.assert_array_equal(label_map(["0", "1"], ["LABEL_0", "LABEL_1"]), [0, 1])  # by position
     with pytest.raises(LoraFtError, match="the data has labels a, b, c but the model predicts neg, pos"):
         label_map(["a", "b", "c"], ["neg", "pos"])
+
+
+def test_label_names_are_matched_by_name_and_say_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="lora_ft"):
+        np.testing.assert_array_equal(label_map(["positive", "negative"], ["negative", "positive"]), [1, 0])
+    assert "by name (data id -> model id): positive 0 -> 1, negative 1 -> 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lora_ft"):
+        np.testing.assert_array_equal(label_map(["negative", "positive"], ["negative", "positive"]), [0, 1])
+        np.testing.assert_array_equal(label_map(["0", "1"], ["negative", "positive"]), [0, 1])  # ids
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "model"),
+    [
+        (["bad", "good"], ["negative", "positive"]),  # same count, other names: position would be a guess
+        (["negative", "positive"], ["LABEL_0", "LABEL_1"]),  # the model has no names to match
+        (["0", "1", "2"], ["negative", "positive"]),  # more ids than the model has
+    ],
+)
+def test_label_names_that_cannot_be_matched_are_refused_naming_both_sets(data, model):
+    with pytest.raises(LoraFtError) as info:
+        label_map(data, model)
+    message = str(info.value)
+    assert f"the data has labels {', '.join(data)} but the model predicts {', '.join(model)}" in message
+    assert "cannot be matched by name" in message
 
 
 def test_evaluate_on_a_data_directory(tmp_path, adapter, artifact):

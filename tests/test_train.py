@@ -45,6 +45,16 @@ def test_classification_metrics_closed_form():
     assert three["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
+def test_macro_f1_averages_only_the_classes_present():
+    labels = np.array([0, 1, 0, 1])
+    perfect = np.eye(3)[labels]  # class 2 is neither in the labels nor predicted
+    assert classification_metrics(perfect, labels)["f1"] == 1.0
+    logits = np.eye(3)[[0, 1, 2, 1]]  # predicts class 2 once: it counts, with F1 0
+    f1_0, f1_1 = 2 * 1 / (2 * 1 + 0 + 1), 2 * 2 / (2 * 2 + 0 + 0)
+    assert classification_metrics(logits, labels)["f1"] == pytest.approx((f1_0 + f1_1 + 0.0) / 3)
+    assert classification_metrics(np.eye(2)[[1, 1]], np.array([1, 1]))["f1"] == 1.0  # K == 2: positive class
+
+
 @pytest.mark.slow
 def test_smoke_config_on_the_packaged_model_writes_every_run_file(tmp_path):
     """The real MiniLM cut to 2 layers, a few hundred rows of the built-in data."""
