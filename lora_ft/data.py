@@ -35,6 +35,7 @@ from lora_ft import assets
 from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import publishable_temp_dir
+from lora_ft.labels import check_label_names
 
 logger = logging.getLogger("lora_ft")
 
@@ -76,7 +77,7 @@ class LoadedData:
 
 
 def _hf_cache() -> str:
-    return str(assets.cache_root() / "hf-datasets")
+    return str(assets.cache_dir("hf-datasets"))
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -132,9 +133,10 @@ def _read_files(paths: list[Path]) -> datasets.Dataset:
             _check_utf8(path)
     if builder == "csv":
         kwargs = {**kwargs, "na_filter": False}  # keep sentences such as "NA" or "null" as text
+    cache = _hf_cache()
     try:
         return datasets.load_dataset(
-            builder, data_files=[str(p) for p in paths], split="train", cache_dir=_hf_cache(), **kwargs
+            builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache, **kwargs
         )
     except Exception as exc:  # the builders raise many types; the root cause is the useful part
         if "corresponds to no data" in str(exc):  # datasets' words for a file with a header and no rows
@@ -168,10 +170,13 @@ def _label_names_file(directory: Path) -> list[str] | None:
     path = directory / "labels.json"
     if not path.is_file():
         return None
-    names = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise LoraFtError(f"{path} must hold a non-empty JSON list of label names (index = label id)")
-    return names
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LoraFtError(
+            f"{path} is not valid UTF-8 JSON ({exc}); it must hold a JSON list of label names (index = label id)"
+        ) from None
+    return check_label_names(names, str(path))
 
 
 @dataclass
@@ -187,11 +192,7 @@ class _Raw:
 def _read_spec(cfg: DataConfig) -> _Raw:
     name = cfg.name
     if assets.is_builtin(name):
-        if name not in assets.BUILTIN_DATA:
-            raise LoraFtError(
-                f"{name!r} is a built-in model, not data; built-in data: {', '.join(assets.BUILTIN_DATA)}"
-            )
-        raw = _read_directory(assets.ensure(name), cfg)
+        raw = _read_directory(assets.ensure(name, "data"), cfg)
         raw.source = f"built-in {name}"
         return raw
     path = Path(name).expanduser()
@@ -442,7 +443,7 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
             for split, ds in data.splits.items()
         }
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    assets.cache_dir(target.parent.name)
     tmp = publishable_temp_dir(target.parent, f".{target.name}.tmp-")
     try:
         tokenized.save_to_disk(str(tmp))

@@ -22,7 +22,7 @@ from typing import Any
 from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoints
 from lora_ft.config import RunConfig, apply_overrides, config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
-from lora_ft.failures import is_disk_full
+from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
@@ -284,12 +284,7 @@ class RunDir:
             where = kept[2:] if kept else "nothing to resume"
             return TrainingInterrupted(f"aborted by {signal_name(signum)}; {where}", signum)
         if is_disk_full(exc):
-            target = getattr(exc, "filename", None) or self.partial
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return LoraFtError(
-                f"disk full or file too large while writing {target} ({first}); free some space or "
-                f"choose another --out{kept}"
-            )
+            return disk_full_error(exc, self.partial, kept=kept)
         if isinstance(exc, LoraFtError) and kept:
             return LoraFtError(f"{exc}{kept}", exc.exit_code)
         if kept:  # an unexpected error keeps its own message and traceback; say what survived it
