@@ -277,7 +277,7 @@ ROWS = [
     Bad("train-labels-json-broken", lambda ws: _train(ws, data=ws.file("data/labels.json", "[neg, pos").parent), "labels.json is not valid UTF-8 JSON"),
     Bad("train-labels-json-duplicate", lambda ws: _train(ws, data=ws.file("data/labels.json", '["neg", "neg"]').parent), "labels.json names label ids 0 and 1 both 'neg'"),
     Bad("train-labels-json-not-a-list", lambda ws: _train(ws, data=ws.file("data/labels.json", '{"0": "neg"}').parent), "labels.json must be a non-empty list of label names"),
-    Bad("merge-disk-full", lambda ws: ["merge", str(_adapter_dir(ws)), "--out", str(ws.out)], lambda ws: f"disk full or file too large while writing {ws.root / 'runs'}", patch=_full_disk_at_the_weights),
+    Bad("merge-disk-full", lambda ws: ["merge", str(_adapter_dir(ws)), "--out", str(ws.root / "merged")], lambda ws: f"disk full or file too large while writing {ws.root / '.merged.'}", patch=_full_disk_at_the_weights),
     # --- the asset cache, and built-in names used for the other kind
     Bad("cache-is-a-file", lambda ws: ["fetch", "rt-sentences"], "is a file; set LORA_FT_CACHE to a directory", patch=_cache_is_a_file),
     Bad("cache-read-only", lambda ws: _train(ws), "is not writable (Read-only file system); set LORA_FT_CACHE to a writable directory", patch=_read_only_cache),
