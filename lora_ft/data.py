@@ -42,6 +42,7 @@ from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
+from lora_ft.labels import check_label_names
 
 logger = logging.getLogger("lora_ft")
 
@@ -86,7 +87,7 @@ class LoadedData:
 
 
 def _hf_cache() -> str:
-    return str(assets.cache_root() / "hf-datasets")
+    return str(assets.cache_dir("hf-datasets"))
 
 
 def _cache_full(exc: BaseException, where: Path | str) -> LoraFtError:
@@ -193,10 +194,13 @@ def _label_names_file(directory: Path) -> list[str] | None:
     path = directory / "labels.json"
     if not path.is_file():
         return None
-    names = read_json_record(path, "label list")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise LoraFtError(f"{path} must hold a non-empty JSON list of label names (index = label id)")
-    return names
+    try:
+        names = read_json_record(path, "label list")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LoraFtError(
+            f"{path} is not valid UTF-8 JSON ({exc}); it must hold a JSON list of label names (index = label id)"
+        ) from None
+    return check_label_names(names, str(path))
 
 
 @dataclass
@@ -213,11 +217,7 @@ class _Raw:
 def _read_spec(cfg: DataConfig) -> _Raw:
     name = cfg.name
     if assets.is_builtin(name):
-        if name not in assets.BUILTIN_DATA:
-            raise LoraFtError(
-                f"{name!r} is a built-in model, not data; built-in data: {', '.join(assets.BUILTIN_DATA)}"
-            )
-        raw = _read_directory(assets.ensure(name), cfg)
+        raw = _read_directory(assets.ensure(name, "data"), cfg)
         raw.source = f"built-in {name}"
         # Named by the asset, not the cache path: the same data wherever LORA_FT_CACHE points.
         raw.fingerprint = {f"{name}/{Path(p).name}": h for p, h in raw.fingerprint.items()}
@@ -506,7 +506,7 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
 
 
 def _save_tokenized(tokenized: datasets.DatasetDict, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    assets.cache_dir(target.parent.name)  # a cache that is a file or read-only: one line naming LORA_FT_CACHE
     tmp = publishable_temp_dir(target.parent, f".{target.name}.tmp-")
     try:
         tokenized.save_to_disk(str(tmp))

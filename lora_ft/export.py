@@ -25,6 +25,7 @@ import torch
 from lora_ft import __version__, assets
 from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.errors import LoraFtError
+from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import check_location, check_output_dir, publish_dir, publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
@@ -220,7 +221,11 @@ def _write(artifact: Artifact, report: MergeReport, force: bool) -> None:
         (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(artifact, report, provenance), encoding="utf-8")
         publish_dir(tmp, out, "merged", force)
-    except OSError as exc:
+    except Exception as exc:  # safetensors reports a full disk as its own error type, torch as a RuntimeError
+        if is_disk_full(exc):
+            raise disk_full_error(exc, out, "free some space or choose another --out") from None
+        if not isinstance(exc, OSError):
+            raise
         raise LoraFtError(f"cannot write {out}: {exc.strerror or exc} (choose another --out)") from None
     finally:
         if tmp is not None and tmp.exists():

@@ -50,8 +50,30 @@ def is_disk_full(exc: BaseException) -> bool:
 def disk_full_error(exc: BaseException, target: object, fix: str) -> LoraFtError:
     """The one line for a full disk (or a file-size limit) met while writing ``target``, ending in ``fix``."""
     cause = _disk_full_cause(exc) or exc
+    target = getattr(cause, "filename", None) or target
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return LoraFtError(f"disk full or file too large while writing {target} ({first}); {fix}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError on GPUs, a plain RuntimeError from the CPU allocator, Python's MemoryError."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and _CPU_OOM in str(exc)
+    )
+
+
+@contextlib.contextmanager
+def inference_memory_hint(batch_size: int) -> Iterator[None]:
+    """``predict``/``eval``: a batch that does not fit names ``--batch-size``, not an allocator trace."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise LoraFtError(
+            f"out of memory while classifying at --batch-size {batch_size}; lower --batch-size "
+            f"(e.g. --batch-size {max(1, batch_size // 4)})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -59,8 +81,8 @@ def memory_hint(cfg: RunConfig) -> Iterator[None]:
     """Report a batch that does not fit with the settings to lower, not an allocator trace."""
     try:
         yield
-    except RuntimeError as exc:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
-        if not isinstance(exc, torch.OutOfMemoryError) and _CPU_OOM not in str(exc):
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
             raise
         if any(frame.name == "evaluation_loop" for frame in traceback.extract_tb(exc.__traceback__)):
             raise LoraFtError(

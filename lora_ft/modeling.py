@@ -76,7 +76,7 @@ class BuildReport:
 def resolve_model_path(name: str) -> str:
     """A built-in name -> its prepared cache dir; an existing directory -> itself; else a hub id."""
     if assets.is_builtin(name):
-        return str(assets.ensure(name))
+        return str(assets.ensure(name, "model"))
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():

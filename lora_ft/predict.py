@@ -52,6 +52,27 @@ def _progress(enabled: bool):
     )
 
 
+_CHARS_PER_TOKEN = 16  # a first guess at how much text holds max_length tokens; raised 4x until it does
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+
+
+def _head(text: str, tokenizer, max_length: int) -> str:
+    """A prefix of ``text`` that holds all of its first ``max_length`` tokens: ``text`` itself unless long.
+
+    The tokenizer encodes the whole of what it is given before truncating, so a 23 MB line would cost
+    gigabytes of token offsets to keep 128 tokens. The prefix ends at whitespace, where pre-tokenizers
+    split, so its tokens are the full text's up to there and truncation keeps the same ones.
+    """
+    cut = max_length * _CHARS_PER_TOKEN
+    while cut < len(text):
+        space = _LAST_SPACE.search(text, 0, cut)
+        head = text[: space.start()] if space else text[:cut]
+        if len(tokenizer(head, add_special_tokens=False)["input_ids"]) >= max_length:
+            return head
+        cut *= 4
+    return text
+
+
 def predict_logits(
     model: nn.Module,
     tokenizer,
@@ -73,7 +94,9 @@ def predict_logits(
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = tokenizer(
+        [_head(t, tokenizer, max_length) for t in texts], truncation=True, max_length=max_length
+    )
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
     order = np.argsort(lengths, kind="stable")

@@ -289,8 +289,7 @@ class RunDir:
             where = kept[2:] if kept else "nothing to resume"
             return TrainingInterrupted(f"aborted by {signal_name(signum)}; {where}", signum)
         if is_disk_full(exc):
-            target = getattr(exc, "filename", None) or self.partial
-            return disk_full_error(exc, target, f"free some space or choose another --out{kept}")
+            return disk_full_error(exc, self.partial, f"free some space or choose another --out{kept}")
         if isinstance(exc, LoraFtError) and kept:
             return LoraFtError(f"{exc}{kept}", exc.exit_code)
         if kept:  # an unexpected error keeps its own message and traceback; say what survived it

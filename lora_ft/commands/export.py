@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,8 @@ from lora_ft.errors import LoraFtError
 
 # Below this many sentences a progress bar would only flicker.
 PROGRESS_MIN_SENTENCES = 1000
+# predict reads, classifies and prints this many sentences at a time (at least one --batch-size).
+STREAM_SENTENCES = 4096
 
 SourceArg = Annotated[
     str,
@@ -147,6 +151,7 @@ def eval_(
         lora-ft eval minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16
     """
     from lora_ft.artifacts import load_artifact
+    from lora_ft.failures import inference_memory_hint
     from lora_ft.predict import evaluate
 
     if split not in ("train", "validation", "test"):
@@ -158,13 +163,15 @@ def eval_(
             return _data_config(data, text_column, label_column, known)
 
         options = dict(split=split, batch_size=batch_size, device=device, as_json=as_json)
-        eval_adapters(
-            run_or_model, adapter, use, base, data_config, trust_remote_code=trust_remote_code, **options
-        )
+        with inference_memory_hint(batch_size):
+            eval_adapters(
+                run_or_model, adapter, use, base, data_config, trust_remote_code=trust_remote_code, **options
+            )
         return
     artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
     cfg = _data_config(data, text_column, label_column, artifact.data)
-    metrics = evaluate(artifact, cfg, split, batch_size=batch_size, device=device, progress=True)
+    with inference_memory_hint(batch_size):
+        metrics = evaluate(artifact, cfg, split, batch_size=batch_size, device=device, progress=True)
     if as_json:
         typer.echo(json.dumps(metrics))
         return
@@ -200,31 +207,34 @@ def _data_config(data: str | None, text_column: str | None, label_column: str | 
     return None
 
 
-def _read_lines(stream, where: str) -> list[str]:
-    try:
-        lines = stream.read().splitlines()
-    except UnicodeDecodeError:
-        raise LoraFtError(f"{where} is not UTF-8 text; re-save it as UTF-8") from None
-    # Blank lines (a trailing newline, spacing) carry no sentence; every other line is one input.
-    return [line for line in lines if line.strip()]
+def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
+    """The sentences to classify, streamed: arguments, the lines of ``file``, or of stdin for ``-``."""
+    from lora_ft.textlines import read_lines
 
-
-def _inputs(texts: list[str], file: Path | None) -> list[str]:
     if file is not None and texts:
         raise LoraFtError('give sentences as arguments, with --file, or "-" for stdin; not several at once')
     if file is not None:
         if not file.is_file():
             raise LoraFtError(f"--file {file} not found")
-        with file.open(encoding="utf-8") as f:
-            return _read_lines(f, str(file))
+        with file.open("rb") as f:
+            for _ in read_lines(f, str(file)):  # a file can be checked whole first: no output before an error
+                pass
+        return _file_lines(file)
     if texts == ["-"]:
-        return _read_lines(sys.stdin, "stdin")
+        return read_lines(sys.stdin.buffer, "stdin")
     if "-" in texts:
         raise LoraFtError('"-" (read stdin) must be the only sentence argument')
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise LoraFtError(f"sentence argument {i} is empty; give the text to classify")
-    return list(texts)
+    return iter(texts)
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    from lora_ft.textlines import read_lines
+
+    with path.open("rb") as f:
+        yield from read_lines(f, str(path))
 
 
 @app.command()
@@ -266,33 +276,44 @@ def predict(
         lora-ft predict minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16 "tedious and flat"
     """
     from lora_ft.artifacts import load_artifact
+    from lora_ft.failures import inference_memory_hint
     from lora_ft.predict import predict as run_predict
+    from lora_ft.textlines import chunks
 
-    sentences = _inputs(list(texts or []), file)
-    if not sentences:
+    # Read, classify and print a chunk at a time: memory stays bounded however long the input is.
+    batches = chunks(_inputs(list(texts or []), file), max(STREAM_SENTENCES, batch_size))
+    first = next(batches, None)
+    if first is None:
         raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
+    batches = itertools.chain([first], batches)
     if adapter or use is not None:
         from lora_ft.commands.adapters import predict_adapters
 
         options = dict(batch_size=batch_size, device=device, as_json=as_json)
-        lines = predict_adapters(
-            run_or_model, adapter, use, base, sentences, trust_remote_code=trust_remote_code, **options
-        )
-        typer.echo("\n".join(lines))
+        with inference_memory_hint(batch_size):
+            for lines in predict_adapters(
+                run_or_model, adapter, use, base, batches, trust_remote_code=trust_remote_code, **options
+            ):
+                typer.echo("\n".join(lines))
         return
     artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
-    predictions = run_predict(
-        artifact,
-        sentences,
-        batch_size=batch_size,
-        device=device,
-        progress=len(sentences) >= PROGRESS_MIN_SENTENCES,
-    )
-    typer.echo("\n".join(prediction_line(p, as_json) for p in predictions))
+    with inference_memory_hint(batch_size):
+        for chunk in batches:
+            predictions = run_predict(
+                artifact,
+                chunk,
+                batch_size=batch_size,
+                device=device,
+                progress=len(chunk) >= PROGRESS_MIN_SENTENCES,
+            )
+            typer.echo("\n".join(prediction_line(p, as_json) for p in predictions))
 
 
 def prediction_line(p, as_json: bool) -> str:
-    """One output line of ``predict``: JSON, or ``label<TAB>probability<TAB>sentence``."""
+    """One output line of ``predict``: JSON (the whole text), or ``label<TAB>probability<TAB>sentence``
+    (the sentence cut to ``textlines.ECHO_CHARS`` characters)."""
+    from lora_ft.textlines import shorten
+
     if as_json:
         return json.dumps(
             {
@@ -303,4 +324,4 @@ def prediction_line(p, as_json: bool) -> str:
             },
             ensure_ascii=False,
         )
-    return f"{p.label}\t{p.probability:.4f}\t{p.text}"
+    return f"{p.label}\t{p.probability:.4f}\t{shorten(p.text)}"
