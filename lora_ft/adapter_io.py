@@ -31,6 +31,7 @@ from torch import nn
 
 from lora_ft import assets
 from lora_ft.errors import LoraFtError
+from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
 from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 from lora_ft.lora import LoRALinear
@@ -145,6 +146,7 @@ def save_adapter(
         if layer.use_dora:
             tensors[f"{PREFIX}{name}.{MAGNITUDE}"] = layer.lora_magnitude.detach().to("cpu").contiguous()
     tensors.update(_head_tensors(model, head))
+    require_finite(tensors, f"refusing to write the adapter {out}, its weights are not finite")
 
     ranks = Counter(layer.r for layer in layers.values())
     alphas = Counter(layer.alpha for layer in layers.values())
@@ -250,6 +252,7 @@ def _check_config(config: Any, cfg_path: Path) -> None:
     for key in ("r", "lora_alpha"):
         if key not in config:
             raise LoraFtError(f"{cfg_path} has no {key!r}; is it a LoRA adapter config?")
+    _check_values(config, cfg_path)
     for key, feature in _UNSUPPORTED.items():
         if config.get(key):
             raise LoraFtError(f"{cfg_path}: {feature} adapters are not supported by lora-ft ({key} is set)")
@@ -272,6 +275,53 @@ def _check_config(config: Any, cfg_path: Path) -> None:
             cfg_path,
             ", ".join(unknown),
         )
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_alpha(value: Any) -> bool:
+    return is_finite_number(value) and value > 0
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise LoraFtError(f"{where} {pattern!r} is not a valid regex ({exc})") from None
+
+
+def _check_values(config: dict[str, Any], cfg_path: Path) -> None:
+    """The type and range of every value lora-ft computes with; JSON allows NaN, strings and the rest."""
+    if not _is_rank(config["r"]):
+        raise LoraFtError(f"{cfg_path}: r must be an integer >= 1, got {config['r']!r}")
+    if not _is_alpha(config["lora_alpha"]):
+        raise LoraFtError(f"{cfg_path}: lora_alpha must be a finite number > 0, got {config['lora_alpha']!r}")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and not (is_finite_number(dropout) and 0 <= dropout < 1):
+        raise LoraFtError(f"{cfg_path}: lora_dropout must be a number in [0, 1), got {dropout!r}")
+    for key in ("use_rslora", "use_dora"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise LoraFtError(f"{cfg_path}: {key} must be true or false, got {config[key]!r}")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):  # PEFT: a string is a regex over full module names
+        _check_regex(targets, f"{cfg_path}: target_modules")
+    elif targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise LoraFtError(f"{cfg_path}: target_modules must be a regex or a list of names, got {targets!r}")
+    for key, valid, what in (
+        ("rank_pattern", _is_rank, "an integer >= 1"),
+        ("alpha_pattern", _is_alpha, "a finite number > 0"),
+    ):
+        pattern = config.get(key)
+        if pattern is None:
+            continue
+        if not isinstance(pattern, dict):
+            raise LoraFtError(f"{cfg_path}: {key} must map module regexes to values, got {pattern!r}")
+        for name, value in pattern.items():
+            _check_regex(name, f"{cfg_path}: {key} key")
+            if not valid(value):
+                raise LoraFtError(f"{cfg_path}: {key}[{name!r}] must be {what}, got {value!r}")
 
 
 def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -320,6 +370,9 @@ def read_adapter(path: str | Path) -> Adapter:
         raise LoraFtError(f"{cfg_path} is not valid JSON ({exc.__class__.__name__})") from None
     _check_config(config, cfg_path)
     tensors, metadata = _read_weights(weights_path)
+    require_finite(
+        tensors, f"{weights_path} holds weights that are not finite, so the adapter cannot be used"
+    )
 
     lora: dict[str, dict[str, torch.Tensor]] = {}
     head: dict[str, dict[str, torch.Tensor]] = {}
@@ -360,6 +413,16 @@ def read_adapter(path: str | Path) -> Adapter:
     if not pairs:
         raise LoraFtError(f"adapter {p} has no lora_A/lora_B tensors")
     scaling = _metadata_json(metadata, META_SCALING, weights_path) or {}
+    if not isinstance(scaling, dict):
+        raise LoraFtError(
+            f"{weights_path}: the {META_SCALING} record in the header must map modules to numbers"
+        )
+    for module, value in scaling.items():
+        if not is_finite_number(value):
+            raise LoraFtError(
+                f"{weights_path}: the {META_SCALING} record in the header gives {module} the scaling {value!r}, "
+                "not a finite number"
+            )
     adapter = Adapter(
         path=p,
         config=config,
@@ -386,7 +449,7 @@ def _check_ranks_and_scaling(adapter: Adapter) -> None:
         if module in adapter.scaling:
             alpha = adapter.alpha_of(module)
             scaling = alpha / (r**0.5 if cfg.get("use_rslora") else r)
-            if abs(scaling - adapter.scaling[module]) > 1e-6 * max(1.0, abs(scaling)):
+            if not is_within(abs(scaling - adapter.scaling[module]), 1e-6 * max(1.0, abs(scaling))):
                 raise LoraFtError(
                     f"adapter {adapter.path}: {module} was trained with scaling {adapter.scaling[module]:g} but "
                     f"{CONFIG_NAME} (lora_alpha={alpha:g}, r={r}) gives {scaling:g}; restore the original lora_alpha"

@@ -1,4 +1,4 @@
-"""Trainer callbacks: a JSONL log, honest memory accounting, a rich progress bar, and stop-on-signal."""
+"""Trainer callbacks: a JSONL log, honest memory accounting, a rich progress bar, stop-on-signal and stop-on-NaN."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from lora_ft.finite import diverged
 from lora_ft.fsutil import open_own
 from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
 from lora_ft.signals import StopSignals
@@ -115,6 +116,25 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, status=self.status)
             self.progress.stop()
             self.progress = None
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop on a NaN or infinite number in the Trainer's logs: the gradient norm, an evaluation loss.
+
+    Free: the Trainer computes the gradient norm for clipping anyway and logs it every
+    ``logging_steps``. A non-finite gradient between two logging steps makes the next loss NaN, which
+    ``CheckpointTrainer.training_step`` stops on, and never reaches a checkpoint, which is checked.
+    Under fp16 the loss scaler skips a step whose gradient overflowed, so an infinite norm there is
+    the scaler at work, not divergence.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, value in (logs or {}).items():
+            if not isinstance(value, float) or math.isfinite(value):
+                continue
+            if key == "grad_norm" and args.fp16:
+                continue
+            raise diverged(state.global_step, f"the logged {key} is {value}", args.learning_rate)
 
 
 class StopOnSignal(TrainerCallback):

@@ -38,6 +38,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lora_ft.errors import LoraFtError
+from lora_ft.finite import diverged, first_nonfinite
 
 log = logging.getLogger("lora_ft")
 
@@ -213,6 +214,15 @@ class CheckpointTrainer(Trainer):
     def _sharded(self) -> bool:
         return bool(self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # One host sync per batch, in place of the Trainer's logging_nan_inf_filter (turned off in
+        # train.training_arguments), which would log a NaN loss as the running mean and train on.
+        # The optimizer has not stepped yet: the weights are still those of the last finite loss.
+        if not bool(torch.isfinite(loss).all()):
+            raise diverged(self.state.global_step + 1, f"the loss is {loss.item()}", self.args.learning_rate)
+        return loss
+
     def _get_train_sampler(self, train_dataset=None):
         inner = super()._get_train_sampler(train_dataset)
         if not isinstance(inner, (RandomSampler, LengthGroupedSampler)):
@@ -252,14 +262,20 @@ class CheckpointTrainer(Trainer):
         run_dir = Path(self._get_output_dir(trial))
         final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         tmp = run_dir / f".{final.name}.partial"
+        tensors = trainable_state(self.model) if self.args.should_save and not self._sharded else None
+        bad = first_nonfinite(tensors) if tensors is not None else None
+        if bad is not None:  # a gradient that was not finite: the previous checkpoint stays the last one
+            raise diverged(
+                self.state.global_step, f"the updated weights are not finite ({bad})", self.args.learning_rate
+            )
         if self.args.should_save:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.accelerator.wait_for_everyone()  # other ranks write their RNG state into tmp
         if self._sharded:
             self.save_model(str(tmp), _internal_call=True)
-        elif self.args.should_save:
-            save_file(trainable_state(self.model), str(tmp / TRAINABLE_NAME))
+        elif tensors is not None:
+            save_file(tensors, str(tmp / TRAINABLE_NAME))
         if self.state.best_global_step:
             best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
             if best == final or best.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -24,11 +25,28 @@ METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
+# What numpy's seeding accepts (torch's takes more): transformers.set_seed seeds both.
+MAX_SEED = 2**32 - 1
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise LoraFtError(message)
+
+
+def _check_finite(section: Any, prefix: str) -> None:
+    """Every float setting of ``section``, and every float in its mappings, is finite.
+
+    Checked first, so the range checks after it hold: ``x > 0`` is False for NaN, but ``x >= 0`` lets
+    +inf through, and ``x < 1`` lets -inf through.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                name = f"{prefix}.{f.name}" if key is None else f"{prefix}.{f.name}.{key}"
+                raise LoraFtError(f"{name} must be a finite number, got {v}")
 
 
 @dataclass
@@ -42,6 +60,7 @@ class ModelConfig:
     allow_pickle: bool = False  # load a pytorch_model.bin (weights_only) when no safetensors exist
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
         _check(
             bool(self.name), "model.name is empty; give a built-in name (minilm-l6), a directory or a hub id"
         )
@@ -66,6 +85,7 @@ class DataConfig:
     max_eval_samples: int | None = None
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check(
             bool(self.name), "data.name is empty; give a built-in name (rt-sentences), a hub name or a path"
         )
@@ -98,6 +118,7 @@ class LoRAConfig:
     head: list[str] | None = None
 
     def __post_init__(self) -> None:
+        _check_finite(self, "lora")
         _check(self.r >= 1, f"lora.r must be an integer >= 1, got {self.r}")
         _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
@@ -160,6 +181,7 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(
             self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}"
         )
@@ -183,6 +205,14 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(
             0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
+        )
+        _check(
+            self.max_grad_norm >= 0,
+            f"train.max_grad_norm must be >= 0 (0 turns gradient clipping off), got {self.max_grad_norm}",
+        )
+        _check(
+            0 <= self.seed <= MAX_SEED,
+            f"train.seed must be in [0, {MAX_SEED}] (what numpy's seeding accepts), got {self.seed}",
         )
         _check(
             self.lr_scheduler in SCHEDULERS,

@@ -26,6 +26,7 @@ from lora_ft import __version__, assets
 from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
+from lora_ft.finite import is_within, require_finite
 from lora_ft.fsutil import check_location, check_output_dir, publish_dir, publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
@@ -116,6 +117,22 @@ def _compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None
     }
 
 
+def verify_merge(reference: np.ndarray, merged: np.ndarray, probe: Probe) -> dict[str, Any]:
+    """Compare the merged model's logits ``(N, K)`` with the adapter model's; raise unless they match.
+
+    Raises:
+        LoraFtError: max |Δlogit| above ``TOLERANCE`` or not finite, or a prediction that differs.
+    """
+    check = _compare(reference, merged, probe.labels)
+    # NaN-safe: a NaN difference is not within the limit (``nan > limit`` would be False).
+    if not is_within(check["max_abs_logit_diff"], TOLERANCE) or not check["agreement"] >= 1.0:
+        raise LoraFtError(
+            f"merge verification failed on {probe.source}: max |Δlogit| {check['max_abs_logit_diff']:.3g} "
+            f"(limit {TOLERANCE:g}), predictions agree on {check['agreement']:.1%}; nothing was written"
+        )
+    return check
+
+
 def _check_plain(model: torch.nn.Module, trust_remote_code: bool) -> None:
     """After unloading: no LoRA layer left, and exactly the state-dict keys of the base architecture."""
     from transformers import AutoModelForSequenceClassification
@@ -180,18 +197,16 @@ def export_merged(
     probe = probe_batch(artifact, probe_size)
     model, tok = artifact.model, artifact.tokenizer
 
-    def logits() -> np.ndarray:
-        return predict_logits(model, tok, probe.texts, max_length=artifact.max_length, device="cpu")
+    def logits(which: str) -> np.ndarray:
+        try:
+            return predict_logits(model, tok, probe.texts, max_length=artifact.max_length, device="cpu")
+        except LoraFtError as exc:
+            raise LoraFtError(f"merge verification failed, {which}: {exc}; nothing was written") from None
 
-    reference = logits()
+    reference = logits("the adapter model")
     merge_and_unload(model)
-    merged = logits()
-    check = _compare(reference, merged, probe.labels)
-    if check["max_abs_logit_diff"] > TOLERANCE or check["agreement"] < 1.0:
-        raise LoraFtError(
-            f"merge verification failed on {probe.source}: max |Δlogit| {check['max_abs_logit_diff']:.3g} "
-            f"(limit {TOLERANCE:g}), predictions agree on {check['agreement']:.1%}; nothing was written"
-        )
+    merged = logits("the merged model")
+    check = verify_merge(reference, merged, probe)
     _check_plain(model, trust_remote_code)
     report = MergeReport(
         out=out,
@@ -204,7 +219,12 @@ def export_merged(
     )
     if dtype != "float32":
         model.to(DTYPES[dtype])
-        report.drift = _compare(merged, logits(), probe.labels)
+    hint = " (its largest value is 65504: export as bfloat16 or float32)" if dtype == "float16" else ""
+    require_finite(
+        model.state_dict(), f"the merged model in {dtype} is not finite{hint}, so nothing was written"
+    )
+    if dtype != "float32":
+        report.drift = _compare(merged, logits(f"the merged model in {dtype}"), probe.labels)
     _write(artifact, report, force)
     return report
 

@@ -41,7 +41,8 @@ class LoRALinear(nn.Module):
             the row norms of ``W``, so the layer starts equal to the base.
 
     Raises:
-        ValueError: ``r < 1``, dropout outside ``[0, 1)``, an unknown ``init`` or a non-Linear base.
+        ValueError: ``r < 1``, a NaN or infinite ``alpha``, dropout outside ``[0, 1)``, an unknown
+            ``init`` or a non-Linear base.
     """
 
     def __init__(
@@ -59,6 +60,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"LoRA alpha must be a finite number, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
         if init not in INITS:

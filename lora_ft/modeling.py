@@ -248,6 +248,15 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
             alpha_pattern=cfg.lora.alpha_pattern,
             head=head,
         )
+        # B @ A has rank at most min(in, out): a larger r only adds parameters that cannot raise it.
+        # Refused for training only; an adapter saved that way (PEFT allows it) still loads.
+        for w in report.wrapped:
+            if w.r > min(w.in_features, w.out_features):
+                raise LoraFtError(
+                    f"r={w.r} for {w.name} is above what its {w.out_features}x{w.in_features} weight can use "
+                    f"(rank at most {min(w.in_features, w.out_features)}); lower lora.r, or give that module "
+                    "a smaller r in lora.rank_pattern"
+                )
         trainable, total = count_parameters(model)
         return BuildReport(method, head, trainable, total, report, [w.name for w in report.wrapped])
     freeze_for_method(model, method, head)

@@ -118,6 +118,13 @@ def predict_logits(
                 batch[key] = torch.from_numpy(arr).to(device)
             out[idx] = model(**batch).logits.float().cpu().numpy()
             bar.advance(task, len(idx))
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:  # softmax and argmax of NaN give a probability of nan and class 0: never a prediction
+        raise LoraFtError(
+            f"the model's logits are not finite for {bad.size} of {len(texts)} inputs (first: input "
+            f"{bad[0] + 1}, {out[bad[0]].tolist()}): its weights are NaN or overflow; retrain it (a lower "
+            "train.learning_rate) or use another model"
+        )
     return out
 
 

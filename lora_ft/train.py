@@ -11,6 +11,7 @@ import copy
 import inspect
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -30,6 +31,7 @@ from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
+from lora_ft.finite import require_finite, require_finite_metrics
 from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic
 from lora_ft.modeling import (
     BuildReport,
@@ -116,6 +118,13 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     method = method or cfg.train.method
     quiet_transformers()
     if cfg.train.threads:
+        # Checked here, not in the config: a run's saved config must still load on a smaller machine.
+        cpus = os.cpu_count() or 1
+        if cfg.train.threads > cpus:
+            raise LoraFtError(
+                f"train.threads={cfg.train.threads} is more than this machine's {cpus} CPUs; lower it, "
+                "or leave it null for one thread per physical core"
+            )
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data)
     if "validation" not in data.splits:
@@ -172,6 +181,8 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # CheckpointTrainer.training_step stops on a non-finite loss; the filter would only hide it.
+        logging_nan_inf_filter=False,
     )
     launched = launched_world_size()
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
@@ -238,7 +249,7 @@ def train(
     """
     from transformers import DataCollatorWithPadding, PrinterCallback
 
-    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback, StopOnSignal
+    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback, StopOnNonFinite, StopOnSignal
     from lora_ft.checkpoint import CheckpointTrainer
 
     if method is not None and method != cfg.train.method:
@@ -306,7 +317,12 @@ def train(
                 data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
                 processing_class=p.loaded.tokenizer,
                 compute_metrics=_compute_metrics,
-                callbacks=[JsonlLogCallback(run.partial / "log.jsonl"), memory, *(callbacks or [])],
+                callbacks=[
+                    JsonlLogCallback(run.partial / "log.jsonl"),
+                    StopOnNonFinite(),
+                    memory,
+                    *(callbacks or []),
+                ],
             )
             trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its dict prints
             trainer.add_callback(StopOnSignal(signals))
@@ -316,6 +332,9 @@ def train(
                     raise run.interrupted(signals.signum, trainer.state.max_steps)
                 metrics = _metrics(p, cfg, method, trainer, result, memory)
                 metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
+            require_finite_metrics(
+                metrics, "refusing to publish the run (its model's outputs are not finite)"
+            )
             if trainer.is_world_process_zero():
                 _save_outputs(p, run.partial, method)
                 write_atomic(run.partial / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -430,5 +449,6 @@ def _save_outputs(p: Prepared, tmp: Path, method: str) -> None:
             },
         )
     else:
+        require_finite(model.state_dict(), f"refusing to write the model to {tmp / 'model'}")
         model.save_pretrained(tmp / "model", safe_serialization=True)
         p.loaded.tokenizer.save_pretrained(tmp / "model")

@@ -193,6 +193,13 @@ def _model_labelled(ws: Ws, id2label: dict[int, str]) -> Path:
     return d
 
 
+# Every float setting of the config (tests/test_nonfinite.py checks this list is all of them).
+FLOAT_KEYS = (
+    "lora.alpha", "lora.dropout", "lora.alpha_pattern.query", "train.epochs", "train.learning_rate",
+    "train.learning_rates.lora", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Bad:
     id: str
@@ -222,6 +229,22 @@ ROWS = [
     Bad("scheduler-unknown", lambda ws: _train(ws, "--set", "train.lr_scheduler=exp"), "train.lr_scheduler must be one of"),
     Bad("max-train-samples-0", lambda ws: _train(ws, "--set", "data.max_train_samples=0"), "data.max_train_samples must be >= 1"),
     Bad("targets-bad-regex", lambda ws: _train(ws, "--set", "lora.targets=['([']"), "is not a valid regex"),
+    # --- train: numbers out of range, and NaN / +-Inf for every float setting (each spelled as YAML)
+    *[
+        Bad(f"{key}={text}", lambda ws, key=key, text=text: _train(ws, "--set", f"{key}={text}"), f"{key} must be a finite number, got {shown}")
+        for key in FLOAT_KEYS
+        for text, shown in ((".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"))
+    ],
+    Bad("dropout-1.5", lambda ws: _train(ws, "--set", "lora.dropout=1.5"), "lora.dropout must be in [0, 1), got 1.5"),
+    Bad("alpha-pattern-0", lambda ws: _train(ws, "--set", "lora.alpha_pattern.query=0"), "lora.alpha_pattern.query must be > 0"),
+    Bad("lr-0", lambda ws: _train(ws, "--set", "train.learning_rate=0"), "train.learning_rate must be > 0, got 0.0"),
+    Bad("lr-method-negative", lambda ws: _train(ws, "--set", "train.learning_rates.lora=-1e-4"), "train.learning_rates.lora must be > 0"),
+    Bad("weight-decay-negative", lambda ws: _train(ws, "--set", "train.weight_decay=-0.1"), "train.weight_decay must be >= 0"),
+    Bad("max-grad-norm-negative", lambda ws: _train(ws, "--set", "train.max_grad_norm=-1"), "train.max_grad_norm must be >= 0 (0 turns gradient clipping off), got -1.0"),
+    Bad("seed-negative", lambda ws: _train(ws, "--set", "train.seed=-1"), "train.seed must be in [0, 4294967295] (what numpy's seeding accepts), got -1"),
+    Bad("seed-2**32", lambda ws: _train(ws, "--set", "train.seed=4294967296"), "train.seed must be in [0, 4294967295]"),
+    Bad("threads-huge", lambda ws: _train(ws, "--set", "train.threads=100000"), f"train.threads=100000 is more than this machine's {os.cpu_count()} CPUs"),
+    Bad("r-above-the-layer", lambda ws: _train(ws, "--set", "lora.r=64"), "r=64 for bert.encoder.layer.0.attention.self.query is above what its 32x32 weight can use (rank at most 32)"),
     Bad(
         "targets-very-long",  # 3,000 names that match nothing: still one line
         lambda ws: _train(ws, "--set", "lora.targets=[" + ",".join(f"q{i}" for i in range(3000)) + "]"),
