@@ -1,0 +1,101 @@
+"""The declared floors hold here, and the Trainer still has the private members lora_ft/checkpoint.py uses.
+
+A floor below what the code needs installs a lora-ft that fails at run time; a Trainer release that
+renames a private member breaks atomic checkpoints and exact resume, most of it silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import platform
+import re
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
+DEV = [Requirement(r) for r in PROJECT["optional-dependencies"]["dev"]]
+
+# CheckpointTrainer overrides these: the Trainer calls them with its own arguments.
+OVERRIDDEN = [
+    "_get_train_sampler",
+    "_save_checkpoint",
+    "_load_from_checkpoint",
+    "_load_best_model",
+    "_finalize_training",
+]
+CALLED = ["_get_output_dir", "_save_optimizer_and_scheduler", "_save_scaler", "_save_rng_state"]
+# Set by the Trainer's training loop (not class attributes); _ResumePolicy restores them on resume.
+LOOP_STATE = ["_tr_loss", "_total_loss_scalar", "_globalstep_last_logged", "_initial_global_step"]
+OURS = {"_record", "_sampler", "_segment_start", "_sharded"}  # CheckpointTrainer's own
+
+
+def _installed(req: Requirement) -> Version | None:
+    try:
+        return Version(version(req.name))
+    except PackageNotFoundError:
+        return None
+
+
+def test_python_meets_requires_python():
+    floor = SpecifierSet(PROJECT["requires-python"])
+    assert floor.contains(platform.python_version()), f"Python {platform.python_version()} is not {floor}"
+
+
+@pytest.mark.parametrize("req", RUNTIME + DEV, ids=str)
+def test_installed_version_meets_the_floor(req):
+    have = _installed(req)
+    if have is None and req in DEV:
+        pytest.skip(f"{req.name} (dev extra) is not installed")
+    assert have is not None, f"{req.name} is not installed (pyproject.toml requires {req})"
+    assert req.specifier.contains(have, prereleases=True), (
+        f"installed {req.name} {have} does not satisfy {req}"
+    )
+
+
+def test_checkpoint_uses_no_private_trainer_member_left_out_here():
+    tree = ast.parse((ROOT / "lora_ft" / "checkpoint.py").read_text(encoding="utf-8"))
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "CheckpointTrainer":
+            used |= {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+        if isinstance(node, ast.Attribute):
+            on = node.value
+            if (isinstance(on, ast.Name) and on.id in ("self", "t")) or (
+                isinstance(on, ast.Call) and getattr(on.func, "id", None) == "super"
+            ):
+                used.add(node.attr)
+    private = {n for n in used if n.startswith("_") and not n.startswith("__")}
+    unlisted = private - set(OVERRIDDEN) - set(CALLED) - set(LOOP_STATE) - OURS
+    assert not unlisted, f"lora_ft/checkpoint.py uses {sorted(unlisted)}: add them to this test's lists"
+
+
+@pytest.mark.parametrize("name", OVERRIDDEN + CALLED + LOOP_STATE)
+def test_trainer_has_the_private_member_checkpoint_uses(name):
+    from transformers import Trainer, __version__
+
+    from lora_ft.checkpoint import CheckpointTrainer
+
+    if name in LOOP_STATE:
+        assigned = re.search(rf"self\.{name}\s*=", inspect.getsource(Trainer))
+        assert assigned, (
+            f"transformers {__version__}: Trainer does not set self.{name} (lora_ft/checkpoint.py restores it)"
+        )
+        return
+    assert hasattr(Trainer, name), (
+        f"transformers {__version__}: Trainer has no {name} (lora_ft/checkpoint.py uses it)"
+    )
+    if name in OVERRIDDEN:
+        theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
+        ours = list(inspect.signature(getattr(CheckpointTrainer, name)).parameters)
+        assert ours == theirs, (
+            f"transformers {__version__}: Trainer.{name}{tuple(theirs)}, lora_ft overrides it as {tuple(ours)}"
+        )
