@@ -208,6 +208,11 @@ class RunDir:
                 f"settings; resume with them (`{self.resume_command()}`), change only the budget "
                 "(train.epochs, train.max_steps), or start a new run with another --out"
             )
+        self._check_checkpoints()
+
+    def _check_checkpoints(self) -> None:
+        """Refuse a resume that has checkpoints but no intact one: the Trainer would quietly restart
+        what is missing (the optimizer, the warmup, the RNG) and call the result resumed."""
         if (self.partial / "metrics.json").is_file():
             return  # finished, killed while publishing: nothing is loaded from the checkpoints
         good, damaged = resumable(self.checkpoints, launched_world_size())

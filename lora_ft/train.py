@@ -148,9 +148,11 @@ OWNED_ARGUMENTS = {
     "save_total_limit": "train.save_total_limit",
     "train_sampling_strategy": "train.group_by_length",
 }
-# Arguments under which a checkpoint cannot be resumed exactly: no optimizer, scheduler and RNG state
-# in it, or a resume that retrains its epoch from the start.
-UNRESUMABLE_ARGUMENTS = ("save_only_model", "ignore_data_skip")
+# Arguments under which no checkpoint resumes exactly, and why.
+UNRESUMABLE_ARGUMENTS = {
+    "save_only_model": "its checkpoints leave out the optimizer, scheduler and RNG state",
+    "ignore_data_skip": "a resume would train the batches of its epoch seen before again",
+}
 
 
 def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
@@ -163,8 +165,8 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
             raise LoraFtError(f"train.trainer.{key} is lora-ft's to set: use {OWNED_ARGUMENTS[key]} instead")
         if key in UNRESUMABLE_ARGUMENTS and t.trainer[key]:
             raise LoraFtError(
-                f"train.trainer.{key} cannot be used: an interrupted run could not be resumed exactly "
-                "(lora-ft checkpoints keep the optimizer, scheduler and RNG state; for LoRA they are small); drop it"
+                f"train.trainer.{key} cannot be used: {UNRESUMABLE_ARGUMENTS[key]}, so an interrupted run "
+                "could not resume exactly; drop it"
             )
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
