@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -171,3 +172,13 @@ class StopOnSignal(TrainerCallback):
         # Stopped mid-epoch: the epoch's evaluation and save belong to the resumed run, at its real end.
         if self.stopping and not float(state.epoch).is_integer():
             control.should_evaluate = control.should_save = control.should_log = False
+
+
+class AtTrainBegin(TrainerCallback):
+    """Call ``action`` when training begins, after the callbacks added before it (a resumed state's checks)."""
+
+    def __init__(self, action: Callable[[], None]):
+        self.action = action
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.action()

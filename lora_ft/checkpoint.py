@@ -14,7 +14,10 @@ epoch's data order afresh, so it skips batches the run never saw. Here:
   training seconds so far.
 
 Resuming builds the model afresh and overwrites every trainable tensor from the checkpoint (key sets
-and shapes must match exactly), so an adapter is never silently re-initialised.
+and shapes must match exactly), so an adapter is never silently re-initialised. The Trainer would
+also quietly restart the optimizer, the warmup or the RNG when their files are missing: a resume
+starts from the newest checkpoint that holds every file intact (``damage``), and a run resumed at or
+past its budget trains no further step (the Trainer checks the budget only after a step).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import RandomSampler, Sampler
 from transformers import Trainer, TrainerCallback
@@ -45,6 +49,8 @@ log = logging.getLogger("lora_ft")
 TRAINABLE_NAME = "trainable.safetensors"
 RESUME_NAME = "resume.json"  # written last: its presence marks a checkpoint this module wrote
 TRAINER_STATE_NAME = "trainer_state.json"
+# The Trainer's own files, each needed to continue exactly (FSDP/DeepSpeed keep their optimizer apart).
+OPTIMIZER_NAME, SCHEDULER_NAME = "optimizer.pt", "scheduler.pt"
 _STEP = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
@@ -103,6 +109,75 @@ def last_checkpoint(directory: Path) -> Path | None:
     return None
 
 
+def _rng_names(world_size: int) -> list[str]:
+    return [f"rng_state_{rank}.pth" for rank in range(world_size)] if world_size > 1 else ["rng_state.pth"]
+
+
+def damage(path: Path, world_size: int = 1) -> str | None:
+    """What keeps checkpoint ``path`` from resuming a ``world_size``-process run exactly, or None.
+
+    Reads the small files whole and checks the structure of the large ones (the safetensors header
+    against the file size, the CRCs of torch.save's zip entries), so a truncated file is found here
+    rather than half-way through loading, or never, when the Trainer skips a missing one.
+    """
+    step = checkpoint_step(path)
+    for name, key in ((RESUME_NAME, "step"), (TRAINER_STATE_NAME, "global_step")):
+        try:
+            record = json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return f"{name} is unreadable"
+        if not isinstance(record, dict) or record.get(key) != step:
+            return f"{name} is not of step {step}"
+    weights = path / TRAINABLE_NAME
+    sharded = not weights.exists() and any(
+        p.name.startswith(("model", "pytorch_model", "global_step")) for p in path.iterdir()
+    )
+    needed = _rng_names(world_size) if sharded else [OPTIMIZER_NAME, SCHEDULER_NAME, *_rng_names(world_size)]
+    if not sharded:
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except FileNotFoundError:
+            return f"{TRAINABLE_NAME} is missing"
+        except (SafetensorError, OSError) as exc:
+            return f"{TRAINABLE_NAME} is unreadable: {str(exc).strip().splitlines()[0]}"
+    for name in needed:
+        try:
+            with zipfile.ZipFile(path / name) as archive:
+                bad = archive.testzip()
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            bad = name
+        if bad is not None:
+            return f"{name} is unreadable"
+    return None
+
+
+def resumable(directory: Path, world_size: int = 1) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint in ``directory`` (or None), and the damaged ones newer than it with
+    what is wrong in each, newest first."""
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(complete_checkpoints(directory)):
+        if not (path / RESUME_NAME).is_file():
+            log.warning("ignoring %s: it has no %s (not written by lora-ft)", path, RESUME_NAME)
+            continue
+        found = damage(path, world_size)
+        if found is None:
+            return path, damaged
+        damaged.append((path, found))
+    return None, damaged
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint; a kill mid-delete leaves ``.checkpoint-N.deleting``, never half a checkpoint."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def tidy_checkpoints(directory: Path) -> None:
     """Undo what a kill mid-save or mid-rotation left: restore a replaced checkpoint, drop temporaries."""
     if not directory.is_dir():
@@ -123,9 +198,7 @@ def rotate(directory: Path, keep: int, protect: str | None = None) -> None:
     for path in complete_checkpoints(directory)[:-keep]:
         if protect is not None and path.resolve() == Path(protect).resolve():
             continue
-        doomed = path.with_name(f".{path.name}.deleting")  # a kill mid-delete leaves no half checkpoint
-        os.replace(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_checkpoint(path)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -319,6 +392,12 @@ class CheckpointTrainer(Trainer):
         else:
             super()._load_best_model()
 
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer checks the budget only after a step: resumed from the checkpoint of the last step
+        # (killed in the final evaluation or while writing the outputs), it would train one step more.
+        if self.state.global_step < self.state.max_steps:
+            super()._run_epoch(*args, **kwargs)
+
     def _finalize_training(self, trial, num_train_samples, start_time):
         # train_runtime and throughput cover the whole run, every resumed segment included.
         prior = (self.resume_record or {}).get("train_seconds", 0.0)
@@ -331,6 +410,10 @@ class _ResumePolicy(TrainerCallback):
     The Trainer evaluates before it saves, and saves nothing with save_strategy "no": a crash in the
     final evaluation (an evaluation batch that does not fit) or while writing the outputs would lose
     the whole run. With the last step checkpointed first, it loses no training.
+
+    A checkpoint of the step that ends an epoch (or the run) is saved before that epoch-end
+    evaluation; a run resumed from one whose trainer state does not hold the evaluation runs it
+    first, as the interrupted run would have. A budget below the step resumed at is refused.
     """
 
     def __init__(self, trainer: CheckpointTrainer):
@@ -348,7 +431,24 @@ class _ResumePolicy(TrainerCallback):
         t._total_loss_scalar = record["total_loss"]
         t._globalstep_last_logged = record["last_logged"]
         t._initial_global_step = 0
+        if state.global_step > state.max_steps:
+            raise LoraFtError(
+                f"cannot resume at step {state.global_step} with a budget of {state.max_steps} steps: the "
+                f"run has trained past it; resume with a budget of at least {state.global_step} steps "
+                "(train.max_steps or train.epochs)"
+            )
+        if _evaluates_after_save(args, state) and not any(
+            entry.get("step") == state.global_step and "eval_loss" in entry for entry in state.log_history
+        ):
+            t.evaluate()
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_save = True
+
+
+def _evaluates_after_save(args, state) -> bool:
+    """Whether the Trainer evaluates at ``state.global_step`` after its checkpoint: at an epoch's end
+    (or the run's, which ends its last epoch) under eval_strategy "epoch"."""
+    at_epoch_end = float(state.epoch).is_integer() or state.global_step >= state.max_steps
+    return args.eval_strategy == "epoch" and at_epoch_end and args.eval_delay <= state.epoch

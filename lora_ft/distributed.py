@@ -8,6 +8,7 @@ Outside a process group every helper is a no-op, so single-process code paths st
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from typing import TypeVar
@@ -80,11 +81,15 @@ def check_same_on_all_ranks(fingerprint: str) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group the Trainer joined, if any.
+    """Leave the process group the Trainer joined, if any, and stop its threads while Python is whole.
 
-    Exiting with a live gloo/NCCL group lets the interpreter tear down its background threads in an
-    arbitrary order; now and then that aborts a rank ("terminate called without an active exception",
-    exit -6) after its work is done, and torchrun then reports the whole launch as failed.
+    ``destroy_process_group`` only drops the registry's reference: the DDP wrapper's reducer holds the
+    group too, and the finished Trainer sits in reference cycles (its callbacks point back at it), so
+    the group and its gloo threads lived on into interpreter teardown. There they were destroyed in
+    whatever order finalisation reached them, and now and then that aborted a finished rank ("terminate
+    called without an active exception", exit -6), failing the whole torchrun launch. Collecting the
+    cycles first leaves the registry's reference the last one, so the group's threads are joined here.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

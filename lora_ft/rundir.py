@@ -19,7 +19,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from lora_ft.checkpoint import checkpoint_step, last_checkpoint, tidy_checkpoints
+from lora_ft.checkpoint import (
+    TRAINER_STATE_NAME,
+    checkpoint_step,
+    last_checkpoint,
+    remove_checkpoint,
+    resumable,
+    tidy_checkpoints,
+)
 from lora_ft.config import (
     DATA_FINGERPRINT,
     RunConfig,
@@ -29,12 +36,16 @@ from lora_ft.config import (
     load_config,
     read_yaml,
 )
+from lora_ft.distributed import launched_world_size
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
 from lora_ft.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
+
+# What a finished run writes next to its checkpoints, before metrics.json marks it finished.
+OUTPUTS = ("adapter", "model")
 
 # What a resume may change: the budget, and how often to log, evaluate and save. Anything else
 # (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
@@ -177,6 +188,21 @@ class RunDir:
                 f"settings; resume with them (`{self.resume_command()}`), change only the budget "
                 "(train.epochs, train.max_steps), or start a new run with another --out"
             )
+        self._check_checkpoints()
+
+    def _check_checkpoints(self) -> None:
+        """Refuse a resume that has checkpoints but no intact one: the Trainer would quietly restart
+        what is missing (the optimizer, the warmup, the RNG) and call the result resumed."""
+        if (self.partial / "metrics.json").is_file():
+            return  # finished, killed while publishing: nothing is loaded from the checkpoints
+        good, damaged = resumable(self.checkpoints, launched_world_size())
+        if good is None and damaged:
+            path, what = damaged[0]
+            again = f"lora-ft train {shlex.quote(str(self.partial / 'config.yaml'))} --out {shlex.quote(str(self.out))}"
+            raise LoraFtError(
+                f"cannot resume {self.out} exactly: {path} is damaged ({what}), and no intact checkpoint "
+                f"is left; start it over with `{again} --force`"
+            )
 
     def changed_data(self, fingerprint: dict[str, str]) -> str | None:
         """Why a resume on data with ``fingerprint`` (``LoadedData.fingerprint``) must be refused, or None.
@@ -230,25 +256,49 @@ class RunDir:
         self._lock_fd = fd
         self.claimed = True
 
-    def start_checkpoint(self) -> Path | None:
-        """The checkpoint to resume from, after tidying a killed save; log.jsonl is cut back to it."""
+    def start_checkpoint(self, world_size: int = 1) -> Path | None:
+        """The checkpoint to resume from, after tidying what a kill left; log.jsonl is cut back to it.
+
+        A newer checkpoint that is damaged is discarded with a warning (``check_resume`` refused the
+        resume if none is intact), and outputs of a run killed before its metrics.json are dropped:
+        the resumed run writes them again.
+        """
         tidy_checkpoints(self.checkpoints)
-        ckpt = last_checkpoint(self.checkpoints)
-        self._trim_log(checkpoint_step(ckpt) if ckpt else 0)
+        ckpt, damaged = resumable(self.checkpoints, world_size)
+        for path, what in damaged if ckpt is not None else []:
+            log.warning("%s is damaged (%s); resuming from %s and discarding it", path, what, ckpt)
+            remove_checkpoint(path)  # kept, rotation would count it and delete the resumed run's saves
+        for name in OUTPUTS:
+            path = self.partial / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+        self._trim_log(ckpt)
         return ckpt
 
-    def _trim_log(self, step: int) -> None:
-        """Drop log lines the resumed run will write again: later steps, and an interrupted call's summary."""
+    def _trim_log(self, ckpt: Path | None) -> None:
+        """Cut log.jsonl back to the lines the checkpoint's trainer state had logged when it was saved.
+
+        The resumed run writes the later ones again: the steps after it, an evaluation that ran after
+        the save (the last epoch-end evaluation), an interrupted call's summary and the test evaluation.
+        """
         path = self.partial / "log.jsonl"
         if not path.is_file():
             return
+        logged = 0
+        if ckpt is not None:
+            state = json.loads((ckpt / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+            logged = len(state.get("log_history", []))
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
+            if len(kept) == logged:
+                break
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            if record.get("step", 0) <= step and "train_runtime" not in record:
+            if "train_runtime" not in record:
                 kept.append(line + "\n")
         write_atomic(path, "".join(kept))
 

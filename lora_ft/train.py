@@ -146,11 +146,52 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     return Prepared(cfg=cfg, data=data, loaded=loaded, build=build, tokenized=tokenized)
 
 
+# The TrainingArguments that lora-ft sets from its own settings (named here for the error): set again
+# under train.trainer they would quietly win over the setting, or point the checkpoints elsewhere.
+OWNED_ARGUMENTS = {
+    "output_dir": "--out",
+    "per_device_train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "num_train_epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "learning_rate": "train.learning_rate",
+    "weight_decay": "train.weight_decay",
+    "warmup_steps": "train.warmup_ratio",
+    "lr_scheduler_type": "train.lr_scheduler",
+    "max_grad_norm": "train.max_grad_norm",
+    "seed": "train.seed",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "activation_checkpointing": "train.gradient_checkpointing",
+    "eval_strategy": "train.eval_strategy",
+    "eval_steps": "train.eval_steps",
+    "logging_steps": "train.logging_steps",
+    "save_strategy": "train.save_strategy",
+    "save_steps": "train.save_steps",
+    "save_total_limit": "train.save_total_limit",
+    "train_sampling_strategy": "train.group_by_length",
+}
+# Arguments under which no checkpoint resumes exactly, and why.
+UNRESUMABLE_ARGUMENTS = {
+    "save_only_model": "its checkpoints leave out the optimizer, scheduler and RNG state",
+    "ignore_data_skip": "a resume would train the batches of its epoch seen before again",
+}
+
+
 def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
     from transformers import TrainingArguments
 
     t = cfg.train
     check_supported(t.precision)
+    for key in sorted(t.trainer):
+        if key in OWNED_ARGUMENTS:
+            raise LoraFtError(f"train.trainer.{key} is lora-ft's to set: use {OWNED_ARGUMENTS[key]} instead")
+        if key in UNRESUMABLE_ARGUMENTS and t.trainer[key]:
+            raise LoraFtError(
+                f"train.trainer.{key} cannot be used: {UNRESUMABLE_ARGUMENTS[key]}, so an interrupted run "
+                "could not resume exactly; drop it"
+            )
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
@@ -249,7 +290,13 @@ def train(
     """
     from transformers import DataCollatorWithPadding, PrinterCallback
 
-    from lora_ft.callbacks import JsonlLogCallback, MemoryCallback, StopOnNonFinite, StopOnSignal
+    from lora_ft.callbacks import (
+        AtTrainBegin,
+        JsonlLogCallback,
+        MemoryCallback,
+        StopOnNonFinite,
+        StopOnSignal,
+    )
     from lora_ft.checkpoint import CheckpointTrainer
 
     if method is not None and method != cfg.train.method:
@@ -298,12 +345,13 @@ def train(
             check_same_on_all_ranks(fingerprint)
             if main and not resume:
                 run.claim(fresh=True)
-            start = from_main(run.start_checkpoint() if main else None) if resume else None
-            if main:
-                records = {"versions": library_versions(), DATA_FINGERPRINT: p.data.fingerprint}
-                write_atomic(run.partial / "config.yaml", dump_config(cfg, records))
-                if notify is not None:
-                    notify(_batch_line(cfg, args.world_size))
+            start = from_main(run.start_checkpoint(args.world_size) if main else None) if resume else None
+            # Written once the resumed state has been checked (a budget below its step is refused), so a
+            # refused resume leaves the config that its resume command continues.
+            records = {"versions": library_versions(), DATA_FINGERPRINT: p.data.fingerprint}
+            config_text = dump_config(cfg, records)
+            if main and notify is not None:
+                notify(_batch_line(cfg, args.world_size))
             # Our classifiers average the loss over the batch and ignore num_items_in_batch; a model whose
             # forward takes **kwargs is assumed to sum over them, and transformers 5 then skips dividing the
             # loss by the accumulation steps and multiplies it by the world size: gradients grow with both.
@@ -326,6 +374,10 @@ def train(
             )
             trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its dict prints
             trainer.add_callback(StopOnSignal(signals))
+            if main:
+                trainer.add_callback(
+                    AtTrainBegin(lambda: write_atomic(run.partial / "config.yaml", config_text))
+                )
             with memory_hint(cfg):
                 result = trainer.train(resume_from_checkpoint=str(start) if start else None)
                 if signals.signum is not None:

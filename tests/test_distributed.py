@@ -147,6 +147,8 @@ def test_ranks_check_they_drew_the_same_initial_weights(tmp_path):
     assert [r["same_seed_check"] for r in ranks] == ["ok", "ok"]
     for r in ranks:  # a rank-dependent seed is refused on every rank, so none trains on alone
         assert r["rank_seed_check"].startswith("ranks [1] built different initial LoRA/head weights")
+    for r in ranks:  # the group's threads end in shutdown, not in the interpreter's teardown (-6 at exit)
+        assert r["gloo_threads_before_shutdown"] and r["gloo_threads_after_shutdown"] == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP is refused only without a CUDA GPU")

@@ -334,3 +334,155 @@ def test_install_rotate_and_tidy_leave_only_complete_checkpoints(tmp_path):
 
     (ckpts / "checkpoint-12").mkdir()  # not written by lora-ft: no resume.json
     assert last_checkpoint(ckpts).name == "checkpoint-10"
+
+
+# 9 steps: off the 6-step epoch, so a resume there lands mid-epoch 1 (where the Trainer trains on).
+OFF_EPOCH = "train.max_steps=9"
+
+
+@pytest.fixture(scope="module")
+def off_epoch_ref(toy, tmp_path_factory) -> tuple[Path, dict]:
+    ref = tmp_path_factory.mktemp("off-epoch") / "ref"
+    return ref, train(toy.cfg(OFF_EPOCH), ref)
+
+
+class CrashInEvaluation(TrainerCallback):
+    """A crash (or kill) in the evaluation at step 9 whose metrics carry ``prefix``."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == 9 and f"{self.prefix}_loss" in metrics:
+            raise ValueError(f"killed in the {self.prefix} evaluation")
+
+
+@pytest.mark.parametrize("where", ["eval", "test", "adapter"])
+def test_killed_after_the_final_checkpoint_resumes_without_training_past_the_budget(
+    tmp_path, toy, off_epoch_ref, monkeypatch, where
+):
+    """Killed in the last epoch-end validation, in the test evaluation, or after adapter/ was written."""
+    import lora_ft.train as train_module
+
+    ref, ref_metrics = off_epoch_ref
+    cfg, out = toy.cfg(OFF_EPOCH), tmp_path / "run"
+    callbacks = []
+    if where == "adapter":
+        real = train_module._save_outputs
+
+        def save_then_die(*args):
+            real(*args)
+            raise ValueError("killed before metrics.json")
+
+        monkeypatch.setattr(train_module, "_save_outputs", save_then_die)
+    else:
+        callbacks = [CrashInEvaluation(where)]
+    with pytest.raises(ValueError, match="killed"):
+        train(cfg, out, callbacks=callbacks)
+    monkeypatch.undo()
+    assert (tmp_path / ".run.partial" / "adapter").is_dir() == (where == "adapter")
+    metrics = train(cfg, out, resume=True)
+    assert metrics["global_steps"] == 9 and metrics["resumed_from_steps"] == [9]
+    _assert_same_run(ref, out, ref_metrics, metrics)
+
+
+def test_resume_below_the_step_reached_is_refused_and_at_it_trains_nothing(tmp_path, toy):
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    with pytest.raises(TrainingInterrupted):
+        train(toy.cfg(), out, callbacks=[SignalAt(8)])
+    saved_config = (partial / "config.yaml").read_text()
+    with pytest.raises(LoraFtError) as info:
+        train(toy.cfg("train.max_steps=5"), out, resume=True)
+    assert str(info.value).startswith(
+        "cannot resume at step 8 with a budget of 5 steps: the run has trained past it; resume with a "
+        "budget of at least 8 steps (train.max_steps or train.epochs)"
+    )
+    assert str(info.value).endswith(f"resume with: lora-ft train --resume {out}")
+    assert (partial / "config.yaml").read_text() == saved_config  # that resume command still works
+    saved = load_file(str(partial / "checkpoints" / "checkpoint-8" / "trainable.safetensors"))
+
+    at_end = SnapshotAtEnd()
+    metrics = train(toy.cfg("train.max_steps=8"), out, resume=True, callbacks=[at_end])
+    assert metrics["global_steps"] == 8 and metrics["resumed_from_steps"] == [8]
+    assert at_end.tensors.keys() == saved.keys()
+    for name, tensor in saved.items():  # not one step more
+        assert torch.equal(at_end.tensors[name], tensor), name
+
+
+class SnapshotAtEnd(Snapshot):
+    """The trainable tensors as training leaves them."""
+
+    def on_train_begin(self, *args, **kwargs):
+        pass
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model)
+
+
+def _damage(ckpt: Path, name: str) -> None:
+    path = ckpt / name
+    if name.endswith(".json"):
+        path.write_text('{"global_step": 5, "step"')  # cut short
+    elif name == "trainable.safetensors":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.unlink()
+
+
+DAMAGE = [
+    "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainable.safetensors", "resume.json",
+    "trainer_state.json",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DAMAGE)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, toy, caplog, name):
+    cfg = toy.cfg("train.save_strategy=steps", "train.save_steps=2", "train.save_total_limit=2")
+    out, checkpoints = tmp_path / "run", tmp_path / ".run.partial" / "checkpoints"
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out, callbacks=[SignalAt(5)])
+    _damage(checkpoints / "checkpoint-5", name)
+    metrics = train(cfg, out, resume=True)
+    assert metrics["resumed_from_steps"] == [4]
+    assert f"{checkpoints / 'checkpoint-5'} is damaged ({name}" in caplog.text
+    assert f"resuming from {checkpoints / 'checkpoint-4'}" in caplog.text
+    _assert_same_run(toy.ref, out, toy.ref_metrics, metrics)
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt"])
+def test_a_missing_optimizer_or_scheduler_with_no_intact_checkpoint_is_refused(tmp_path, toy, name):
+    out, checkpoints = tmp_path / "run", tmp_path / ".run.partial" / "checkpoints"
+    with pytest.raises(TrainingInterrupted):
+        train(toy.cfg(), out, callbacks=[SignalAt(5)])
+    (checkpoints / "checkpoint-5" / name).unlink()
+    with pytest.raises(LoraFtError) as info:
+        train(toy.cfg(), out, resume=True)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot resume {out} exactly: {checkpoints / 'checkpoint-5'} is damaged ({name} "
+    )
+    assert "no intact checkpoint is left" in message and "--force" in message
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-5"]  # nothing discarded
+
+
+@pytest.mark.parametrize(
+    "setting, phrase",
+    [
+        (
+            "train.trainer.output_dir={tmp}/elsewhere",
+            "train.trainer.output_dir is lora-ft's to set: use --out",
+        ),
+        (
+            "train.trainer.learning_rate=0.1",
+            "train.trainer.learning_rate is lora-ft's to set: use train.learning_rate",
+        ),
+        ("train.trainer.save_only_model=true", "train.trainer.save_only_model cannot be used"),
+    ],
+)
+def test_trainer_settings_that_would_break_resume_are_refused_before_anything_is_written(
+    tmp_path, toy, setting, phrase
+):
+    with pytest.raises(LoraFtError) as info:
+        train(toy.cfg("train.max_steps=2", setting.format(tmp=tmp_path)), tmp_path / "run")
+    assert str(info.value).startswith(phrase), str(info.value)
+    assert list(tmp_path.iterdir()) == []
