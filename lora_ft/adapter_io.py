@@ -34,7 +34,7 @@ from lora_ft.errors import LoraFtError
 from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
 from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
-from lora_ft.lora import LoRALinear
+from lora_ft.lora import LoRALinear, lora_scaling
 
 log = logging.getLogger("lora_ft")
 
@@ -448,7 +448,7 @@ def _check_ranks_and_scaling(adapter: Adapter) -> None:
             )
         if module in adapter.scaling:
             alpha = adapter.alpha_of(module)
-            scaling = alpha / (r**0.5 if cfg.get("use_rslora") else r)
+            scaling = lora_scaling(alpha, r, bool(cfg.get("use_rslora")))
             if not is_within(abs(scaling - adapter.scaling[module]), 1e-6 * max(1.0, abs(scaling))):
                 raise LoraFtError(
                     f"adapter {adapter.path}: {module} was trained with scaling {adapter.scaling[module]:g} but "

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lora_ft.errors import LoraFtError
+from lora_ft.lora import lora_scaling
 
 THRESHOLDS = (0.90, 0.99)
 # Singular values below this fraction of the largest count as zero for the numerical rank (float64).
@@ -129,7 +130,7 @@ def adapter_scaling(adapter, module: str) -> float:
     if module in adapter.scaling:
         return float(adapter.scaling[module])
     r = adapter.rank_of(module)
-    return adapter.alpha_of(module) / (r**0.5 if adapter.config.get("use_rslora") else r)
+    return lora_scaling(adapter.alpha_of(module), r, bool(adapter.config.get("use_rslora")))
 
 
 def analyse(

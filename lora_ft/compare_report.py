@@ -213,7 +213,7 @@ def setup_lines(c: Comparison) -> list[str]:
         lines.append("LoRA variants: " + "; ".join(describe_variant(m) for m in variants))
     if any(s.rank is not None for s in c.specs):
         lines.append(
-            f"rank sweep: LoRA alpha/r kept at {cfg.lora.alpha / cfg.lora.r:g} (the config's scaling)"
+            f"rank sweep: LoRA alpha/r kept at {cfg.lora.scaling:g} (the config's scaling)"
             if not cfg.lora.rslora
             else f"rank sweep: rsLoRA, alpha {cfg.lora.alpha:g} at every rank"
         )

@@ -20,6 +20,7 @@ import yaml
 
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_record
+from lora_ft.lora import lora_scaling
 
 METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -144,7 +145,7 @@ class LoRAConfig:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / (self.r**0.5 if self.rslora else self.r)
+        return lora_scaling(self.alpha, self.r, self.rslora)
 
 
 @dataclass

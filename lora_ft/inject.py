@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora import LoRALinear
+from lora_ft.lora import DoRALinear, LoRALinear
 
 log = logging.getLogger("lora_ft")
 
@@ -285,15 +285,15 @@ def inject_lora(
         raise LoraFtError(f"targets {', '.join(overlap)} lie inside head modules {', '.join(head_names)}")
     _check_patterns(names, {"rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern})
     report = InjectionReport(head=head_names)
+    wrapper = DoRALinear if use_dora else LoRALinear
     for name in names:
-        layer = LoRALinear(
+        layer = wrapper(
             model.get_submodule(name),
             r=pattern_value(rank_pattern, name, r),
             alpha=pattern_value(alpha_pattern, name, alpha),
             dropout=dropout,
             init=init,
             rslora=rslora,
-            use_dora=use_dora,
         )
         _set_module(model, name, layer)
         params = sum(p.numel() for p in _lora_params(layer))
@@ -335,7 +335,7 @@ def freeze_for_method(model: nn.Module, method: str, head: list[str]) -> None:
 
 def _lora_params(layer: LoRALinear) -> list[nn.Parameter]:
     """What trains in a LoRA layer: A and B, and DoRA's magnitude."""
-    return [p for p in (layer.lora_A, layer.lora_B, layer.lora_magnitude) if p is not None]
+    return [layer.lora_A, layer.lora_B, *([layer.lora_magnitude] if layer.use_dora else [])]
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -382,7 +382,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in lora_layers(model).items():
         out[f"{name}.lora_A"] = layer.lora_A.detach()
         out[f"{name}.lora_B"] = layer.lora_B.detach()
-        if layer.lora_magnitude is not None:
+        if layer.use_dora:
             out[f"{name}.lora_magnitude"] = layer.lora_magnitude.detach()
     return out
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_ft.lora import LoRALinear, _dropped_positions
+from lora_ft.lora import LoRALinear
+from lora_ft.lora.fused import _dropped_positions
 
 IN, OUT, R = 12, 10, 4
 
@@ -116,6 +117,81 @@ def test_gradients_match_the_formula(dropout):
     (layer.base(x_ref) + h @ a.T @ b.T * layer.scaling).backward(grad_out)
     for got, want in zip(ours, (x_ref.grad, a.grad, b.grad), strict=True):
         torch.testing.assert_close(got, want)
+
+
+class _DropAsFused(nn.Module):
+    """Inverted dropout with the mask the fused path draws from the same RNG state (``_keep``), so the
+    plain path can drop exactly the elements the fused one drops."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _keep(x.shape, self.p) / (1 - self.p) if self.training else x
+
+
+def _graph_ops(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node.name() not in seen:
+            seen.add(node.name())
+            todo.extend(n for n, _ in node.next_functions)
+    return seen
+
+
+def _values_and_grads(layer: LoRALinear, fused: bool, x: torch.Tensor, grad_out: torch.Tensor, seed=7):
+    layer.fused = fused
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = layer(x)
+    assert ("_LoRAUpdateBackward" in _graph_ops(out)) == fused  # each path is the one it claims
+    out.backward(grad_out)
+    return {
+        "out": out.detach(), "x": x.grad, "lora_A": layer.lora_A.grad.clone(),
+        "lora_B": layer.lora_B.grad.clone(), "base.bias": layer.base.bias.grad.clone(),
+    }  # fmt: skip
+
+
+def test_fused_is_the_default():
+    assert LoRALinear.fused and make().fused
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1, 0.5])  # none / the fused sparse sampler / nn.Dropout
+@pytest.mark.parametrize("shape", [(6,), (3, 5)])
+def test_fused_and_plain_paths_give_the_same_values_and_gradients(dropout, shape):
+    """``fused`` is only speed: the same output and the same gradients for x, A, B and a trainable base
+    bias, in training mode with the same dropout mask on both paths."""
+    layer = randomize_b(make(dropout=dropout))
+    layer.base.bias.requires_grad_(True)
+    x, grad_out = x_of(*shape, IN), x_of(*shape, OUT, seed=3)
+    fused = _values_and_grads(layer, True, x, grad_out)
+    if 0 < dropout <= 0.25:
+        layer.dropout = _DropAsFused(dropout)
+    plain = _values_and_grads(layer, False, x, grad_out)
+    without_dropout = layer.eval()(x).detach()
+    assert torch.allclose(fused["out"], without_dropout) == (dropout == 0)  # the mask dropped something
+    for name, want in plain.items():
+        torch.testing.assert_close(fused[name], want, msg=lambda m, name=name: f"{name}: {m}")
+    assert not torch.equal(fused["out"], layer.base(x).detach())  # the update changed something
+
+
+def test_fused_and_plain_paths_agree_for_a_bf16_base_and_under_autocast():
+    torch.manual_seed(0)
+    layer = randomize_b(LoRALinear(nn.Linear(IN, OUT).to(torch.bfloat16), r=R, alpha=8))
+    x = x_of(4, IN, dtype=torch.bfloat16)
+    outs = {}
+    for fused in (True, False):
+        layer.fused = fused
+        outs[fused] = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[fused, "autocast"] = layer(x)
+    assert outs[True].dtype == outs[False].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[True], outs[False], atol=0.05, rtol=0.02)
+    torch.testing.assert_close(outs[True, "autocast"], outs[False, "autocast"], atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.25])

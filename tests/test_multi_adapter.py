@@ -4,7 +4,6 @@ stable and copies no base weight, disabling gives the base model back, merging i
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from pathlib import Path
@@ -253,9 +252,6 @@ def test_different_label_names_warn_and_each_adapter_keeps_its_own(tmp_path, ada
     assert aset.label_names("a") == ["neg", "pos"] and aset.label_names("named") == ["negative", "positive"]
 
 
-@pytest.mark.skipif(
-    "use_dora" not in inspect.signature(LoRALinear).parameters, reason="LoRALinear has no DoRA variant"
-)
 def test_a_dora_adapter_beside_plain_ones(tmp_path, adapters, tiny_bert_dir, single):
     """The set wraps whatever apply_adapter builds: DoRA's magnitude travels with its own wrappers."""
     _adapter(tiny_bert_dir, tmp_path / "dora", targets=["query", "value"], r=2, seed=4, use_dora=True)

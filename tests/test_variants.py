@@ -19,7 +19,7 @@ from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.export import export_merged
 from lora_ft.inject import default_head, inject_lora, lora_layers, merge_and_unload
-from lora_ft.lora import LoRALinear
+from lora_ft.lora import DoRALinear, LoRALinear
 
 from .test_adapter_io import base_model, logits_of
 from .test_compare import _cfg, in_process
@@ -27,10 +27,10 @@ from .test_compare import _cfg, in_process
 IN, OUT, R = 12, 10, 4
 
 
-def dora_layer(bias: bool = True, dropout: float = 0.0, seed: int = 0) -> LoRALinear:
+def dora_layer(bias: bool = True, dropout: float = 0.0, seed: int = 0) -> DoRALinear:
     """A DoRA layer that changes something: non-zero B and a magnitude away from ‖W‖."""
     torch.manual_seed(seed)
-    layer = LoRALinear(nn.Linear(IN, OUT, bias=bias), r=R, alpha=8, dropout=dropout, use_dora=True)
+    layer = DoRALinear(nn.Linear(IN, OUT, bias=bias), r=R, alpha=8, dropout=dropout)
     with torch.no_grad():
         layer.lora_B.normal_()
         layer.lora_magnitude.mul_(torch.rand(OUT) + 0.5)
@@ -53,7 +53,7 @@ def dora_reference(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
 
 def test_dora_starts_equal_to_its_base():
     torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(IN, OUT), r=R, alpha=8, use_dora=True)
+    layer = DoRALinear(nn.Linear(IN, OUT), r=R, alpha=8)
     assert layer.lora_magnitude.shape == (OUT,)
     torch.testing.assert_close(
         layer.lora_magnitude, torch.linalg.vector_norm(layer.base.weight, dim=1), atol=0, rtol=0
