@@ -37,23 +37,36 @@ MARKER_NAME = ".lora-ft-output.json"
 MARKER_MAX_BYTES = 1 << 20
 COMPARISON = "comparison"
 
-# Outputs written before the marker, recognised by their exact top-level names (frozen: new outputs
-# carry the marker, so these never grow). A layout is (names that must be present, allowed patterns).
-_LEGACY_LAYOUTS = (
+# Outputs written before the marker, recognised by their exact layout (frozen: new outputs carry the
+# marker, so these never grow). A layout is (top-level names that must be present, what may be there):
+# a pattern maps to None for a regular file, or to the layout of a directory, down to every file, so a
+# directory of someone else's that only borrows one of our names (a run's model/) is never ours.
+_Layout = dict[str, "_Layout | None"]
+_HF_CHECKPOINT = (
+    ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json")
+    + ("tokenizer*.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json")
+    + ("merges.txt", "*.model", "chat_template.jinja")
+)
+_TRAINER_CHECKPOINT = ("trainable.safetensors", "resume.json", "trainer_state.json", "optimizer.pt")
+_TRAINER_CHECKPOINT += ("scheduler.pt", "scaler.pt", "rng_state*.pth")
+_CHECKPOINTS: _Layout = {
+    pattern: dict.fromkeys(_TRAINER_CHECKPOINT) for pattern in ("checkpoint-*", ".checkpoint-*")
+}
+_LEGACY_LAYOUTS: tuple[tuple[tuple[str, ...], _Layout], ...] = (
     (  # a run: config.yaml, metrics.json, log.jsonl, adapter/ or model/, checkpoints/
         ("config.yaml", "metrics.json"),
-        ("config.yaml", "metrics.json", "log.jsonl", "adapter", "model", "checkpoints"),
+        dict.fromkeys(("config.yaml", "metrics.json", "log.jsonl"))
+        | {"adapter": dict.fromkeys(("adapter_config.json", "adapter_model.safetensors"))}
+        | {"model": dict.fromkeys(_HF_CHECKPOINT), "checkpoints": _CHECKPOINTS},
     ),
     (  # an inspect report
         ("inspect.json",),
-        ("inspect.json", "lora_spectra.png", "lora_energy.png", "spectra_vs_full.png", "energy_vs_full.png")
-        + ("rank_summary.png",),
+        dict.fromkeys(("inspect.json", "lora_spectra.png", "lora_energy.png", "spectra_vs_full.png"))
+        | dict.fromkeys(("energy_vs_full.png", "rank_summary.png")),
     ),
     (  # a merged export: a Hugging Face checkpoint, its tokenizer, our provenance and model card
         ("lora-ft.json", "config.json"),
-        ("lora-ft.json", "config.json", "generation_config.json", "README.md", "*.safetensors")
-        + ("model.safetensors.index.json", "tokenizer*.json", "special_tokens_map.json", "added_tokens.json")
-        + ("vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja"),
+        dict.fromkeys(("lora-ft.json", "README.md", *_HF_CHECKPOINT)),
     ),
 )
 # A comparison's directory from before the marker: its report, and runs/ (configs, logs, run dirs).
@@ -134,8 +147,26 @@ def _tree(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+def _outside_layout(path: Path, layout: _Layout | None) -> str | None:
+    """The first path at or under ``path`` that ``layout`` does not allow (relative, ``""`` for ``path``
+    itself), or None when all of it fits; a link never fits."""
+    if path.is_symlink():
+        return ""
+    if layout is None:
+        return None if path.is_file() else ""
+    if not path.is_dir():
+        return ""
+    for child in sorted(path.iterdir()):
+        inner = _outside_entry(child, layout)
+        if inner is not None:
+            return f"{child.name}/{inner}" if inner else child.name
+    return None
+
+
+def _outside_entry(path: Path, layout: _Layout) -> str | None:
+    """``_outside_layout`` of ``path`` under the first pattern of the directory ``layout`` it matches."""
+    patterns = [pattern for pattern in layout if fnmatch.fnmatchcase(path.name, pattern)]
+    return _outside_layout(path, layout[patterns[0]]) if patterns else ""
 
 
 def _foreign_inside(path: Path) -> str | None:
@@ -162,14 +193,15 @@ def _foreign(directory: Path) -> str | None:
             return f"{rel}/{inner}" if inner else rel
         return None
     entries = sorted(p.name for p in directory.iterdir())
-    for required, allowed in _LEGACY_LAYOUTS:
+    for required, layout in _LEGACY_LAYOUTS:
         if all((directory / name).exists() for name in required):
             for name in entries:
                 path = directory / name
-                if path.is_symlink() or not _matches(name, allowed):
-                    inner = _foreign_inside(path)
-                    if inner is not None:
-                        return f"{name}/{inner}" if inner else name
+                outside = _outside_entry(path, layout)
+                inner = _foreign_inside(path) if outside is not None else None  # e.g. RUN/inspect is ours
+                if inner is not None:
+                    found = outside or inner  # what breaks our layout in it, else its first foreign path
+                    return f"{name}/{found}" if found else name
             return None
     return entries[0] if entries else None
 
