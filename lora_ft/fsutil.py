@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,10 @@ def check_location(out: Path) -> None:
             f"--out {out} {why}; lora-ft writes each output into a directory of its own: give a new one, "
             "e.g. --out runs/NAME"
         )
+    if out.name == "..":  # publishing renames onto the name "..", which fails only once the work is done
+        raise LoraFtError(
+            f"--out {out} ends in '..'; name the directory itself ({os.path.realpath(out)}) or another --out"
+        )
     if path_exists(out) and not out.is_dir():
         raise LoraFtError(f"output path {out} exists and is not a directory")
 
@@ -206,9 +211,17 @@ def _foreign(directory: Path) -> str | None:
     return entries[0] if entries else None
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Before any work: may a new output be published at ``out``? Raises a LoraFtError naming the fix."""
+def check_output_dir(out: Path, force: bool, sources: Iterable[Path] = ()) -> None:
+    """Before any work: may a new output be published at ``out``? Raises a LoraFtError naming the fix.
+
+    ``sources`` are the directories the command reads: an ``out`` that is one of them or holds one
+    would replace its own input, ``--force`` or not.
+    """
     check_location(out)
+    target = out.resolve()
+    for src in sources:
+        if src.resolve().is_relative_to(target):
+            raise LoraFtError(f"--out {out} would replace the source {src}; choose another --out")
     if path_exists(out):
         foreign = _foreign(out)
         if foreign is not None:

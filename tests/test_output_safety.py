@@ -177,6 +177,32 @@ def test_a_symlink_out_is_refused(writer, target, run, tiny_bert_dir, data_dir, 
     assert _snapshot(tmp_path) == before and link.is_symlink()  # no .link.old-PID, no temporary
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_out_ending_in_dotdot_is_refused_before_any_work(
+    writer, run, tiny_bert_dir, data_dir, tmp_path, no_work
+):
+    """``--out elsewhere/new/..`` names no directory to rename into place: it was found only after training."""
+    (tmp_path / "elsewhere").mkdir()
+    before = _snapshot(tmp_path)
+    out = str(tmp_path / "elsewhere" / "new" / "..")
+    result = runner.invoke(app, _argv(writer, run, tiny_bert_dir, data_dir, out))
+    assert_one_line_error(result, f"ends in '..'; name the directory itself ({tmp_path / 'elsewhere'})")
+    assert _snapshot(tmp_path) == before  # no elsewhere/new, no partial
+
+
+@pytest.mark.parametrize("writer", ["merge", "inspect"])
+@pytest.mark.parametrize("source", ["run", "adapter"])
+def test_force_never_replaces_the_output_the_command_reads(writer, source, run, tmp_path, no_work):
+    """The run is lora-ft's, so --force could replace it, but not with a report or export made from it."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    before = _snapshot(tmp_path)
+    src = copy if source == "run" else copy / "adapter"
+    result = runner.invoke(app, [writer, str(src), "--out", str(copy), "--force"])
+    assert_one_line_error(result, f"--out {copy} would replace the source {src}")
+    assert _snapshot(tmp_path) == before
+
+
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
