@@ -333,18 +333,33 @@ def _link_error(path: Path) -> LoraFtError:
     )
 
 
+def _special_error(path: Path) -> LoraFtError:
+    return LoraFtError(
+        f"{path} is not a regular file (a FIFO, socket or device); lora-ft writes only files of its own "
+        "there: remove it (or use a copy of the directory without it) and retry"
+    )
+
+
 def open_own(path: Path, flags: int, mode: int = 0o666) -> int:
-    """``os.open`` of a file of ours, never through a symbolic link (``O_NOFOLLOW``); returns the fd.
+    """``os.open`` of a regular file of ours, never through a symbolic link (``O_NOFOLLOW``); the fd.
+
+    ``O_NONBLOCK`` too: opening a FIFO planted at the name would otherwise wait for a writer forever.
 
     Raises:
-        LoraFtError: ``path`` is a symbolic link.
+        LoraFtError: ``path`` is a symbolic link, or not a regular file.
     """
     try:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _link_error(path) from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing, with no reader
+            raise _special_error(path) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _special_error(path)
+    return fd
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -375,10 +390,11 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def refuse_links(root: Path, what: str) -> None:
-    """Refuse ``root`` if it or anything under it is a symbolic link: lora-ft writes there and makes none.
+    """Refuse ``root`` if it or anything under it is a symbolic link, or neither a file nor a directory
+    (a FIFO that reading would wait on forever): lora-ft writes there and makes none of them.
 
     Raises:
-        LoraFtError: naming the first link found.
+        LoraFtError: naming the first one found.
     """
     if root.is_symlink():
         raise LoraFtError(
@@ -393,6 +409,8 @@ def refuse_links(root: Path, what: str) -> None:
                     f"{what} {root} holds a symbolic link, {path}; lora-ft writes into this directory and "
                     "never through a link it did not make: remove the link (or use a copy without links)"
                 )
+            if not (path.is_file() or path.is_dir()):
+                raise _special_error(path)
 
 
 def read_record(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> str:
