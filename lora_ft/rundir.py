@@ -35,6 +35,7 @@ from lora_ft.config import (
     config_from_dict,
     load_config,
     read_yaml,
+    with_absolute_paths,
 )
 from lora_ft.distributed import launched_world_size
 from lora_ft.errors import LoraFtError
@@ -81,8 +82,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (old, new)}`` for every setting that differs."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    """``{dotted key: (old, new)}`` for every setting that differs, local paths compared absolute."""
+    a, b = _flatten(with_absolute_paths(old).to_dict()), _flatten(with_absolute_paths(new).to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
