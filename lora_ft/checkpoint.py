@@ -116,9 +116,9 @@ def _rng_names(world_size: int) -> list[str]:
 def damage(path: Path, world_size: int = 1) -> str | None:
     """What keeps checkpoint ``path`` from resuming a ``world_size``-process run exactly, or None.
 
-    Reads the small files whole and checks the structure of the large ones (the safetensors header
-    against the file size, the CRCs of torch.save's zip entries), so a truncated file is found here
-    rather than half-way through loading, or never, when the Trainer skips a missing one.
+    Reads the small files and the trainable tensors whole (non-finite weights are damage too) and
+    checks the structure of the large ones (the CRCs of torch.save's zip entries), so a truncated file
+    is found here rather than half-way through loading, or never, when the Trainer skips a missing one.
     """
     step = checkpoint_step(path)
     for name, key in ((RESUME_NAME, "step"), (TRAINER_STATE_NAME, "global_step")):
@@ -137,12 +137,14 @@ def damage(path: Path, world_size: int = 1) -> str | None:
     needed = _rng_names(world_size) if sharded else [OPTIMIZER_NAME, SCHEDULER_NAME, *_rng_names(world_size)]
     if not sharded:
         try:
-            with safe_open(str(weights), "pt"):
-                pass
+            with safe_open(str(weights), "pt") as f:
+                bad = first_nonfinite((key, f.get_tensor(key)) for key in f.keys())
         except FileNotFoundError:
             return f"{TRAINABLE_NAME} is missing"
         except (SafetensorError, OSError) as exc:
             return f"{TRAINABLE_NAME} is unreadable: {str(exc).strip().splitlines()[0]}"
+        if bad is not None:  # saved by a lora-ft that checkpointed a diverged run: it would train on NaN
+            return f"{TRAINABLE_NAME} is not finite: {bad}"
     for name in needed:
         try:
             with zipfile.ZipFile(path / name) as archive:

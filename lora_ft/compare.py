@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.compare_worker import Emit, run_in_subprocess
-from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
+from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml, with_absolute_paths
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_atomic, write_marker
 
@@ -267,8 +267,8 @@ def _check_reusable(cfg: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only if it was trained with exactly the config this comparison asks for."""
     saved = config_from_dict(
         read_yaml(run_dir / "config.yaml"), trust_remote_code=cfg.model.trust_remote_code
-    ).to_dict()
-    wanted = cfg.to_dict()
+    )
+    saved, wanted = with_absolute_paths(saved).to_dict(), with_absolute_paths(cfg).to_dict()
     changed = [
         f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
         for section, values in wanted.items()

@@ -27,7 +27,7 @@ from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
-from lora_ft.fsutil import check_location, check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
 from lora_ft.inject import lora_layers, merge_and_unload
 from lora_ft.predict import predict_logits
 
@@ -148,16 +148,6 @@ def _check_plain(model: torch.nn.Module, trust_remote_code: bool) -> None:
         )
 
 
-def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
-    check_location(out)
-    target = out.resolve()
-    for src in sources:
-        s = src.resolve()
-        if s == target or s.is_relative_to(target):
-            raise LoraFtError(f"--out {out} would replace the source {src}; choose another --out")
-    check_output_dir(out, force)
-
-
 def export_merged(
     path: str | Path,
     out: str | Path,
@@ -185,7 +175,7 @@ def export_merged(
     if dtype not in DTYPES:
         raise LoraFtError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out).expanduser()
-    _check_out(out, force, [Path(path).expanduser()])
+    check_output_dir(out, force, [Path(path).expanduser()])
     artifact = load_artifact(path, base=base, trust_remote_code=trust_remote_code)
     if artifact.kind != "adapter":
         raise LoraFtError(
@@ -193,7 +183,7 @@ def export_merged(
             "loads with AutoModelForSequenceClassification.from_pretrained"
         )
     if artifact.run_dir is not None:
-        _check_out(out, force, [artifact.run_dir])
+        check_output_dir(out, force, [artifact.run_dir])
     probe = probe_batch(artifact, probe_size)
     model, tok = artifact.model, artifact.tokenizer
 

@@ -76,9 +76,13 @@ def require_finite_metrics(metrics: Mapping[str, Any], context: str) -> None:
         raise LoraFtError(f"{context}: {found[0]} is {found[1]}")
 
 
-def diverged(step: int, what: str, learning_rate: float) -> LoraFtError:
+class TrainingDiverged(LoraFtError):
+    """A run whose loss, gradient or weights stopped being finite: an exact resume diverges again."""
+
+
+def diverged(step: int, what: str, learning_rate: float) -> TrainingDiverged:
     """The one message for a run whose loss, gradient or weights stopped being finite at ``step``."""
-    return LoraFtError(
+    return TrainingDiverged(
         f"training diverged at step {step}: {what}; nothing non-finite was saved. Lower "
         f"train.learning_rate ({learning_rate:g} now) or train.max_grad_norm"
     )

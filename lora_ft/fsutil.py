@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +38,36 @@ MARKER_NAME = ".lora-ft-output.json"
 MARKER_MAX_BYTES = 1 << 20
 COMPARISON = "comparison"
 
-# Outputs written before the marker, recognised by their exact top-level names (frozen: new outputs
-# carry the marker, so these never grow). A layout is (names that must be present, allowed patterns).
-_LEGACY_LAYOUTS = (
+# Outputs written before the marker, recognised by their exact layout (frozen: new outputs carry the
+# marker, so these never grow). A layout is (top-level names that must be present, what may be there):
+# a pattern maps to None for a regular file, or to the layout of a directory, down to every file, so a
+# directory of someone else's that only borrows one of our names (a run's model/) is never ours.
+_Layout = dict[str, "_Layout | None"]
+_HF_CHECKPOINT = (
+    ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json")
+    + ("tokenizer*.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json")
+    + ("merges.txt", "*.model", "chat_template.jinja")
+)
+_TRAINER_CHECKPOINT = ("trainable.safetensors", "resume.json", "trainer_state.json", "optimizer.pt")
+_TRAINER_CHECKPOINT += ("scheduler.pt", "scaler.pt", "rng_state*.pth")
+_CHECKPOINTS: _Layout = {
+    pattern: dict.fromkeys(_TRAINER_CHECKPOINT) for pattern in ("checkpoint-*", ".checkpoint-*")
+}
+_LEGACY_LAYOUTS: tuple[tuple[tuple[str, ...], _Layout], ...] = (
     (  # a run: config.yaml, metrics.json, log.jsonl, adapter/ or model/, checkpoints/
         ("config.yaml", "metrics.json"),
-        ("config.yaml", "metrics.json", "log.jsonl", "adapter", "model", "checkpoints"),
+        dict.fromkeys(("config.yaml", "metrics.json", "log.jsonl"))
+        | {"adapter": dict.fromkeys(("adapter_config.json", "adapter_model.safetensors"))}
+        | {"model": dict.fromkeys(_HF_CHECKPOINT), "checkpoints": _CHECKPOINTS},
     ),
     (  # an inspect report
         ("inspect.json",),
-        ("inspect.json", "lora_spectra.png", "lora_energy.png", "spectra_vs_full.png", "energy_vs_full.png")
-        + ("rank_summary.png",),
+        dict.fromkeys(("inspect.json", "lora_spectra.png", "lora_energy.png", "spectra_vs_full.png"))
+        | dict.fromkeys(("energy_vs_full.png", "rank_summary.png")),
     ),
     (  # a merged export: a Hugging Face checkpoint, its tokenizer, our provenance and model card
         ("lora-ft.json", "config.json"),
-        ("lora-ft.json", "config.json", "generation_config.json", "README.md", "*.safetensors")
-        + ("model.safetensors.index.json", "tokenizer*.json", "special_tokens_map.json", "added_tokens.json")
-        + ("vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja"),
+        dict.fromkeys(("lora-ft.json", "README.md", *_HF_CHECKPOINT)),
     ),
 )
 # A comparison's directory from before the marker: its report, and runs/ (configs, logs, run dirs).
@@ -105,6 +119,10 @@ def check_location(out: Path) -> None:
             f"--out {out} {why}; lora-ft writes each output into a directory of its own: give a new one, "
             "e.g. --out runs/NAME"
         )
+    if out.name == "..":  # publishing renames onto the name "..", which fails only once the work is done
+        raise LoraFtError(
+            f"--out {out} ends in '..'; name the directory itself ({os.path.realpath(out)}) or another --out"
+        )
     if path_exists(out) and not out.is_dir():
         raise LoraFtError(f"output path {out} exists and is not a directory")
 
@@ -134,8 +152,26 @@ def _tree(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+def _outside_layout(path: Path, layout: _Layout | None) -> str | None:
+    """The first path at or under ``path`` that ``layout`` does not allow (relative, ``""`` for ``path``
+    itself), or None when all of it fits; a link never fits."""
+    if path.is_symlink():
+        return ""
+    if layout is None:
+        return None if path.is_file() else ""
+    if not path.is_dir():
+        return ""
+    for child in sorted(path.iterdir()):
+        inner = _outside_entry(child, layout)
+        if inner is not None:
+            return f"{child.name}/{inner}" if inner else child.name
+    return None
+
+
+def _outside_entry(path: Path, layout: _Layout) -> str | None:
+    """``_outside_layout`` of ``path`` under the first pattern of the directory ``layout`` it matches."""
+    patterns = [pattern for pattern in layout if fnmatch.fnmatchcase(path.name, pattern)]
+    return _outside_layout(path, layout[patterns[0]]) if patterns else ""
 
 
 def _foreign_inside(path: Path) -> str | None:
@@ -162,21 +198,30 @@ def _foreign(directory: Path) -> str | None:
             return f"{rel}/{inner}" if inner else rel
         return None
     entries = sorted(p.name for p in directory.iterdir())
-    for required, allowed in _LEGACY_LAYOUTS:
+    for required, layout in _LEGACY_LAYOUTS:
         if all((directory / name).exists() for name in required):
             for name in entries:
                 path = directory / name
-                if path.is_symlink() or not _matches(name, allowed):
-                    inner = _foreign_inside(path)
-                    if inner is not None:
-                        return f"{name}/{inner}" if inner else name
+                outside = _outside_entry(path, layout)
+                inner = _foreign_inside(path) if outside is not None else None  # e.g. RUN/inspect is ours
+                if inner is not None:
+                    found = outside or inner  # what breaks our layout in it, else its first foreign path
+                    return f"{name}/{found}" if found else name
             return None
     return entries[0] if entries else None
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Before any work: may a new output be published at ``out``? Raises a LoraFtError naming the fix."""
+def check_output_dir(out: Path, force: bool, sources: Iterable[Path] = ()) -> None:
+    """Before any work: may a new output be published at ``out``? Raises a LoraFtError naming the fix.
+
+    ``sources`` are the directories the command reads: an ``out`` that is one of them or holds one
+    would replace its own input, ``--force`` or not.
+    """
     check_location(out)
+    target = out.resolve()
+    for src in sources:
+        if src.resolve().is_relative_to(target):
+            raise LoraFtError(f"--out {out} would replace the source {src}; choose another --out")
     if path_exists(out):
         foreign = _foreign(out)
         if foreign is not None:
@@ -288,18 +333,33 @@ def _link_error(path: Path) -> LoraFtError:
     )
 
 
+def _special_error(path: Path) -> LoraFtError:
+    return LoraFtError(
+        f"{path} is not a regular file (a FIFO, socket or device); lora-ft writes only files of its own "
+        "there: remove it (or use a copy of the directory without it) and retry"
+    )
+
+
 def open_own(path: Path, flags: int, mode: int = 0o666) -> int:
-    """``os.open`` of a file of ours, never through a symbolic link (``O_NOFOLLOW``); returns the fd.
+    """``os.open`` of a regular file of ours, never through a symbolic link (``O_NOFOLLOW``); the fd.
+
+    ``O_NONBLOCK`` too: opening a FIFO planted at the name would otherwise wait for a writer forever.
 
     Raises:
-        LoraFtError: ``path`` is a symbolic link.
+        LoraFtError: ``path`` is a symbolic link, or not a regular file.
     """
     try:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _link_error(path) from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing, with no reader
+            raise _special_error(path) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _special_error(path)
+    return fd
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -330,10 +390,11 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def refuse_links(root: Path, what: str) -> None:
-    """Refuse ``root`` if it or anything under it is a symbolic link: lora-ft writes there and makes none.
+    """Refuse ``root`` if it or anything under it is a symbolic link, or neither a file nor a directory
+    (a FIFO that reading would wait on forever): lora-ft writes there and makes none of them.
 
     Raises:
-        LoraFtError: naming the first link found.
+        LoraFtError: naming the first one found.
     """
     if root.is_symlink():
         raise LoraFtError(
@@ -348,6 +409,8 @@ def refuse_links(root: Path, what: str) -> None:
                     f"{what} {root} holds a symbolic link, {path}; lora-ft writes into this directory and "
                     "never through a link it did not make: remove the link (or use a copy without links)"
                 )
+            if not (path.is_file() or path.is_dir()):
+                raise _special_error(path)
 
 
 def read_record(path: Path, what: str, limit: int = MAX_RECORD_BYTES) -> str:

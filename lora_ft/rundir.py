@@ -35,10 +35,12 @@ from lora_ft.config import (
     config_from_dict,
     load_config,
     read_yaml,
+    with_absolute_paths,
 )
 from lora_ft.distributed import launched_world_size
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
+from lora_ft.finite import TrainingDiverged
 from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
 from lora_ft.signals import TrainingInterrupted, signal_name
 
@@ -80,8 +82,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (old, new)}`` for every setting that differs."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    """``{dotted key: (old, new)}`` for every setting that differs, local paths compared absolute."""
+    a, b = _flatten(with_absolute_paths(old).to_dict()), _flatten(with_absolute_paths(new).to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -111,6 +113,11 @@ class RunDir:
     def resume_command(self) -> str:
         force = " --force" if self.out.exists() else ""
         return f"lora-ft train --resume {shlex.quote(str(self.out))}{force}"
+
+    def start_over_command(self) -> str:
+        """Train the interrupted run's settings afresh, discarding its checkpoints."""
+        config = shlex.quote(str(self.partial / "config.yaml"))
+        return f"lora-ft train {config} --out {shlex.quote(str(self.out))} --force"
 
     def _holder(self) -> str | None:
         """``"(pid N) "`` of a live process holding the lock (``""`` if it wrote no pid), or None."""
@@ -198,10 +205,9 @@ class RunDir:
         good, damaged = resumable(self.checkpoints, launched_world_size())
         if good is None and damaged:
             path, what = damaged[0]
-            again = f"lora-ft train {shlex.quote(str(self.partial / 'config.yaml'))} --out {shlex.quote(str(self.out))}"
             raise LoraFtError(
                 f"cannot resume {self.out} exactly: {path} is damaged ({what}), and no intact checkpoint "
-                f"is left; start it over with `{again} --force`"
+                f"is left; start it over with `{self.start_over_command()}`"
             )
 
     def changed_data(self, fingerprint: dict[str, str]) -> str | None:
@@ -340,6 +346,13 @@ class RunDir:
             return TrainingInterrupted(f"aborted by {signal_name(signum)}; {where}", signum)
         if is_disk_full(exc):
             return disk_full_error(exc, self.partial, f"free some space or choose another --out{kept}")
+        if isinstance(exc, TrainingDiverged) and ckpt:  # resumed exactly, it repeats the same steps
+            return LoraFtError(
+                f"{exc}; kept the last finite checkpoint (step {checkpoint_step(ckpt)}) in {self.partial}, "
+                f"but a resume would diverge again: start over with `{self.start_over_command()}` and "
+                "--set train.learning_rate=LOWER",
+                exc.exit_code,
+            )
         if isinstance(exc, LoraFtError) and kept:
             return LoraFtError(f"{exc}{kept}", exc.exit_code)
         if kept:  # an unexpected error keeps its own message and traceback; say what survived it

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_ft import __version__, assets
+from lora_ft import __version__
 from lora_ft.adapter_io import save_adapter
-from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
+from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config, with_absolute_paths
 from lora_ft.data import LoadedData, load_data, tokenize_data
 from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
 from lora_ft.errors import LoraFtError
@@ -312,8 +312,7 @@ def train(
     check_output_dir(run.out, force)
     if not resume:
         run.check_fresh(force)
-    # After the resume check, which compares the settings as the user and the saved config wrote them.
-    cfg = _absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)  # what config.yaml saves
     # Under torchrun / accelerate launch, building the arguments joins the process group.
     args = training_arguments(cfg, method, run.checkpoints)
     main_out = from_main(run.out)
@@ -400,16 +399,6 @@ def train(
             if error is exc:
                 raise
             raise error from None
-
-
-def _absolute_paths(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with local data and model paths absolute, so the saved config names the same files anywhere."""
-    data, model = assets.absolute_name(cfg.data.name), assets.absolute_name(cfg.model.name)
-    if (data, model) == (cfg.data.name, cfg.model.name):
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.data.name, cfg.model.name = data, model
-    return cfg
 
 
 def _batch_line(cfg: RunConfig, world_size: int) -> str:

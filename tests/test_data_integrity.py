@@ -181,6 +181,31 @@ def test_relative_data_and_model_paths_are_saved_absolute(cache, tmp_path, tiny_
     assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"])
 
 
+def test_the_same_relative_config_resumes_and_its_finished_run_is_reused(
+    cache, tmp_path, tiny_bert_dir, monkeypatch
+):
+    """The saved config holds absolute paths; the config the user gives again holds the relative ones:
+    compared as written, a resume (and compare's worker) refused "a different data.name", and a
+    re-run comparison refused to reuse its own finished runs."""
+    from lora_ft.compare import _check_reusable
+
+    project = tmp_path / "project"
+    project.mkdir()
+    _toy(project)
+    monkeypatch.chdir(project)
+    settings = [f"model.name={os.path.relpath(tiny_bert_dir, project)}", "data.name=data", *SETTINGS]
+    cfg = load_config(None, [*settings, "train.precision=fp32"])
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, "runs/r", callbacks=[SignalAt(1)])
+    metrics = train(cfg, "runs/r", resume=True)
+    assert metrics["resumed_from_steps"] == [1] and metrics["global_steps"] == 3
+    _check_reusable(cfg, project / "runs" / "r")
+    with pytest.raises(LoraFtError, match=r"train.seed: 42 -> 7"):  # still compared, as absolute paths
+        _check_reusable(
+            load_config(None, [*settings, "train.precision=fp32", "train.seed=7"]), project / "runs" / "r"
+        )
+
+
 # --- labels -------------------------------------------------------------------------------------
 
 

@@ -127,8 +127,13 @@ def test_a_learning_rate_that_blows_up_stops_with_a_kept_finite_checkpoint_and_n
     result = runner.invoke(app, argv)
     assert_one_line_error(result, "nothing non-finite was saved. Lower train.learning_rate (1e+09 now)")
     found = re.search(r"training diverged at step (\d+): the (loss|logged grad_norm) is nan;", result.stderr)
+    # Not "resume with": the resume is exact, so it repeats the steps that diverged, and a lower
+    # learning rate is a different experiment, which a resume refuses.
     kept = re.search(
-        r"kept the last checkpoint \(step (\d+)\): resume with: lora-ft train --resume", result.stderr
+        r"kept the last finite checkpoint \(step (\d+)\) in \S+, but a resume would diverge again: "
+        r"start over with `lora-ft train \S+config.yaml --out \S+ --force` and "
+        r"--set train.learning_rate=LOWER$",
+        result.stderr.strip(),
     )
     assert found and kept, result.stderr
     step, kept_step = int(found.group(1)), int(kept.group(1))
@@ -183,11 +188,49 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(ws, value):
         LoraFtError, match=r"training diverged at step 4: the updated weights are not finite"
     ) as exc:
         train(cfg, ws.out, callbacks=[_Poison(4, value)])
-    assert "query.lora_B holds 1 " in str(exc.value) and "kept the last checkpoint (step 2)" in str(exc.value)
+    assert "query.lora_B holds 1 " in str(exc.value) and "kept the last finite checkpoint (step 2)" in str(
+        exc.value
+    )
     checkpoints = ws.root / "runs" / ".r.partial" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "checkpoint-2"
     ]  # no .checkpoint-4.partial either
+
+
+class _CrashAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_resume_skips_a_checkpoint_holding_non_finite_weights(ws, caplog, value):
+    """A checkpoint of NaN weights (an older lora-ft saved a diverged run's) is damaged: the resume falls
+    back to the previous finite one instead of loading NaN and stopping at once as "diverged"."""
+    from lora_ft.config import load_config
+    from lora_ft.train import train
+
+    cfg = load_config(
+        None,
+        [f"model.name={ws.model}", f"data.name={ws.data}", "data.max_length=16", "train.threads=1",
+         "train.batch_size=4", "train.eval_strategy=no", "train.max_steps=6", "train.save_strategy=steps",
+         "train.save_steps=2", "train.save_total_limit=2"],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, ws.out, callbacks=[_CrashAt(5)])
+    newest = ws.root / "runs" / ".r.partial" / "checkpoints" / "checkpoint-4"
+    tensors = load_file(str(newest / "trainable.safetensors"))
+    name = next(n for n in tensors if "lora_B" in n)
+    tensors[name][0, 0] = value
+    save_file(tensors, str(newest / "trainable.safetensors"))
+    metrics = train(cfg, ws.out, resume=True)
+    assert metrics["resumed_from_steps"] == [2]
+    assert f"{newest} is damaged (trainable.safetensors is not finite: {name} holds 1 " in caplog.text
+    adapter = load_file(str(ws.out / "adapter" / "adapter_model.safetensors"))
+    assert all(bool(t.isfinite().all()) for t in adapter.values())
 
 
 @pytest.mark.parametrize("value", NON_FINITE)

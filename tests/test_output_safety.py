@@ -177,6 +177,32 @@ def test_a_symlink_out_is_refused(writer, target, run, tiny_bert_dir, data_dir, 
     assert _snapshot(tmp_path) == before and link.is_symlink()  # no .link.old-PID, no temporary
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_out_ending_in_dotdot_is_refused_before_any_work(
+    writer, run, tiny_bert_dir, data_dir, tmp_path, no_work
+):
+    """``--out elsewhere/new/..`` names no directory to rename into place: it was found only after training."""
+    (tmp_path / "elsewhere").mkdir()
+    before = _snapshot(tmp_path)
+    out = str(tmp_path / "elsewhere" / "new" / "..")
+    result = runner.invoke(app, _argv(writer, run, tiny_bert_dir, data_dir, out))
+    assert_one_line_error(result, f"ends in '..'; name the directory itself ({tmp_path / 'elsewhere'})")
+    assert _snapshot(tmp_path) == before  # no elsewhere/new, no partial
+
+
+@pytest.mark.parametrize("writer", ["merge", "inspect"])
+@pytest.mark.parametrize("source", ["run", "adapter"])
+def test_force_never_replaces_the_output_the_command_reads(writer, source, run, tmp_path, no_work):
+    """The run is lora-ft's, so --force could replace it, but not with a report or export made from it."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    before = _snapshot(tmp_path)
+    src = copy if source == "run" else copy / "adapter"
+    result = runner.invoke(app, [writer, str(src), "--out", str(copy), "--force"])
+    assert_one_line_error(result, f"--out {copy} would replace the source {src}")
+    assert _snapshot(tmp_path) == before
+
+
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -243,6 +269,37 @@ def test_outputs_from_before_the_marker_are_recognised_by_their_exact_layout(run
         check_output_dir(legacy_run, force=True)
     with pytest.raises(LoraFtError, match=r"holds notes\.md, which"):
         check_output_dir(report, force=True)
+
+
+def test_a_directory_borrowing_a_legacy_runs_names_is_not_replaced(run, tmp_path):
+    """The legacy layout goes down to every file: a run's names at the top (config.yaml, metrics.json,
+    model/) with someone else's files below them are not a run, and --force deletes none of it."""
+    legacy_run = tmp_path / "run"
+    shutil.copytree(run, legacy_run, symlinks=True)
+    (legacy_run / MARKER_NAME).unlink()
+    ckpt = legacy_run / "checkpoints" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    for name in ("trainable.safetensors", "optimizer.pt", "rng_state.pth", "resume.json"):
+        (ckpt / name).write_text("x")
+    check_output_dir(legacy_run, force=True)  # the whole run, checkpoints included, is ours
+    for mine in (legacy_run / "adapter" / "notes.txt", ckpt / "notes.txt"):
+        mine.write_text("mine")
+        rel = mine.relative_to(legacy_run).as_posix()
+        with pytest.raises(LoraFtError, match=rf"holds {rel}, which lora-ft did not write"):
+            check_output_dir(legacy_run, force=True)
+        mine.unlink()
+    (legacy_run / "checkpoints" / "archive").mkdir()
+    with pytest.raises(LoraFtError, match=r"holds checkpoints/archive, which lora-ft did not write"):
+        check_output_dir(legacy_run, force=True)
+
+    project = tmp_path / "project"
+    (project / "model").mkdir(parents=True)
+    (project / "config.yaml").write_text("lr: 1\n")
+    (project / "metrics.json").write_text("{}")
+    (project / "model" / "weights.bin").write_text("mine")
+    result = runner.invoke(app, ["train", "--out", str(project), "--force"])
+    assert_one_line_error(result, "holds model/weights.bin, which lora-ft did not write")
+    assert (project / "model" / "weights.bin").read_text() == "mine"
 
 
 def test_a_marker_listing_other_paths_or_a_linked_marker_proves_nothing(tmp_path):

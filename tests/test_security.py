@@ -214,6 +214,30 @@ def test_resume_refuses_planted_symlinks_and_leaves_their_targets(ws, name):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", [".lock", "log.jsonl"])
+def test_a_planted_fifo_is_refused_not_waited_on(ws, name):
+    """Opening a FIFO waits for its other end: a received run with one at .lock hung resume forever."""
+    out = ws.root / "runs" / "r"
+    partial = _interrupted(ws, out)
+    fifo = partial / name
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    # Both ends held here, so that no open of it can wait, even in a lora-ft without the check.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        resumed = runner.invoke(app, ["train", "--resume", str(out)])
+        settings = [w for s in ws.settings() for w in ("--set", s)]
+        fresh = runner.invoke(app, ["train", *settings, "--out", str(out), "--force"])
+    finally:
+        os.close(fd)
+    assert_one_line_error(resumed, f"{fifo} is not a regular file (a FIFO, socket or device)")
+    if name == ".lock":  # the only one a fresh run opens before it discards the directory
+        assert_one_line_error(fresh, f"{fifo} is not a regular file (a FIFO, socket or device)")
+        assert not out.exists()
+    else:
+        assert fresh.exit_code == 0, fresh.output
+
+
 def test_a_fresh_run_does_not_discard_a_linked_in_progress_directory(ws):
     out = ws.root / "runs" / "r"
     _, victim_dir = _victims(ws.root)

@@ -97,7 +97,8 @@ def inspect(
     from lora_ft.inspect_run import inspect as run_inspect
 
     out_dir = out or default_out(run)
-    check_output_dir(out_dir, force)  # before the models load: a taken --out fails at once
+    # Before the models load: a taken --out fails at once, and a report never replaces what it reads.
+    check_output_dir(out_dir, force, [p for p in (run, against) if p is not None])
     inspection = run_inspect(run, against, base=base, trust_remote_code=trust_remote_code)
     paths = write_inspection(inspection, out_dir, force=force)
     console = Console(soft_wrap=True)
