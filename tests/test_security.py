@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from lora_ft.cli import app
@@ -29,6 +27,7 @@ from lora_ft.signals import TrainingInterrupted
 from lora_ft.train import train
 
 from .conftest import assert_one_line_error, toy_rows, write_split
+from .test_data_integrity import SignalAt
 
 runner = CliRunner()
 
@@ -119,15 +118,6 @@ def test_a_saved_trust_remote_code_is_never_followed(ws, received_run):
         assert not ws.marker.exists(), command
     _ok(["predict", str(run), "a gorgeous film", "--trust-remote-code"])  # the command line grants it
     assert ws.marker.read_text() == "the model folder's code ran"
-
-
-class SignalAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resuming_a_received_run_does_not_follow_its_saved_trust_remote_code(ws):
