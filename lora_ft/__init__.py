@@ -1,17 +1,61 @@
-"""lora-ft: LoRA fine-tuning of Hugging Face sequence classifiers with our own LoRA layer."""
+"""lora-ft: LoRA fine-tuning of Hugging Face models with our own LoRA layer.
+
+The public API is imported lazily (PEP 562): ``import lora_ft`` loads neither torch nor transformers;
+the first touch of a name below imports the module that defines it. The layers, bottom to top, are
+``errors``/``fsutil``/``finite``/``failures`` < ``lora`` < ``config`` < ``data`` < ``training`` <
+``serving`` < ``compare`` < ``cli`` (README.md, "Layout").
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import merge_and_unload, merge_lora, set_lora_disabled, unmerge_lora
-from lora_ft.lora import LoRALinear
 
 __version__ = "0.1.0"
-# merge/unmerge and the disabled switch let one wrapped model serve both the base and the adapted outputs.
-__all__ = [
+
+# name -> the module that defines it. merge/unmerge and the disabled switch let one wrapped model serve
+# both the base and the adapted outputs.
+_LAZY = {
+    "LoRALinear": "lora_ft.lora.layer",
+    "DoRALinear": "lora_ft.lora.dora",
+    "lora_scaling": "lora_ft.lora.scaling",
+    "inject_lora": "lora_ft.lora.inject",
+    "merge_and_unload": "lora_ft.lora.inject",
+    "merge_lora": "lora_ft.lora.inject",
+    "set_lora_disabled": "lora_ft.lora.inject",
+    "unmerge_lora": "lora_ft.lora.inject",
+}
+
+__all__ = [  # LoraFtError, __version__ and _LAZY's keys
+    "DoRALinear",
     "LoRALinear",
     "LoraFtError",
     "__version__",
+    "inject_lora",
+    "lora_scaling",
     "merge_and_unload",
     "merge_lora",
     "set_lora_disabled",
     "unmerge_lora",
 ]
+
+if TYPE_CHECKING:
+    from lora_ft.lora.dora import DoRALinear
+    from lora_ft.lora.inject import inject_lora, merge_and_unload, merge_lora, set_lora_disabled, unmerge_lora
+    from lora_ft.lora.layer import LoRALinear
+    from lora_ft.lora.scaling import lora_scaling
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lora_ft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,4 +1,4 @@
-from lora_ft.cli import main
+from lora_ft.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,6 @@ name the key; ranges are checked in ``__post_init__`` so a config object is vali
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -19,10 +18,9 @@ from typing import Any, Union
 
 import yaml
 
-from lora_ft import assets
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_record
-from lora_ft.lora import lora_scaling
+from lora_ft.lora.scaling import lora_scaling
 
 METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -438,20 +436,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {p} must hold a mapping (model:, data:, lora:, train:), not {type(data).__name__}"
         )
     return data
-
-
-def with_absolute_paths(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with local data and model paths absolute, so the saved config names the same files anywhere.
-
-    Configs are compared in this form too (a resume, a comparison's reuse): the saved config holds the
-    absolute path of the relative one its command line or config file gave.
-    """
-    data, model = assets.absolute_name(cfg.data.name), assets.absolute_name(cfg.model.name)
-    if (data, model) == (cfg.data.name, cfg.model.name):
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.data.name, cfg.model.name = data, model
-    return cfg
 
 
 def config_from_dict(data: dict[str, Any], *, trust_remote_code: bool = False) -> RunConfig:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import torch
 
-from lora_ft.config import RunConfig
 from lora_ft.errors import LoraFtError
 
 _CPU_OOM = "DefaultCPUAllocator: can't allocate memory"
@@ -77,8 +76,8 @@ def inference_memory_hint(batch_size: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def memory_hint(cfg: RunConfig) -> Iterator[None]:
-    """Report a batch that does not fit with the settings to lower, not an allocator trace."""
+def memory_hint(batch_size: int, eval_batch_size: int, max_length: int) -> Iterator[None]:
+    """Report a batch that does not fit with the settings to lower (``train.*``, ``data.max_length``), not an allocator trace."""
     try:
         yield
     except (RuntimeError, MemoryError) as exc:
@@ -86,10 +85,10 @@ def memory_hint(cfg: RunConfig) -> Iterator[None]:
             raise
         if any(frame.name == "evaluation_loop" for frame in traceback.extract_tb(exc.__traceback__)):
             raise LoraFtError(
-                f"out of memory while evaluating at train.eval_batch_size={cfg.train.eval_batch_size}, "
-                f"data.max_length={cfg.data.max_length}; lower one of them"
+                f"out of memory while evaluating at train.eval_batch_size={eval_batch_size}, "
+                f"data.max_length={max_length}; lower one of them"
             ) from None
         raise LoraFtError(
-            f"out of memory at train.batch_size={cfg.train.batch_size}, data.max_length={cfg.data.max_length}; "
+            f"out of memory at train.batch_size={batch_size}, data.max_length={max_length}; "
             "lower one of them (or raise train.gradient_accumulation_steps to keep the effective batch)"
         ) from None

@@ -17,6 +17,7 @@ Reading a model directory through links (the Hugging Face hub cache is made of t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import glob
@@ -25,7 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,32 @@ def publishable_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
     return tmp
+
+
+@contextlib.contextmanager
+def staging_dir(parent: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
+    """A ``publishable_temp_dir`` in ``parent`` for building an output, deleted if it is still there when
+    the block ends (it raised, or it did not publish it with ``publish_dir``/``move_into_place``)."""
+    tmp = publishable_temp_dir(parent, prefix, suffix)
+    try:
+        yield tmp
+    finally:
+        if tmp.exists() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` in one step: a reader sees the old ``dst`` or the new one, never half.
+
+    The one rename of lora-ft's writers (files, directories, checkpoints, the cache): both paths are
+    on one filesystem (temporaries are siblings); a file ``dst`` is replaced, a directory must be gone.
+    """
+    os.replace(src, dst)
+
+
+def write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """``write_atomic`` of ``obj`` as JSON; NaN and Infinity are refused (``ValueError``), never written."""
+    write_atomic(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

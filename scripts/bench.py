@@ -58,7 +58,7 @@ from bench_models import (
     step_flops,
 )
 
-from lora_ft.precision import native_bf16
+from lora_ft.training.precision import native_bf16
 
 SECTIONS = ("speed", "threads", "inference", "memory", "scaling", "e2e")
 PHASES = ("forward", "backward", "optimizer")
@@ -232,7 +232,7 @@ def _clock_note(args) -> str:
 
 def inference(setup: Setup, args) -> dict:
     """Item 2: eval forward of the base model, our LoRA unmerged, and merged into the base."""
-    from lora_ft.inject import merge_lora
+    from lora_ft.lora.inject import merge_lora
 
     batch = setup.batch(args.batch, args.tokens)
     base = Trainee(setup, Method("head", label="base"))
@@ -296,7 +296,7 @@ def memory(args) -> dict:
 
 
 def memory_worker(args) -> None:
-    from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
+    from lora_ft.training.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
 
     fields = json.loads(args.method)
     method = Method(**{**fields, "targets": tuple(fields["targets"])})
@@ -425,8 +425,8 @@ def _both() -> tuple[float, float]:
 def e2e_worker(args) -> None:
     from transformers import TrainerCallback
 
-    import lora_ft.data as data_module
-    import lora_ft.train as train_module
+    import lora_ft.data.loading as data_module
+    import lora_ft.training.train as train_module
 
     launched = float(args.launched)
 

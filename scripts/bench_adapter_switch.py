@@ -48,10 +48,10 @@ def rss_bytes() -> int:
 
 
 def make_adapters(out: Path, count: int) -> dict[str, Path]:
-    from lora_ft.adapter_io import save_adapter
     from lora_ft.config import ModelConfig
-    from lora_ft.inject import default_head, inject_lora, lora_layers
-    from lora_ft.modeling import load_model
+    from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+    from lora_ft.lora.io import save_adapter
+    from lora_ft.training.modeling import load_model
 
     paths = {}
     for seed, (name, targets, r) in enumerate(SPECS[:count]):
@@ -102,12 +102,12 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace, tmp: Path) -> None:
-    from lora_ft.adapter_io import read_adapter
-    from lora_ft.artifacts import load_artifact
     from lora_ft.config import ModelConfig
-    from lora_ft.inject import lora_layers
-    from lora_ft.modeling import load_model, quiet_transformers
-    from lora_ft.multi_adapter import AdapterSet
+    from lora_ft.lora.adapters import AdapterSet
+    from lora_ft.lora.inject import lora_layers
+    from lora_ft.lora.io import read_adapter
+    from lora_ft.serving.artifacts import load_artifact
+    from lora_ft.training.modeling import load_model, quiet_transformers
 
     quiet_transformers()
     logging.getLogger("lora_ft").setLevel(logging.ERROR)  # disable() warns: minilm-l6's own head is random

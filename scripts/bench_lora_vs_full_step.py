@@ -33,7 +33,7 @@ class Trainee:
     """One method's model and AdamW, stepped by hand."""
 
     def __init__(self, cfg, method: str):
-        from lora_ft.train import prepare
+        from lora_ft.training.train import prepare
 
         self.prepared = prepare(cfg, method)
         self.model = self.prepared.loaded.model
@@ -98,7 +98,7 @@ def speed(cfg, steps: int, profile: bool) -> None:
 
 
 def memory(cfg, method: str) -> None:
-    from lora_ft.resources import peak_rss_mb, reset_peak_rss, rss_mb
+    from lora_ft.training.resources import peak_rss_mb, reset_peak_rss, rss_mb
 
     trainee = Trainee(cfg, method)
     longest = trainee.prepared.tokenized["train"].sort("length", reverse=True)

@@ -88,9 +88,9 @@ class Setup:
 
     @classmethod
     def load(cls, cfg) -> Setup:
-        from lora_ft.data import load_data, tokenize_data
-        from lora_ft.inject import default_head
-        from lora_ft.modeling import load_model, quiet_transformers
+        from lora_ft.data.loading import load_data, tokenize_data
+        from lora_ft.lora.inject import default_head
+        from lora_ft.training.modeling import load_model, quiet_transformers
 
         quiet_transformers()
         if cfg.train.threads:
@@ -126,8 +126,8 @@ class Setup:
 
     def build(self, method: Method, seed: int = 0) -> torch.nn.Module:
         """A fresh copy of the base model, made trainable for ``method``, in train mode."""
-        from lora_ft.inject import freeze_for_method, inject_lora
-        from lora_ft.precision import set_dtypes
+        from lora_ft.lora.inject import freeze_for_method, inject_lora
+        from lora_ft.training.precision import set_dtypes
 
         model = copy.deepcopy(self.base)
         torch.manual_seed(seed)  # LoRA A's initial values
@@ -166,7 +166,7 @@ class Setup:
 def _peft_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> list[str] | str:
     """Our target spec in PEFT's terms: the same modules (PEFT matches names by suffix, too)."""
     if targets == ("all-linear",):
-        from lora_ft.inject import default_head, match_targets
+        from lora_ft.lora.inject import default_head, match_targets
 
         return match_targets(model, "all-linear", exclude=default_head(model))
     return list(targets)

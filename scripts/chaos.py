@@ -44,16 +44,16 @@ EXPECTED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signa
 # `lora-ft train`, paused for a second once adapter/ is written, so a kill can land before metrics.json.
 PAUSED_AFTER_ADAPTER = """
 import sys, time
-import lora_ft.train
-from lora_ft.cli import main
+import lora_ft.training.train
+from lora_ft.cli.app import main
 
-real = lora_ft.train._save_outputs
+real = lora_ft.training.train._save_outputs
 
 def save_then_pause(*args):
     real(*args)
     time.sleep(1.0)
 
-lora_ft.train._save_outputs = save_then_pause
+lora_ft.training.train._save_outputs = save_then_pause
 sys.argv = ["lora-ft", *sys.argv[1:]]
 main()
 """

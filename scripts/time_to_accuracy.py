@@ -45,9 +45,9 @@ def _classic(out: Path) -> dict:
         TrainingArguments,
     )
 
-    from lora_ft import assets
-    from lora_ft.inject import count_parameters, inject_lora
-    from lora_ft.modeling import quiet_transformers
+    from lora_ft.data import assets
+    from lora_ft.lora.inject import count_parameters, inject_lora
+    from lora_ft.training.modeling import quiet_transformers
 
     quiet_transformers()
     model_dir = str(assets.asset_path("minilm-l6"))

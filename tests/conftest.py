@@ -21,7 +21,7 @@ NEGATIVE = ["a dull, lifeless mess", "tedious and flat", "the worst film in year
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from lora_ft import assets
+    from lora_ft.data import assets
 
     return assets.ensure("minilm-l6")
 

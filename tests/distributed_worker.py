@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node 2``: the rank checks of lora_ft.distributed on a gloo group.
+"""Run under ``torchrun --nproc_per_node 2``: the rank checks of lora_ft.training.distributed on a gloo group.
 
 Each rank builds a LoRA layer twice, from the shared seed and from a seed that depends on the rank,
 and writes ``rank<N>.json`` into the directory given as the only argument: the fingerprints, what
@@ -18,15 +18,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lora_ft.distributed import (
+from lora_ft.errors import LoraFtError
+from lora_ft.lora import LoRALinear
+from lora_ft.training.distributed import (
     check_same_on_all_ranks,
     from_main,
     is_main_process,
     seeded_fingerprint,
     shutdown,
 )
-from lora_ft.errors import LoraFtError
-from lora_ft.lora import LoRALinear
 
 
 def build(seed: int) -> nn.Module:

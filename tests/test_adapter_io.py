@@ -18,10 +18,10 @@ from transformers import (
     BertForSequenceClassification,
 )
 
-from lora_ft.adapter_io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
-from lora_ft.artifacts import load_artifact
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.serving.artifacts import load_artifact
 
 SENTENCES = ["a gorgeous, moving film", "tedious and flat", "the plot is a mess but the cast is warm", "ok"]
 TARGETS = {"bert": ["query", "value"], "distilbert": ["q_lin", "v_lin"]}
@@ -190,7 +190,7 @@ def test_head_survives_save_and_reload(tmp_path, tiny_bert_dir):
 
 def test_built_in_base_is_recorded_by_hub_id_and_loaded_offline(tmp_path, minilm_dir):
     from lora_ft.config import ModelConfig
-    from lora_ft.modeling import load_model
+    from lora_ft.training.modeling import load_model
 
     loaded = load_model(ModelConfig(name="minilm-l6"), ["neg", "pos"])
     inject_lora(loaded.model, ["query"], r=2, alpha=4, head=["classifier"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_ft import assets, manifest
+from lora_ft.data import assets, manifest
 from lora_ft.errors import LoraFtError
 
 

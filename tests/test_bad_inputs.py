@@ -28,7 +28,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import ModelConfig, dump_config, load_config
 
 from .conftest import assert_one_line_error, toy_rows, write_split
@@ -447,7 +447,7 @@ def test_a_cuda_out_of_memory_error_names_the_setting_too(ws, monkeypatch):
 def test_pickled_weights_load_only_when_allowed_and_then_weights_only(ws, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
-    from lora_ft.modeling import load_model
+    from lora_ft.training.modeling import load_model
 
     pickled = _pickled_model(ws)
     calls = []
@@ -487,7 +487,7 @@ def test_a_malicious_pickle_is_refused_even_when_pickles_are_allowed(ws):
 def test_trust_remote_code_is_false_unless_asked(ws, monkeypatch):
     import transformers
 
-    from lora_ft.modeling import load_model, load_model_skeleton
+    from lora_ft.training.modeling import load_model, load_model_skeleton
 
     seen = []
     for cls in (
@@ -512,7 +512,7 @@ def test_trust_remote_code_is_false_unless_asked(ws, monkeypatch):
 
 
 def test_a_very_long_sentence_is_truncated_not_an_error(ws):
-    from lora_ft.train import prepare
+    from lora_ft.training.train import prepare
 
     data = ws.data_dir("long", [("a wonderful film " * 5_000, 1), ("dull", 0)] * 4)
     prepared = prepare(

@@ -9,11 +9,11 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from lora_ft.adapter_io import WEIGHTS_NAME, save_adapter
-from lora_ft.calculator import savings
-from lora_ft.cli import app
-from lora_ft.inject import count_parameters, default_head, default_targets, inject_lora
-from lora_ft.modeling import load_model_skeleton
+from lora_ft.cli.app import app
+from lora_ft.lora.calculator import savings
+from lora_ft.lora.inject import count_parameters, default_head, default_targets, inject_lora
+from lora_ft.lora.io import WEIGHTS_NAME, save_adapter
+from lora_ft.training.modeling import load_model_skeleton
 
 from .conftest import assert_one_line_error
 

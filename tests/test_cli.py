@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 
 from .conftest import toy_rows, write_split
 

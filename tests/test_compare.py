@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lora_ft import compare as compare_mod
-from lora_ft.compare import aggregate, compare, parse_methods, parse_ranks, plan_runs
-from lora_ft.compare_worker import train_one
+from lora_ft.compare import runner as compare_mod
+from lora_ft.compare.runner import aggregate, compare, parse_methods, parse_ranks, plan_runs
+from lora_ft.compare.worker import train_one
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import MARKER_NAME
@@ -95,7 +95,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     import matplotlib.image
     from rich.console import Console
 
-    from lora_ft.compare_report import print_comparison
+    from lora_ft.compare.report import print_comparison
 
     out = tmp_path / "cmp"
     result = compare(_cfg(tiny_bert_dir, toy_data_dir), out, runner=in_process([]))
@@ -166,7 +166,7 @@ def test_a_failing_method_is_a_failed_row_and_the_others_are_kept(tmp_path, tiny
     assert rows["head"]["status"] == "ok" and rows["head"]["validation"]["accuracy"]["n"] == 1
     assert (out / "runs" / "head-seed42" / "metrics.json").is_file()
     log_text = (out / "runs" / "lora-seed42.log").read_text()
-    assert "-m lora_ft.compare_worker" in log_text and "error: " in log_text
+    assert "-m lora_ft.compare.worker" in log_text and "error: " in log_text
     assert [r.spec.name for r in result.failed] == ["lora-seed42"]
     head = next(r for r in result.results if r.spec.method == "head")
     assert head.cpu_seconds > 0 and len(head.load_average) == 3  # the worker's own CPU time, measured
@@ -249,7 +249,7 @@ def test_rank_sweep_rows_keep_the_scaling_and_plot_accuracy_vs_rank(tmp_path, ti
 
 
 def test_cli_passes_the_parsed_options_and_prints_one_line_errors(monkeypatch, tmp_path):
-    from lora_ft.cli import app
+    from lora_ft.cli.app import app
 
     seen = {}
 
@@ -291,8 +291,8 @@ def test_shipped_compare_configs_parse_with_a_rate_per_method(name):
 def test_progress_shows_steps_loss_and_outcome():
     from rich.console import Console
 
-    from lora_ft.compare import RunResult, RunSpec
-    from lora_ft.compare_report import CompareProgress
+    from lora_ft.compare.report import CompareProgress
+    from lora_ft.compare.runner import RunResult, RunSpec
 
     console = Console(file=io.StringIO(), width=150)
     ok, broken = RunSpec("lora", 42), RunSpec("full", 42)
@@ -316,8 +316,8 @@ def test_an_interrupted_comparison_stops_with_130_and_resumes_its_run(tmp_path, 
     import sys
     import time
 
-    from lora_ft.checkpoint import checkpoint_step, last_checkpoint
     from lora_ft.config import dump_config
+    from lora_ft.training.checkpoint import checkpoint_step, last_checkpoint
 
     cfg = _cfg(tiny_bert_dir, toy_data_dir, "train.epochs=30", "train.eval_strategy=no")  # 180 steps
     config_path = tmp_path / "compare.yaml"

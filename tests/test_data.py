@@ -9,9 +9,9 @@ import logging
 import datasets
 import pytest
 
-from lora_ft import data as data_mod
 from lora_ft.config import DataConfig
-from lora_ft.data import load_data, tokenize_data
+from lora_ft.data import loading as data_mod
+from lora_ft.data.loading import load_data, tokenize_data
 from lora_ft.errors import LoraFtError
 from tests.conftest import toy_rows, write_split
 

@@ -17,12 +17,12 @@ import yaml
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import DataConfig, load_config
-from lora_ft.data import load_data, tokenize_data
+from lora_ft.data.loading import load_data, tokenize_data
 from lora_ft.errors import LoraFtError
-from lora_ft.signals import TrainingInterrupted
-from lora_ft.train import train
+from lora_ft.training.signals import TrainingInterrupted
+from lora_ft.training.train import train
 
 from .conftest import assert_one_line_error, toy_rows, write_split
 from .test_bad_inputs import file_size_limit
@@ -89,7 +89,7 @@ def test_the_fingerprint_is_each_file_sha256_by_absolute_path(cache, tmp_path, m
 
 
 def test_a_builtin_is_fingerprinted_by_its_name_not_the_cache_path():
-    from lora_ft import assets
+    from lora_ft.data import assets
 
     loaded = load_data(DataConfig(name="rt-sentences", max_train_samples=8, max_eval_samples=8))
     root = assets.ensure("rt-sentences")
@@ -187,7 +187,7 @@ def test_the_same_relative_config_resumes_and_its_finished_run_is_reused(
     """The saved config holds absolute paths; the config the user gives again holds the relative ones:
     compared as written, a resume (and compare's worker) refused "a different data.name", and a
     re-run comparison refused to reuse its own finished runs."""
-    from lora_ft.compare import _check_reusable
+    from lora_ft.compare.runner import _check_reusable
 
     project = tmp_path / "project"
     project.mkdir()
@@ -257,7 +257,7 @@ def test_a_missing_text_names_the_column(cache, tmp_path):
 
 
 def test_a_max_length_past_the_positions_is_refused_before_any_work(cache, tmp_path, tiny_bert_dir):
-    from lora_ft.modeling import check_max_length, load_model
+    from lora_ft.training.modeling import check_max_length, load_model
 
     data = _toy(tmp_path)
     cfg = load_config(

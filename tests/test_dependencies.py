@@ -1,4 +1,4 @@
-"""The declared floors hold here, and the Trainer still has the private members lora_ft/checkpoint.py uses.
+"""The declared floors hold here, and the Trainer still has the private members lora_ft/training/checkpoint.py uses.
 
 A floor below what the code needs installs a lora-ft that fails at run time; a Trainer release that
 renames a private member breaks atomic checkpoints and exact resume, most of it silently.
@@ -63,7 +63,7 @@ def test_installed_version_meets_the_floor(req):
 
 
 def test_checkpoint_uses_no_private_trainer_member_left_out_here():
-    tree = ast.parse((ROOT / "lora_ft" / "checkpoint.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "lora_ft" / "training" / "checkpoint.py").read_text(encoding="utf-8"))
     used = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "CheckpointTrainer":
@@ -76,23 +76,25 @@ def test_checkpoint_uses_no_private_trainer_member_left_out_here():
                 used.add(node.attr)
     private = {n for n in used if n.startswith("_") and not n.startswith("__")}
     unlisted = private - set(OVERRIDDEN) - set(CALLED) - set(LOOP_STATE) - OURS
-    assert not unlisted, f"lora_ft/checkpoint.py uses {sorted(unlisted)}: add them to this test's lists"
+    assert not unlisted, (
+        f"lora_ft/training/checkpoint.py uses {sorted(unlisted)}: add them to this test's lists"
+    )
 
 
 @pytest.mark.parametrize("name", OVERRIDDEN + CALLED + LOOP_STATE)
 def test_trainer_has_the_private_member_checkpoint_uses(name):
     from transformers import Trainer, __version__
 
-    from lora_ft.checkpoint import CheckpointTrainer
+    from lora_ft.training.checkpoint import CheckpointTrainer
 
     if name in LOOP_STATE:
         assigned = re.search(rf"self\.{name}\s*=", inspect.getsource(Trainer))
         assert assigned, (
-            f"transformers {__version__}: Trainer does not set self.{name} (lora_ft/checkpoint.py restores it)"
+            f"transformers {__version__}: Trainer does not set self.{name} (lora_ft/training/checkpoint.py restores it)"
         )
         return
     assert hasattr(Trainer, name), (
-        f"transformers {__version__}: Trainer has no {name} (lora_ft/checkpoint.py uses it)"
+        f"transformers {__version__}: Trainer has no {name} (lora_ft/training/checkpoint.py uses it)"
     )
     if name in OVERRIDDEN:
         theirs = list(inspect.signature(getattr(Trainer, name)).parameters)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from lora_ft.config import load_config
 from lora_ft.fsutil import MARKER_NAME
-from lora_ft.train import train
+from lora_ft.training.train import train
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
 
@@ -154,7 +154,7 @@ def test_ranks_check_they_drew_the_same_initial_weights(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP is refused only without a CUDA GPU")
 def test_fsdp_without_a_gpu_is_refused_rather_than_quietly_replaced_by_ddp(tmp_path):
     from lora_ft.errors import LoraFtError
-    from lora_ft.train import training_arguments
+    from lora_ft.training.train import training_arguments
 
     cfg = load_config(None, ["train.trainer.fsdp=true"])
     with pytest.raises(

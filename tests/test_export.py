@@ -13,12 +13,12 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from lora_ft.artifacts import PROVENANCE_NAME, load_artifact
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.errors import LoraFtError
-from lora_ft.export import export_merged
-from lora_ft.inject import lora_layers
-from lora_ft.predict import evaluate
+from lora_ft.lora.inject import lora_layers
+from lora_ft.serving.artifacts import PROVENANCE_NAME, load_artifact
+from lora_ft.serving.export import export_merged
+from lora_ft.serving.predict import evaluate
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import SENTENCES, base_model, logits_of, make_adapter
@@ -67,7 +67,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_bert_dir, data_dir) -> Path:
-    from lora_ft.train import train
+    from lora_ft.training.train import train
 
     from .test_train import _tiny_cfg
 
@@ -144,7 +144,7 @@ def test_run_adapter_and_its_export_evaluate_identically(tmp_path, run_dir):
 
 
 def test_head_method_run_evaluates_through_its_model_dir(tmp_path, tiny_distilbert_dir, data_dir):
-    from lora_ft.train import train
+    from lora_ft.training.train import train
 
     from .test_train import _tiny_cfg
 
@@ -157,8 +157,8 @@ def test_head_method_run_evaluates_through_its_model_dir(tmp_path, tiny_distilbe
 
 
 def test_a_merge_that_changes_the_outputs_writes_nothing(tmp_path, tiny_bert_dir, monkeypatch):
-    from lora_ft import export
-    from lora_ft.inject import merge_and_unload
+    from lora_ft.lora.inject import merge_and_unload
+    from lora_ft.serving import export
 
     def wrong_merge(model):  # folds three times the update: the check must see it
         for layer in lora_layers(model).values():

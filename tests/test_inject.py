@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import (
+from lora_ft.lora import LoRALinear
+from lora_ft.lora.inject import (
     count_parameters,
     default_head,
     default_targets,
@@ -24,7 +25,6 @@ from lora_ft.inject import (
     targets_table,
     unmerge_lora,
 )
-from lora_ft.lora import LoRALinear
 
 D, LAYERS, LABELS, VOCAB, R = 32, 2, 2, 100, 4
 

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from lora_ft.adapter_io import read_adapter, save_adapter
-from lora_ft.analysis import Spectrum, analyse, lora_svd
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import config_from_dict, dump_config
 from lora_ft.fsutil import MARKER_NAME
-from lora_ft.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.analysis import Spectrum, analyse, lora_svd
+from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.io import read_adapter, save_adapter
 
 from .conftest import assert_one_line_error
 
@@ -139,8 +139,8 @@ def test_spectrum_effective_rank_and_energy_by_hand():
 
 
 def test_scaling_of_an_adapter_without_our_record_comes_from_its_config():
-    from lora_ft.adapter_io import Adapter
-    from lora_ft.analysis import adapter_scaling
+    from lora_ft.lora.analysis import adapter_scaling
+    from lora_ft.lora.io import Adapter
 
     lora = {"q": (torch.zeros(16, 8), torch.zeros(8, 16))}
     peft = Adapter(Path("peft"), {"r": 16, "lora_alpha": 32}, lora, {})
@@ -248,7 +248,7 @@ def test_bad_inputs_leave_no_out_dir(lora_run, full_run, tiny_bert_dir, tmp_path
 
 
 def test_module_kinds_stay_distinct_under_all_linear():
-    from lora_ft.analysis import ModuleUpdate, _name_kinds
+    from lora_ft.lora.analysis import ModuleUpdate, _name_kinds
 
     leaves = ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")
     names = [f"bert.encoder.layer.{i}.{leaf}" for i in (0, 11) for leaf in leaves] + ["bert.pooler.dense"]

@@ -14,14 +14,14 @@ from torch import nn
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from lora_ft.adapter_io import read_adapter, save_adapter
-from lora_ft.artifacts import load_artifact
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import inject_lora, lora_layers, merge_and_unload, merge_lora
 from lora_ft.lora import LoRALinear
-from lora_ft.multi_adapter import AdapterSet
-from lora_ft.multi_serve import load_adapter_set, parse_adapter_specs
+from lora_ft.lora.adapters import AdapterSet
+from lora_ft.lora.inject import inject_lora, lora_layers, merge_and_unload, merge_lora
+from lora_ft.lora.io import read_adapter, save_adapter
+from lora_ft.serving.artifacts import load_artifact
+from lora_ft.serving.multi import load_adapter_set, parse_adapter_specs
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import SENTENCES, base_model, logits_of, make_adapter

@@ -21,16 +21,16 @@ from torch import nn
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from lora_ft.adapter_io import CONFIG_NAME, META_SCALING, WEIGHTS_NAME, read_adapter, save_adapter
-from lora_ft.callbacks import StopOnNonFinite
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig
 from lora_ft.errors import LoraFtError
-from lora_ft.export import Probe, verify_merge
 from lora_ft.finite import require_finite_metrics
-from lora_ft.inject import default_head, inject_lora, lora_layers
 from lora_ft.lora import LoRALinear
-from lora_ft.predict import predict_logits
+from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.io import CONFIG_NAME, META_SCALING, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.serving.export import Probe, verify_merge
+from lora_ft.serving.predict import predict_logits
+from lora_ft.training.callbacks import StopOnNonFinite
 
 from .conftest import assert_one_line_error, toy_rows, write_split
 from .test_adapter_io import TARGETS, base_model, make_adapter
@@ -176,7 +176,7 @@ class _Poison(TrainerCallback):
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_a_checkpoint_with_non_finite_weights_is_never_written(ws, value):
     from lora_ft.config import load_config
-    from lora_ft.train import train
+    from lora_ft.training.train import train
 
     cfg = load_config(
         None,
@@ -211,7 +211,7 @@ def test_a_resume_skips_a_checkpoint_holding_non_finite_weights(ws, caplog, valu
     """A checkpoint of NaN weights (an older lora-ft saved a diverged run's) is damaged: the resume falls
     back to the previous finite one instead of loading NaN and stopping at once as "diverged"."""
     from lora_ft.config import load_config
-    from lora_ft.train import train
+    from lora_ft.training.train import train
 
     cfg = load_config(
         None,
@@ -253,7 +253,7 @@ def test_an_infinite_gradient_norm_under_fp16_is_the_loss_scaler_not_divergence(
 
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_non_finite_final_metrics_publish_no_run(ws, monkeypatch, value):
-    import lora_ft.train as train_module
+    import lora_ft.training.train as train_module
 
     monkeypatch.setattr(
         train_module, "_evaluate", lambda trainer, dataset, prefix: {"accuracy": 0.5, "loss": value}
@@ -301,7 +301,7 @@ def test_save_adapter_refuses_non_finite_weights_and_writes_nothing(tmp_path, ti
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_full_model_outputs_refuse_non_finite_weights(tmp_path, ws, value):
     from lora_ft.config import load_config
-    from lora_ft.train import _save_outputs, prepare
+    from lora_ft.training.train import _save_outputs, prepare
 
     cfg = load_config(
         None, [f"model.name={ws.model}", f"data.name={ws.data}", "data.max_length=16", "train.method=full"]
@@ -422,7 +422,7 @@ def test_merge_verification_refuses_nan_inf_and_a_real_difference(bad):
 
 
 def test_a_float16_export_that_overflows_is_refused(tmp_path, tiny_bert_dir):
-    from lora_ft.export import export_merged
+    from lora_ft.serving.export import export_merged
 
     make_adapter(tiny_bert_dir, tmp_path / "a")
     path = tmp_path / "a" / WEIGHTS_NAME

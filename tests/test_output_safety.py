@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import MARKER_NAME, check_comparison_dir, check_output_dir, publish_dir
 
@@ -73,9 +73,9 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("work started before --out was checked")
 
-    monkeypatch.setattr("lora_ft.train.prepare", started)
-    monkeypatch.setattr("lora_ft.export.load_artifact", started)
-    monkeypatch.setattr("lora_ft.inspect_run.inspect", started)
+    monkeypatch.setattr("lora_ft.training.train.prepare", started)
+    monkeypatch.setattr("lora_ft.serving.export.load_artifact", started)
+    monkeypatch.setattr("lora_ft.serving.inspect.inspect", started)
     monkeypatch.setattr(subprocess, "Popen", started)  # compare trains each run in a subprocess
 
 

@@ -10,13 +10,13 @@ from torch import nn
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from lora_ft import precision
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.lora import LoRALinear
-from lora_ft.precision import prepare_model, resolve_precision, set_dtypes
-from lora_ft.train import train
+from lora_ft.training import precision
+from lora_ft.training.precision import prepare_model, resolve_precision, set_dtypes
+from lora_ft.training.train import train
 
 
 def _cfg(model_dir, data_dir, *extra: str):

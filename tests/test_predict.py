@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lora_ft.artifacts import load_artifact
-from lora_ft.cli import app
+from lora_ft.cli.app import app
+from lora_ft.data.metrics import classification_metrics
 from lora_ft.errors import LoraFtError
-from lora_ft.predict import evaluate, label_map, predict_logits
-from lora_ft.train import classification_metrics
+from lora_ft.serving.artifacts import load_artifact
+from lora_ft.serving.predict import evaluate, label_map, predict_logits
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import make_adapter

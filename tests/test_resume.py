@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from lora_ft.checkpoint import install, last_checkpoint, rotate, tidy_checkpoints
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
-from lora_ft.signals import TrainingInterrupted
-from lora_ft.train import train
+from lora_ft.training.checkpoint import install, last_checkpoint, rotate, tidy_checkpoints
+from lora_ft.training.signals import TrainingInterrupted
+from lora_ft.training.train import train
 
 from .conftest import toy_rows, write_split
 
@@ -147,7 +147,7 @@ class FailSavingAt(TrainerCallback):
                 assert any(path.iterdir()), "the checkpoint was not being written"
                 raise KeyboardInterrupt
 
-            self.monkeypatch.setattr("lora_ft.checkpoint.fsync_tree", die)
+            self.monkeypatch.setattr("lora_ft.training.checkpoint.fsync_tree", die)
 
 
 def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(tmp_path, toy, monkeypatch):
@@ -222,7 +222,7 @@ def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, toy
 
 
 def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, toy, monkeypatch):
-    import lora_ft.train as train_module
+    import lora_ft.training.train as train_module
 
     real = train_module.prepare
 
@@ -240,8 +240,8 @@ def test_signal_before_training_aborts_and_leaves_nothing(tmp_path, toy, monkeyp
 
 
 def test_cli_sigterm_exits_143_with_the_resume_command(tmp_path, toy, monkeypatch):
-    import lora_ft.train as train_module
-    from lora_ft.cli import app
+    import lora_ft.training.train as train_module
+    from lora_ft.cli.app import app
 
     ref, ref_metrics = toy.ref, toy.ref_metrics
     real = train_module.train
@@ -270,7 +270,7 @@ import sys, time
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 from lora_ft.config import load_config
-from lora_ft.train import train
+from lora_ft.training.train import train
 
 class Slow(TrainerCallback):  # slow steps let the test kill mid-run; the numerics are untouched
     def on_step_end(self, *args, **kwargs):
@@ -362,7 +362,7 @@ def test_killed_after_the_final_checkpoint_resumes_without_training_past_the_bud
     tmp_path, toy, off_epoch_ref, monkeypatch, where
 ):
     """Killed in the last epoch-end validation, in the test evaluation, or after adapter/ was written."""
-    import lora_ft.train as train_module
+    import lora_ft.training.train as train_module
 
     ref, ref_metrics = off_epoch_ref
     cfg, out = toy.cfg(OFF_EPOCH), tmp_path / "run"

@@ -19,12 +19,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lora_ft import assets, manifest
-from lora_ft.cli import app
+from lora_ft.cli.app import app
+from lora_ft.data import assets, manifest
+from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
-from lora_ft.labels import check_label_names
-from lora_ft.modeling import resolve_model_path
-from lora_ft.predict import predict_logits
+from lora_ft.serving.predict import predict_logits
+from lora_ft.training.modeling import resolve_model_path
 
 from .conftest import assert_one_line_error
 from .test_adapter_io import make_adapter
@@ -208,8 +208,8 @@ def test_predict_file_splits_at_newlines_only(tmp_path, adapter):
 
 
 def test_predict_streams_bounded_chunks_with_the_output_of_one_pass(tmp_path, adapter, monkeypatch):
-    from lora_ft import predict as predict_module
-    from lora_ft.commands import export
+    from lora_ft.cli import export
+    from lora_ft.serving import predict as predict_module
 
     texts = [f"{'a warm film' if i % 3 else 'a dull mess'} {'word ' * (i % 7)}{i}" for i in range(11)]
     stdin = "\n".join(texts) + "\n"
@@ -253,7 +253,7 @@ class _TokenizerSpy:
 
 
 def test_a_huge_sentence_is_tokenized_from_a_bounded_prefix_with_the_same_logits(adapter):
-    from lora_ft.artifacts import load_artifact
+    from lora_ft.serving.artifacts import load_artifact
 
     artifact = load_artifact(adapter)
     huge = " ".join(f"word{i % 50} film" for i in range(100_000))  # ~1.1 M characters

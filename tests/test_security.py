@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lora_ft.cli import app
+from lora_ft.cli.app import app
 from lora_ft.config import config_from_dict, dump_config, load_config, read_yaml
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import MAX_RECORD_BYTES, open_own, write_atomic
-from lora_ft.signals import TrainingInterrupted
-from lora_ft.train import train
+from lora_ft.training.signals import TrainingInterrupted
+from lora_ft.training.train import train
 
 from .conftest import assert_one_line_error, toy_rows, write_split
 from .test_data_integrity import SignalAt
@@ -241,8 +241,8 @@ def test_a_fresh_run_does_not_discard_a_linked_in_progress_directory(ws):
 
 
 def test_our_own_files_are_never_opened_through_a_link(ws, tmp_path):
-    from lora_ft.callbacks import JsonlLogCallback
-    from lora_ft.rundir import RunDir
+    from lora_ft.training.callbacks import JsonlLogCallback
+    from lora_ft.training.rundir import RunDir
 
     victim, _ = _victims(tmp_path)
     # The lock, even with the directory scan bypassed: O_NOFOLLOW, not a truncated victim.
@@ -276,7 +276,7 @@ def test_our_own_files_are_never_opened_through_a_link(ws, tmp_path):
 def test_a_model_directory_made_of_links_still_loads(tmp_path, tiny_bert_dir):
     """The Hugging Face hub cache keeps every file of a snapshot as a link into blobs/."""
     from lora_ft.config import ModelConfig
-    from lora_ft.modeling import load_model
+    from lora_ft.training.modeling import load_model
 
     linked = tmp_path / "snapshot"
     linked.mkdir()
@@ -334,7 +334,7 @@ def test_an_adapter_config_too_deep_or_too_large_is_one_line(tmp_path, content):
 
 def test_a_labels_file_too_deep_is_one_line(tmp_path):
     from lora_ft.config import DataConfig
-    from lora_ft.data import load_data
+    from lora_ft.data.loading import load_data
 
     data = tmp_path / "data"
     data.mkdir()
@@ -346,8 +346,8 @@ def test_a_labels_file_too_deep_is_one_line(tmp_path):
 
 
 def test_compare_passes_its_command_lines_grant_to_each_run(ws):
-    from lora_ft.compare import compare
-    from lora_ft.compare_worker import train_one
+    from lora_ft.compare.runner import compare
+    from lora_ft.compare.worker import train_one
 
     granted = []
 

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from lora_ft.config import load_config
-from lora_ft.train import classification_metrics, train
+from lora_ft.data.metrics import classification_metrics
+from lora_ft.training.train import train
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from lora_ft.adapter_io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
-from lora_ft.artifacts import load_artifact
-from lora_ft.compare import compare, parse_methods, run_config
+from lora_ft.compare.runner import compare, parse_methods, run_config
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
-from lora_ft.export import export_merged
-from lora_ft.inject import default_head, inject_lora, lora_layers, merge_and_unload
 from lora_ft.lora import DoRALinear, LoRALinear
+from lora_ft.lora.inject import default_head, inject_lora, lora_layers, merge_and_unload
+from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.serving.artifacts import load_artifact
+from lora_ft.serving.export import export_merged
 
 from .test_adapter_io import base_model, logits_of
 from .test_compare import _cfg, in_process
@@ -300,7 +300,7 @@ def test_rank_pattern_saves_as_peft_keys_that_select_each_layer(tmp_path, tiny_b
     ],
 )
 def test_config_switches_reach_the_saved_adapter(tmp_path, tiny_bert_dir, overrides, keys):
-    from lora_ft.modeling import build_for_method, load_model
+    from lora_ft.training.modeling import build_for_method, load_model
 
     cfg = load_config(None, [f"model.name={tiny_bert_dir}", "lora.r=2", "lora.alpha=4", *overrides])
     loaded = load_model(cfg.model, ["neg", "pos"])
@@ -419,7 +419,7 @@ def test_magnitude_without_use_dora_is_refused(tmp_path, tiny_bert_dir):
 
 
 def test_variant_methods_are_lora_runs_with_the_variant_switched_on():
-    from lora_ft.compare import RunSpec
+    from lora_ft.compare.runner import RunSpec
 
     cfg = load_config(None, [])
     assert parse_methods("lora,dora,rslora,lora-all,full") == ["lora", "dora", "rslora", "lora-all", "full"]

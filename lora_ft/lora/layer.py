@@ -18,15 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_ft.lora.fused import lora_forward
+from lora_ft.lora.scaling import lora_scaling
 
 INITS = ("kaiming", "gaussian")
-
-
-def lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
-    """The factor on ``B @ A``: ``alpha / r`` (LoRA §4.1), so one learning rate serves every rank, or
-    ``alpha / sqrt(r)`` with rsLoRA (Kalajdzievski, 2023), which keeps the update's magnitude stable
-    as ``r`` grows."""
-    return alpha / (math.sqrt(r) if rslora else r)
 
 
 class LoRALinear(nn.Module):

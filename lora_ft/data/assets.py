@@ -16,6 +16,7 @@ interrupted fetch never leaves a half-prepared asset behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
 import logging
@@ -33,10 +34,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from lora_ft import manifest
+from lora_ft.config import RunConfig
+from lora_ft.data import manifest
+from lora_ft.data.manifest import sha256_file
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import publishable_temp_dir
-from lora_ft.manifest import sha256_file
 
 try:
     import fcntl
@@ -622,3 +624,17 @@ def ensure(name: str, kind: str | None = None) -> Path:
             f"built-in data: {', '.join(BUILTIN_DATA)}"
         )
     return fetch(name)
+
+
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with local data and model paths absolute, so the saved config names the same files anywhere.
+
+    Configs are compared in this form too (a resume, a comparison's reuse): the saved config holds the
+    absolute path of the relative one its command line or config file gave.
+    """
+    data, model = absolute_name(cfg.data.name), absolute_name(cfg.model.name)
+    if (data, model) == (cfg.data.name, cfg.model.name):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.name, cfg.model.name = data, model
+    return cfg

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lora_ft.artifacts import Artifact
 from lora_ft.config import DataConfig
 from lora_ft.errors import LoraFtError
+from lora_ft.serving.artifacts import Artifact
 
 log = logging.getLogger("lora_ft")
 
@@ -216,8 +216,8 @@ def evaluate(
     Raises:
         LoraFtError: unreadable data, a missing split, or labels that do not fit the model.
     """
-    from lora_ft.data import load_data
-    from lora_ft.train import classification_metrics
+    from lora_ft.data.loading import load_data
+    from lora_ft.data.metrics import classification_metrics
 
     cfg = data or artifact.data or DataConfig()
     loaded = load_data(cfg)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import TrustOpt, app, guarded
+from lora_ft.cli.app import TrustOpt, app, guarded
 
 
 def _table(inspection):
@@ -93,8 +93,8 @@ def inspect(
     from rich.console import Console
 
     from lora_ft.fsutil import check_output_dir
-    from lora_ft.inspect_run import default_out, write_inspection
-    from lora_ft.inspect_run import inspect as run_inspect
+    from lora_ft.serving.inspect import default_out, write_inspection
+    from lora_ft.serving.inspect import inspect as run_inspect
 
     out_dir = out or default_out(run)
     # Before the models load: a taken --out fails at once, and a report never replaces what it reads.

@@ -1,12 +1,12 @@
 """Train several methods under one budget, each in its own process, and gather the results per method.
 
-Every run is a fresh interpreter (``lora_ft.compare_worker``): a process's peak RSS only ever grows
+Every run is a fresh interpreter (``lora_ft.compare.worker``): a process's peak RSS only ever grows
 and the allocator keeps freed memory, so methods trained one after another in one process would
 inherit each other's peaks. A run that crashes is a failed row; the others stay.
 
 Layout of a compare directory::
 
-    DIR/report.md, results.json, *.png    written by lora_ft.compare_report / lora_ft.plots
+    DIR/report.md, results.json, *.png    written by lora_ft.compare.report / lora_ft.compare.plots
     DIR/runs/<method>[-r<r>]-seed<k>/     the run directory ``lora-ft train`` writes
     DIR/runs/<name>.yaml                  the resolved config the run was given
     DIR/runs/<name>.log                   its stdout and stderr
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_ft.compare_worker import Emit, run_in_subprocess
-from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml, with_absolute_paths
+from lora_ft.compare.worker import Emit, run_in_subprocess
+from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
+from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_atomic, write_marker
 
@@ -318,7 +319,7 @@ def compare(
             or not), or a finished run in ``out`` trained with another config (without ``force``);
             checked before anything is trained. A run that fails is a failed row, not an error.
     """
-    from lora_ft.compare_report import write_report
+    from lora_ft.compare.report import write_report
 
     if seeds < 1:
         raise LoraFtError(f"--seeds must be >= 1, got {seeds}")

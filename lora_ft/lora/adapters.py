@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_ft.adapter_io import Adapter, apply_adapter, check_adapter, read_adapter
-from lora_ft.artifacts import Artifact, _model_max_length
 from lora_ft.errors import LoraFtError
+from lora_ft.lora.io import Adapter, apply_adapter, check_adapter, read_adapter
+from lora_ft.serving.artifacts import Artifact, _model_max_length
 
 log = logging.getLogger("lora_ft")
 

@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_ft import __version__, assets
-from lora_ft.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
+from lora_ft import __version__
+from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
 from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
-from lora_ft.inject import lora_layers, merge_and_unload
-from lora_ft.predict import predict_logits
+from lora_ft.lora.inject import lora_layers, merge_and_unload
+from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
+from lora_ft.serving.predict import predict_logits
 
 log = logging.getLogger("lora_ft")
 
@@ -88,8 +89,8 @@ class MergeReport:
 
 def probe_batch(artifact: Artifact, size: int = DEFAULT_PROBE_SIZE) -> Probe:
     """``size`` validation sentences of the data the model was trained on, else the built-in sentences."""
-    from lora_ft.data import load_data
-    from lora_ft.predict import label_map
+    from lora_ft.data.loading import load_data
+    from lora_ft.serving.predict import label_map
 
     if size < 1:
         raise LoraFtError(f"--probe must be >= 1, got {size}")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import TrustOpt, app, guarded
+from lora_ft.cli.app import TrustOpt, app, guarded
 from lora_ft.errors import LoraFtError
 
 # Below this many sentences a progress bar would only flicker.
@@ -82,7 +82,7 @@ def merge(
 
         lora-ft merge ./peft-adapter --base ./my-base-model --out merged --force
     """
-    from lora_ft.export import TOLERANCE, export_merged
+    from lora_ft.serving.export import TOLERANCE, export_merged
 
     report = export_merged(
         run_or_adapter,
@@ -150,14 +150,14 @@ def eval_(
 
         lora-ft eval minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16
     """
-    from lora_ft.artifacts import load_artifact
     from lora_ft.failures import inference_memory_hint
-    from lora_ft.predict import evaluate
+    from lora_ft.serving.artifacts import load_artifact
+    from lora_ft.serving.predict import evaluate
 
     if split not in ("train", "validation", "test"):
         raise LoraFtError(f"--split must be train, validation or test, got {split!r}")
     if adapter or use is not None:
-        from lora_ft.commands.adapters import eval_adapters
+        from lora_ft.cli.adapters import eval_adapters
 
         def data_config(known):
             return _data_config(data, text_column, label_column, known)
@@ -209,7 +209,7 @@ def _data_config(data: str | None, text_column: str | None, label_column: str | 
 
 def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
     """The sentences to classify, streamed: arguments, the lines of ``file``, or of stdin for ``-``."""
-    from lora_ft.textlines import read_lines
+    from lora_ft.data.textlines import read_lines
 
     if file is not None and texts:
         raise LoraFtError('give sentences as arguments, with --file, or "-" for stdin; not several at once')
@@ -231,7 +231,7 @@ def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
 
 
 def _file_lines(path: Path) -> Iterator[str]:
-    from lora_ft.textlines import read_lines
+    from lora_ft.data.textlines import read_lines
 
     with path.open("rb") as f:
         yield from read_lines(f, str(path))
@@ -275,10 +275,10 @@ def predict(
 
         lora-ft predict minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16 "tedious and flat"
     """
-    from lora_ft.artifacts import load_artifact
+    from lora_ft.data.textlines import chunks
     from lora_ft.failures import inference_memory_hint
-    from lora_ft.predict import predict as run_predict
-    from lora_ft.textlines import chunks
+    from lora_ft.serving.artifacts import load_artifact
+    from lora_ft.serving.predict import predict as run_predict
 
     # Read, classify and print a chunk at a time: memory stays bounded however long the input is.
     batches = chunks(_inputs(list(texts or []), file), max(STREAM_SENTENCES, batch_size))
@@ -287,7 +287,7 @@ def predict(
         raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
     batches = itertools.chain([first], batches)
     if adapter or use is not None:
-        from lora_ft.commands.adapters import predict_adapters
+        from lora_ft.cli.adapters import predict_adapters
 
         options = dict(batch_size=batch_size, device=device, as_json=as_json)
         with inference_memory_hint(batch_size):
@@ -312,7 +312,7 @@ def predict(
 def prediction_line(p, as_json: bool) -> str:
     """One output line of ``predict``: JSON (the whole text), or ``label<TAB>probability<TAB>sentence``
     (the sentence cut to ``textlines.ECHO_CHARS`` characters)."""
-    from lora_ft.textlines import shorten
+    from lora_ft.data.textlines import shorten
 
     if as_json:
         return json.dumps(

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lora_ft.adapter_io import META_LABELS, META_SCALING, PREFIX
-from lora_ft.inject import _resolve_head, count_parameters, targets_table
+from lora_ft.lora.inject import _resolve_head, count_parameters, targets_table
+from lora_ft.lora.io import META_LABELS, META_SCALING, PREFIX
 
 FP32_BYTES = 4
 _HEADER_ALIGN = 8

@@ -16,7 +16,7 @@ from lora_ft.errors import LoraFtError
 def _adapter_set(
     base_name: str, specs: list[str] | None, use: str | None, base: str | None, trust_remote_code: bool
 ):
-    from lora_ft.multi_serve import load_adapter_set, parse_adapter_specs
+    from lora_ft.serving.multi import load_adapter_set, parse_adapter_specs
 
     if base is not None:
         raise LoraFtError(
@@ -45,9 +45,9 @@ def predict_adapters(
 ) -> Iterator[list[str]]:
     """The output lines, a list per chunk of sentences: with ``use`` exactly single-adapter ``predict``'s,
     else a header and then one column pair per adapter."""
-    from lora_ft.commands.export import PROGRESS_MIN_SENTENCES, prediction_line
-    from lora_ft.multi_serve import predict_each
-    from lora_ft.textlines import shorten
+    from lora_ft.cli.export import PROGRESS_MIN_SENTENCES, prediction_line
+    from lora_ft.data.textlines import shorten
+    from lora_ft.serving.multi import predict_each
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
     if use is None and not as_json:
@@ -106,7 +106,7 @@ def eval_adapters(
     from rich.console import Console
     from rich.table import Table
 
-    from lora_ft.multi_serve import common_data, evaluate_each
+    from lora_ft.serving.multi import common_data, evaluate_each
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
     known = common_data(aset, names)

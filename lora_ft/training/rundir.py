@@ -19,14 +19,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from lora_ft.checkpoint import (
-    TRAINER_STATE_NAME,
-    checkpoint_step,
-    last_checkpoint,
-    remove_checkpoint,
-    resumable,
-    tidy_checkpoints,
-)
 from lora_ft.config import (
     DATA_FINGERPRINT,
     RunConfig,
@@ -35,14 +27,22 @@ from lora_ft.config import (
     config_from_dict,
     load_config,
     read_yaml,
-    with_absolute_paths,
 )
-from lora_ft.distributed import launched_world_size
+from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import TrainingDiverged
 from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
-from lora_ft.signals import TrainingInterrupted, signal_name
+from lora_ft.training.checkpoint import (
+    TRAINER_STATE_NAME,
+    checkpoint_step,
+    last_checkpoint,
+    remove_checkpoint,
+    resumable,
+    tidy_checkpoints,
+)
+from lora_ft.training.distributed import launched_world_size
+from lora_ft.training.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
 

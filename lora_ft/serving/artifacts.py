@@ -23,12 +23,12 @@ from typing import Any
 
 from torch import nn
 
-from lora_ft import assets
-from lora_ft.adapter_io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
+from lora_ft.data import assets
+from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
-from lora_ft.labels import check_label_names
+from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
 
 log = logging.getLogger("lora_ft")
 
@@ -183,7 +183,7 @@ def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) 
         return check_label_names(run.metrics["label_names"], f"{run.path / 'metrics.json'}: label_names")
     from transformers import AutoConfig
 
-    from lora_ft.modeling import load_error, resolve_model_path
+    from lora_ft.training.modeling import load_error, resolve_model_path
 
     try:
         base_config = AutoConfig.from_pretrained(
@@ -212,7 +212,7 @@ def _ready(model: nn.Module) -> nn.Module:
 def _from_adapter(
     adir: Path, named: Path, run: _Run | None, base: str | None, trust_remote_code: bool
 ) -> Artifact:
-    from lora_ft.modeling import load_model
+    from lora_ft.training.modeling import load_model
 
     adapter = read_adapter(adir)
     model_cfg = _base_config(adapter, run, base, trust_remote_code)
@@ -265,7 +265,7 @@ def _from_model(
 ) -> Artifact:
     from transformers import AutoConfig
 
-    from lora_ft.modeling import load_error, load_model
+    from lora_ft.training.modeling import load_error, load_model
 
     if base is not None:
         raise LoraFtError(f"--base applies to adapters; {mdir} is a complete model")
@@ -302,7 +302,7 @@ def _from_model(
 
 def _model_max_length(tokenizer, model: nn.Module) -> int:
     """The longest input both the tokenizer and the position embeddings accept, at most 512."""
-    from lora_ft.modeling import input_limit
+    from lora_ft.training.modeling import input_limit
 
     limit = input_limit(model, tokenizer)
     return min(limit[0], _FALLBACK_MAX_LENGTH) if limit else _FALLBACK_MAX_LENGTH

@@ -13,8 +13,8 @@ from transformers import TrainerCallback
 
 from lora_ft.finite import diverged
 from lora_ft.fsutil import open_own
-from lora_ft.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
-from lora_ft.signals import StopSignals
+from lora_ft.training.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
+from lora_ft.training.signals import StopSignals
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -137,13 +137,13 @@ def train(
 
         lora-ft train --resume runs/try                 # after an interrupt, a crash or a kill
     """
-    from lora_ft.callbacks import RichProgressCallback
+    from lora_ft.cli.tables import print_run_summary
     from lora_ft.config import load_config
-    from lora_ft.distributed import is_main_process
-    from lora_ft.report import print_run_summary
-    from lora_ft.rundir import resume_config, resume_target
-    from lora_ft.train import default_run_dir
-    from lora_ft.train import train as run_train
+    from lora_ft.training.callbacks import RichProgressCallback
+    from lora_ft.training.distributed import is_main_process
+    from lora_ft.training.rundir import resume_config, resume_target
+    from lora_ft.training.train import default_run_dir
+    from lora_ft.training.train import train as run_train
 
     overrides = list(set_ or [])
     if method is not None:
@@ -214,9 +214,9 @@ def targets(
 
         lora-ft targets ./llama-2-7b/config.json --ranks 4,8,16,64
     """
-    from lora_ft.compare import parse_ranks
-    from lora_ft.modeling import load_model_skeleton
-    from lora_ft.report import print_targets
+    from lora_ft.cli.tables import print_targets
+    from lora_ft.compare.runner import parse_ranks
+    from lora_ft.training.modeling import load_model_skeleton
 
     if r < 1:
         raise LoraFtError(f"--r must be >= 1, got {r}")
@@ -228,9 +228,9 @@ def targets(
     console = _console()
     print_targets(skeleton, spec, r, console, all_rows=all_rows)
     if rank_list:
-        from lora_ft.calculator import savings
-        from lora_ft.inject import default_head, default_targets
-        from lora_ft.report import print_savings
+        from lora_ft.cli.tables import print_savings
+        from lora_ft.lora.calculator import savings
+        from lora_ft.lora.inject import default_head, default_targets
 
         spec = spec if spec is not None else default_targets(skeleton)
         print_savings(savings(skeleton, spec, rank_list, default_head(skeleton), name=model), console)
@@ -259,7 +259,7 @@ def fetch(
 
         lora-ft fetch rt-sentences --from ./vaderSentiment-3.3.2.tar.gz
     """
-    from lora_ft import assets
+    from lora_ft.data import assets
 
     wanted = list(names or [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
     for name in wanted:
@@ -280,10 +280,10 @@ def _register_command_modules() -> None:
     import importlib
     import pkgutil
 
-    from lora_ft import commands
+    import lora_ft.cli as commands
 
     for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-        importlib.import_module(f"lora_ft.commands.{module}")
+        importlib.import_module(f"lora_ft.cli.{module}")
 
 
 _register_command_modules()
@@ -291,7 +291,7 @@ _register_command_modules()
 
 def main() -> None:
     """Console-script entry point."""
-    from lora_ft.distributed import shutdown
+    from lora_ft.training.distributed import shutdown
 
     try:
         app(prog_name="lora-ft")

@@ -1,6 +1,6 @@
 """The process boundary of ``lora-ft compare``: one training run per fresh interpreter.
 
-``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force] [--trust-remote-code]`` trains one resolved
+``python -m lora_ft.compare.worker CONFIG RUN_DIR [--force] [--trust-remote-code]`` trains one resolved
 config. It prints progress lines (``PROGRESS_PREFIX`` + JSON) on stdout for the parent's progress bar,
 and ends a failure with the CLI's one-line ``error: ...`` on stderr, which the parent puts in the report.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import open_own
-from lora_ft.signals import TrainingInterrupted, signal_name
+from lora_ft.training.signals import TrainingInterrupted, signal_name
 
 PROGRESS_PREFIX = "@lora-ft-progress "
 
@@ -38,7 +38,7 @@ def run_in_subprocess(
     stop, a second aborts it (as for ``train``). The comparison then stops with the signal's exit code,
     and running it again resumes the interrupted run from its checkpoint.
     """
-    command = [sys.executable, "-m", "lora_ft.compare_worker", str(config_path), str(run_dir)]
+    command = [sys.executable, "-m", "lora_ft.compare.worker", str(config_path), str(run_dir)]
     if force:
         command.append("--force")
     if trust_remote_code:
@@ -123,10 +123,10 @@ def train_one(
     """
     from transformers import TrainerCallback
 
-    from lora_ft.checkpoint import last_checkpoint
     from lora_ft.config import load_config
-    from lora_ft.rundir import RunDir
-    from lora_ft.train import train
+    from lora_ft.training.checkpoint import last_checkpoint
+    from lora_ft.training.rundir import RunDir
+    from lora_ft.training.train import train
 
     class _Progress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -156,7 +156,7 @@ def _print_progress(event: dict[str, Any]) -> None:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m lora_ft.compare_worker CONFIG RUN_DIR [--force] [--trust-remote-code]``: the CLI's one-line errors."""
+    """``python -m lora_ft.compare.worker CONFIG RUN_DIR [--force] [--trust-remote-code]``: the CLI's one-line errors."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config_path, run_dir, *flags = argv
     try:

@@ -2,7 +2,7 @@
 
 ``DataConfig.name`` is resolved, in order, as:
 
-- a built-in name (``rt-sentences``): prepared by :mod:`lora_ft.assets`, read like a directory;
+- a built-in name (``rt-sentences``): prepared by :mod:`lora_ft.data.assets`, read like a directory;
 - a local file (``.csv``, ``.tsv``, ``.jsonl``/``.json``, ``.parquet``): the train split, with 10% carved
   out (seed 42) as validation;
 - a local directory of split files ``train.*``, ``validation.*`` (or ``dev.*``/``valid.*``), ``test.*``
@@ -37,12 +37,12 @@ from pathlib import Path
 
 import datasets
 
-from lora_ft import assets
 from lora_ft.config import DataConfig
+from lora_ft.data import assets
+from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
-from lora_ft.labels import check_label_names
 
 logger = logging.getLogger("lora_ft")
 

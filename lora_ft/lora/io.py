@@ -29,12 +29,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lora_ft import assets
+from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
 from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
-from lora_ft.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 from lora_ft.lora import LoRALinear, lora_scaling
+from lora_ft.lora.inject import _resolve_head, inject_lora, lora_layers, pattern_value
 
 log = logging.getLogger("lora_ft")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lora_ft.adapter_io import CONFIG_NAME, Adapter, read_adapter
-from lora_ft.artifacts import _adapter_labels, _builtin_or, _read_run, _run_holding
 from lora_ft.config import DataConfig, ModelConfig
 from lora_ft.errors import LoraFtError
-from lora_ft.multi_adapter import NAME_PATTERN, AdapterSet
-from lora_ft.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
+from lora_ft.lora.adapters import NAME_PATTERN, AdapterSet
+from lora_ft.lora.io import CONFIG_NAME, Adapter, read_adapter
+from lora_ft.serving.artifacts import _adapter_labels, _builtin_or, _read_run, _run_holding
+from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
 
 log = logging.getLogger("lora_ft")
 
@@ -71,7 +71,7 @@ def load_adapter_set(
         LoraFtError: ``base`` is an adapter or run directory; adapters recording different layer cuts;
             see ``AdapterSet.add_adapter``.
     """
-    from lora_ft.modeling import load_model
+    from lora_ft.training.modeling import load_model
 
     if not adapters:
         raise LoraFtError("no adapters given; add --adapter NAME=DIR")

@@ -21,19 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lora_ft import __version__
-from lora_ft.adapter_io import save_adapter
-from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config, with_absolute_paths
-from lora_ft.data import LoadedData, load_data, tokenize_data
-from lora_ft.distributed import check_same_on_all_ranks, from_main, launched_world_size, seeded_fingerprint
+from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
+from lora_ft.data.assets import with_absolute_paths
+from lora_ft.data.loading import LoadedData, load_data, tokenize_data
+from lora_ft.data.metrics import compute_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
 from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic
-from lora_ft.modeling import (
+from lora_ft.lora.io import save_adapter
+from lora_ft.training.distributed import (
+    check_same_on_all_ranks,
+    from_main,
+    launched_world_size,
+    seeded_fingerprint,
+)
+from lora_ft.training.modeling import (
     BuildReport,
     LoadedModel,
     build_for_method,
@@ -41,45 +47,12 @@ from lora_ft.modeling import (
     load_model,
     quiet_transformers,
 )
-from lora_ft.precision import check_supported, prepare_model, resolve_precision
-from lora_ft.resources import peak_rss_mb
-from lora_ft.rundir import RunDir
-from lora_ft.signals import StopSignals
+from lora_ft.training.precision import check_supported, prepare_model, resolve_precision
+from lora_ft.training.resources import peak_rss_mb
+from lora_ft.training.rundir import RunDir
+from lora_ft.training.signals import StopSignals
 
 log = logging.getLogger("lora_ft")
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 from ``logits`` ``(N, K)`` and ``labels`` ``(N,)``.
-
-    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and otherwise the macro average over
-    the classes that occur in ``labels`` or in the predictions (scikit-learn's ``labels=`` their union):
-    a class absent from both has no F1 to average, not an F1 of 0.
-    Written by hand because the ``evaluate`` library downloads its metrics from the Hub.
-    """
-    preds = logits.argmax(-1)
-    k = logits.shape[-1]
-    accuracy = float((preds == labels).mean()) if len(labels) else 0.0
-
-    def f1_of(c: int) -> float:
-        tp = float(((preds == c) & (labels == c)).sum())
-        fp = float(((preds == c) & (labels != c)).sum())
-        fn = float(((preds != c) & (labels == c)).sum())
-        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-
-    if k == 2:
-        f1 = f1_of(1)
-    else:
-        present = np.union1d(labels, preds)
-        f1 = float(np.mean([f1_of(int(c)) for c in present])) if len(present) else 0.0
-    return {"accuracy": accuracy, "f1": f1}
-
-
-def _compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return classification_metrics(np.asarray(logits), np.asarray(labels))
 
 
 def library_versions() -> dict[str, str]:
@@ -274,7 +247,7 @@ def train(
 ) -> dict[str, Any]:
     """Train one method and write the run directory ``out``; return the metrics written to metrics.json.
 
-    The run trains in ``.<out>.partial`` next to ``out`` (see :mod:`lora_ft.rundir`); ``resume``
+    The run trains in ``.<out>.partial`` next to ``out`` (see :mod:`lora_ft.training.rundir`); ``resume``
     continues an interrupted one from its last checkpoint, bit-exactly on the same machine.
 
     Under ``torchrun`` / ``accelerate launch`` every rank calls this; only the main process writes the
@@ -290,14 +263,14 @@ def train(
     """
     from transformers import DataCollatorWithPadding, PrinterCallback
 
-    from lora_ft.callbacks import (
+    from lora_ft.training.callbacks import (
         AtTrainBegin,
         JsonlLogCallback,
         MemoryCallback,
         StopOnNonFinite,
         StopOnSignal,
     )
-    from lora_ft.checkpoint import CheckpointTrainer
+    from lora_ft.training.checkpoint import CheckpointTrainer
 
     if method is not None and method != cfg.train.method:
         cfg = copy.deepcopy(cfg)
@@ -363,7 +336,7 @@ def train(
                 eval_dataset=p.tokenized["validation"],
                 data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
                 processing_class=p.loaded.tokenizer,
-                compute_metrics=_compute_metrics,
+                compute_metrics=compute_metrics,
                 callbacks=[
                     JsonlLogCallback(run.partial / "log.jsonl"),
                     StopOnNonFinite(),
@@ -377,7 +350,7 @@ def train(
                 trainer.add_callback(
                     AtTrainBegin(lambda: write_atomic(run.partial / "config.yaml", config_text))
                 )
-            with memory_hint(cfg):
+            with memory_hint(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.data.max_length):
                 result = trainer.train(resume_from_checkpoint=str(start) if start else None)
                 if signals.signum is not None:
                     raise run.interrupted(signals.signum, trainer.state.max_steps)

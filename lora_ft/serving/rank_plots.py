@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_ft.analysis import THRESHOLDS, ModuleUpdate
-from lora_ft.plots import _save
+from lora_ft.compare.plots import _save
+from lora_ft.lora.analysis import THRESHOLDS, ModuleUpdate
 
 _FLOOR = 1e-6  # singular values below this fraction of the largest are not drawn (log axis)
 _SPECTRUM_BOTTOM = 1e-3  # σ_i / σ_1 below this is the tail of a full-rank spectrum, not its shape

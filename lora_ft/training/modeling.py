@@ -12,10 +12,10 @@ from pathlib import Path
 
 from torch import nn
 
-from lora_ft import assets
 from lora_ft.config import ModelConfig, RunConfig
+from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.inject import (
+from lora_ft.lora.inject import (
     InjectionReport,
     count_parameters,
     default_head,

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_ft import assets
-from lora_ft.adapter_io import CONFIG_NAME
-from lora_ft.analysis import ModuleUpdate, analyse, to_json
 from lora_ft.config import config_from_dict, read_yaml
+from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.lora.analysis import ModuleUpdate, analyse, to_json
+from lora_ft.lora.io import CONFIG_NAME
 
 JSON_NAME = "inspect.json"
 
@@ -110,8 +110,8 @@ def inspect(
         LoraFtError: ``run`` is not a LoRA run or adapter directory; ``against`` is not a finished
             ``train.method=full`` run, or fine-tuned another base model; a DoRA adapter.
     """
-    from lora_ft.artifacts import load_artifact
-    from lora_ft.inject import lora_layers
+    from lora_ft.lora.inject import lora_layers
+    from lora_ft.serving.artifacts import load_artifact
 
     run, against = Path(run).expanduser(), Path(against).expanduser() if against is not None else None
     _check_lora_source(run)
@@ -144,7 +144,7 @@ def inspect(
 
 def write_inspection(inspection: Inspection, out: Path, *, force: bool = False) -> list[Path]:
     """Write ``inspect.json`` and the PNGs into ``out``: built in a hidden sibling, renamed into place."""
-    from lora_ft.rank_plots import write_plots
+    from lora_ft.serving.rank_plots import write_plots
 
     check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)

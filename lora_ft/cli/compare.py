@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import ConfigArg, SetOpt, TrustOpt, app, guarded
+from lora_ft.cli.app import ConfigArg, SetOpt, TrustOpt, app, guarded
 from lora_ft.errors import LoraFtError
 
 
@@ -67,9 +67,9 @@ def compare(
     """
     from rich.console import Console
 
-    from lora_ft.compare import compare as run_compare
-    from lora_ft.compare import parse_methods, parse_ranks
-    from lora_ft.compare_report import CompareProgress, print_comparison
+    from lora_ft.compare.report import CompareProgress, print_comparison
+    from lora_ft.compare.runner import compare as run_compare
+    from lora_ft.compare.runner import parse_methods, parse_ranks
     from lora_ft.config import load_config
 
     cfg = load_config(config, list(set_ or []), trust_remote_code=trust_remote_code)

@@ -10,9 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lora_ft.compare import VARIANTS, Comparison, RunResult, RunSpec, describe_variant, read_log, train_method
+from lora_ft.compare.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
+from lora_ft.compare.runner import (
+    VARIANTS,
+    Comparison,
+    RunResult,
+    RunSpec,
+    describe_variant,
+    read_log,
+    train_method,
+)
 from lora_ft.fsutil import write_atomic
-from lora_ft.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 
 PLOTS = {
     "curves": "curves.png",
