@@ -426,6 +426,7 @@ def e2e_worker(args) -> None:
     from transformers import TrainerCallback
 
     import lora_ft.data.loading as data_module
+    import lora_ft.data.tokenization as tokenization_module
     import lora_ft.training.train as train_module
 
     launched = float(args.launched)
@@ -474,12 +475,14 @@ def e2e_worker(args) -> None:
         metrics = train_module.train(cfg, Path(tmp) / "run", callbacks=[clock])
         train_module.prepare = real_prepare
         setup = Setup.load(cfg)
-        cached = data_module.tokenized_cache_dir
-        data_module.tokenized_cache_dir = lambda *a: Path(tmp) / "tokenized"
+        cached = tokenization_module.tokenized_cache_dir
+        tokenization_module.tokenized_cache_dir = lambda *a: Path(tmp) / "tokenized"
         t0 = time.perf_counter()
-        data_module.tokenize_data(data_module.load_data(cfg.data), setup.tokenizer, cfg.data.max_length)
+        tokenization_module.tokenize_data(
+            data_module.load_data(cfg.data), setup.tokenizer, cfg.data.max_length
+        )
         cold = time.perf_counter() - t0
-        data_module.tokenized_cache_dir = cached
+        tokenization_module.tokenized_cache_dir = cached
     # The same batches (padding and all) stepped by hand, on the same method: forward, backward, AdamW; no
     # data loading, collation, clipping, scheduler, logging or callbacks. Both clocks, as for the Trainer.
     lora = cfg.lora

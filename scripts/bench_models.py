@@ -88,7 +88,8 @@ class Setup:
 
     @classmethod
     def load(cls, cfg) -> Setup:
-        from lora_ft.data.loading import load_data, tokenize_data
+        from lora_ft.data.loading import load_data
+        from lora_ft.data.tokenization import tokenize_data
         from lora_ft.lora.inject import default_head
         from lora_ft.training.modeling import load_model, quiet_transformers
 

