@@ -301,7 +301,8 @@ def test_save_adapter_refuses_non_finite_weights_and_writes_nothing(tmp_path, ti
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_full_model_outputs_refuse_non_finite_weights(tmp_path, ws, value):
     from lora_ft.config import load_config
-    from lora_ft.training.train import _save_outputs, prepare
+    from lora_ft.training.prepare import prepare
+    from lora_ft.training.train import _save_outputs
 
     cfg = load_config(
         None, [f"model.name={ws.model}", f"data.name={ws.data}", "data.max_length=16", "train.method=full"]
