@@ -1,6 +1,5 @@
-"""What a resume may change and what it may not: the settings that only set the budget or the cadence
-of logging, evaluation and saving, versus everything that would continue the checkpoint as another
-experiment (model, adapter, data, optimiser, seed, batch), and the data files' bytes.
+"""What a resume may change and what it may not: which settings differ between a run's saved config
+and the resume's (``RESUMABLE_CHANGES`` are the ones allowed), and which data files' bytes do.
 
 ``RunDir.check_resume`` and ``RunDir.changed_data`` turn these answers into the errors a refused
 resume gives; nothing here reads or writes the run directory.
