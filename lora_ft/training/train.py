@@ -84,17 +84,24 @@ def train(
     cfg = with_absolute_paths(cfg)  # what config.yaml saves
     # Under torchrun / accelerate launch, building the arguments joins the process group.
     args = training_arguments(cfg, cfg.train.method, run.checkpoints)
-    main_out = from_main(run.out)
-    if main_out != run.out:  # a default run name is stamped by each rank's clock: rank 0's is the one
-        run = RunDir(main_out)
-        args.output_dir = str(run.checkpoints)
+    run = _main_process_run(run, args)
     with StopSignals() as signals:
         try:
             if resume:
                 finished = _finished(run, args.process_index == 0, force)
                 if finished is not None:
                     return finished
-            return _train_into(run, cfg, args, signals, force, resume, prepared, callbacks, notify)
+            return _train_into(
+                run,
+                cfg,
+                args,
+                signals,
+                force=force,
+                resume=resume,
+                prepared=prepared,
+                callbacks=callbacks,
+                notify=notify,
+            )
         except BaseException as exc:
             error = run.abandon(exc, signals.aborted_by)
             if error is exc:
@@ -111,6 +118,19 @@ def _resolved(cfg: RunConfig, method: str | None) -> RunConfig:
         cfg = copy.deepcopy(cfg)
         cfg.train.precision = resolve_precision("auto")
     return cfg
+
+
+def _main_process_run(run: RunDir, args: TrainingArguments) -> RunDir:
+    """The run directory as the main process names it, ``args.output_dir`` pointed at its checkpoints.
+
+    A default run name is stamped by each rank's clock: rank 0's is the one.
+    """
+    main_out = from_main(run.out)
+    if main_out == run.out:
+        return run
+    run = RunDir(main_out)
+    args.output_dir = str(run.checkpoints)
+    return run
 
 
 def _check_target(run: RunDir, cfg: RunConfig, force: bool, resume: bool) -> None:
@@ -140,6 +160,7 @@ def _train_into(
     cfg: RunConfig,
     args: TrainingArguments,
     signals: StopSignals,
+    *,
     force: bool,
     resume: bool,
     prepared: Prepared | None,
