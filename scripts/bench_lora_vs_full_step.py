@@ -33,7 +33,7 @@ class Trainee:
     """One method's model and AdamW, stepped by hand."""
 
     def __init__(self, cfg, method: str):
-        from lora_ft.training.train import prepare
+        from lora_ft.training.prepare import prepare
 
         self.prepared = prepare(cfg, method)
         self.model = self.prepared.loaded.model

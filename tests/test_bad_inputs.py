@@ -512,7 +512,7 @@ def test_trust_remote_code_is_false_unless_asked(ws, monkeypatch):
 
 
 def test_a_very_long_sentence_is_truncated_not_an_error(ws):
-    from lora_ft.training.train import prepare
+    from lora_ft.training.prepare import prepare
 
     data = ws.data_dir("long", [("a wonderful film " * 5_000, 1), ("dull", 0)] * 4)
     prepared = prepare(

@@ -154,7 +154,7 @@ def test_ranks_check_they_drew_the_same_initial_weights(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP is refused only without a CUDA GPU")
 def test_fsdp_without_a_gpu_is_refused_rather_than_quietly_replaced_by_ddp(tmp_path):
     from lora_ft.errors import LoraFtError
-    from lora_ft.training.train import training_arguments
+    from lora_ft.training.arguments import training_arguments
 
     cfg = load_config(None, ["train.trainer.fsdp=true"])
     with pytest.raises(

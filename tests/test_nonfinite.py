@@ -253,10 +253,10 @@ def test_an_infinite_gradient_norm_under_fp16_is_the_loss_scaler_not_divergence(
 
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_non_finite_final_metrics_publish_no_run(ws, monkeypatch, value):
-    import lora_ft.training.train as train_module
+    import lora_ft.training.record as record_module
 
     monkeypatch.setattr(
-        train_module, "_evaluate", lambda trainer, dataset, prefix: {"accuracy": 0.5, "loss": value}
+        record_module, "_evaluate", lambda trainer, dataset, prefix: {"accuracy": 0.5, "loss": value}
     )
     result = runner.invoke(app, _train_argv(ws, "--set", "train.max_steps=2"))
     assert_one_line_error(
@@ -301,7 +301,8 @@ def test_save_adapter_refuses_non_finite_weights_and_writes_nothing(tmp_path, ti
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_full_model_outputs_refuse_non_finite_weights(tmp_path, ws, value):
     from lora_ft.config import load_config
-    from lora_ft.training.train import _save_outputs, prepare
+    from lora_ft.training.prepare import prepare
+    from lora_ft.training.train import _save_outputs
 
     cfg = load_config(
         None, [f"model.name={ws.model}", f"data.name={ws.data}", "data.max_length=16", "train.method=full"]

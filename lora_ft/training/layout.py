@@ -12,3 +12,4 @@ LOG_FILE = "log.jsonl"  # one line per logging step / eval
 ADAPTER_DIR = "adapter"  # PEFT-format adapter (lora method)
 MODEL_DIR = "model"  # full weights (full/head methods), save_pretrained format
 CHECKPOINTS_DIR = "checkpoints"  # resumable Trainer checkpoints
+LOCK_FILE = ".lock"  # in the in-progress directory only: held by the process training into it

@@ -10,7 +10,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
+import torch
+import transformers
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from lora_ft.config import ModelConfig, RunConfig
 from lora_ft.data import assets
@@ -32,9 +36,6 @@ _NO_LIMIT = 10**18
 
 def quiet_transformers() -> None:
     """Silence transformers' load reports and the libraries' per-file progress bars; ours say what matters."""
-    import datasets
-    import transformers
-
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -112,8 +113,6 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     transformers 5 builds a tokenizer from the model's config alone when the directory has no tokenizer
     files: every word becomes ``[UNK]``, and a model trained on that learns nothing from the text.
     """
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -162,8 +161,6 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
         LoraFtError: unknown path, pickled weights without ``allow_pickle``, unreachable hub id,
             or a checkpoint that is not a sequence-classification-capable architecture.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     quiet_transformers()
     path = resolve_model_path(cfg.name)
     use_safetensors = _check_weights_format(path, cfg.allow_pickle)
@@ -212,9 +209,6 @@ def load_model_skeleton(name: str, num_labels: int = 2, trust_remote_code: bool 
     Used by dry runs (``lora-ft targets``) that need shapes, not values, so planning for a large
     model needs only its config.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     quiet_transformers()
     p = Path(name).expanduser()
     source = str(p.parent) if p.is_file() and p.name.endswith(".json") else resolve_model_path(name)

@@ -4,7 +4,8 @@ A run for ``--out runs/x`` trains in ``runs/.x.partial/`` (config.yaml, log.json
 ``.lock`` held by the training process) and is renamed to ``runs/x`` only when finished, so
 ``runs/x`` is always a complete run. The in-progress directory outlives an interrupt, a crash or a
 ``kill -9`` as soon as it holds a checkpoint; ``lora-ft train --resume runs/x`` continues it. Before
-the first checkpoint there is nothing worth keeping, and a failure removes it.
+the first checkpoint there is nothing worth keeping, and a failure removes it. What a resume may
+change (settings, data) is decided in ``resume_rules``; the file names come from ``layout``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from lora_ft.config import (
     load_config,
     read_yaml,
 )
-from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import TrainingDiverged
@@ -42,49 +42,22 @@ from lora_ft.training.checkpoint import (
     tidy_checkpoints,
 )
 from lora_ft.training.distributed import launched_world_size
+from lora_ft.training.layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+)
+from lora_ft.training.resume_rules import data_change, refused_changes
 from lora_ft.training.signals import TrainingInterrupted, signal_name
 
 log = logging.getLogger("lora_ft")
 
 # What a finished run writes next to its checkpoints, before metrics.json marks it finished.
-OUTPUTS = ("adapter", "model")
-
-# What a resume may change: the budget, and how often to log, evaluate and save. Anything else
-# (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
-# model.trust_remote_code is a permission, granted by each command line anew, never by the saved config.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "model.trust_remote_code",
-        "train.epochs",
-        "train.max_steps",
-        "train.logging_steps",
-        "train.eval_strategy",
-        "train.eval_steps",
-        "train.eval_batch_size",
-        "train.save_strategy",
-        "train.save_steps",
-        "train.save_total_limit",
-        "train.threads",
-        "data.max_eval_samples",
-    }
-)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
-def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (old, new)}`` for every setting that differs, local paths compared absolute."""
-    a, b = _flatten(with_absolute_paths(old).to_dict()), _flatten(with_absolute_paths(new).to_dict())
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+OUTPUTS = (ADAPTER_DIR, MODEL_DIR)
 
 
 def resume_target(path: Path) -> Path:
@@ -101,14 +74,14 @@ class RunDir:
     def __init__(self, out: str | Path):
         self.out = Path(out)
         self.partial = self.out.parent / f".{self.out.name}.partial"
-        self.checkpoints = self.partial / "checkpoints"
+        self.checkpoints = self.partial / CHECKPOINTS_DIR
         self.claimed = False  # this process holds the lock and may keep or remove the directory
         self._created = False
         self._lock_fd: int | None = None
 
     @property
     def _lock_path(self) -> Path:
-        return self.partial / ".lock"
+        return self.partial / LOCK_FILE
 
     def resume_command(self) -> str:
         force = " --force" if self.out.exists() else ""
@@ -116,7 +89,7 @@ class RunDir:
 
     def start_over_command(self) -> str:
         """Train the interrupted run's settings afresh, discarding its checkpoints."""
-        config = shlex.quote(str(self.partial / "config.yaml"))
+        config = shlex.quote(str(self.partial / CONFIG_FILE))
         return f"lora-ft train {config} --out {shlex.quote(str(self.out))} --force"
 
     def _holder(self) -> str | None:
@@ -162,7 +135,7 @@ class RunDir:
     def saved_config(self) -> dict[str, Any]:
         """The interrupted run's config.yaml as a dict; raises when there is nothing to resume."""
         if not self.partial.is_dir():
-            if (self.out / "metrics.json").is_file():
+            if (self.out / METRICS_FILE).is_file():
                 raise LoraFtError(
                     f"{self.out} is a finished run; nothing to resume (train again with --force to replace it)"
                 )
@@ -170,13 +143,13 @@ class RunDir:
                 f"no interrupted run to resume at {self.out} (no {self.partial}); "
                 f"start one with `lora-ft train --out {shlex.quote(str(self.out))}`"
             )
-        if not (self.partial / "config.yaml").is_file():
+        if not (self.partial / CONFIG_FILE).is_file():
             raise LoraFtError(
                 f"{self.partial} has no config.yaml, so it cannot be resumed; train into {self.out} "
                 "again with --force to discard it"
             )
         refuse_links(self.partial, "the interrupted run")  # received runs: resuming writes into it
-        return read_yaml(self.partial / "config.yaml")
+        return read_yaml(self.partial / CONFIG_FILE)
 
     def check_resume(self, cfg: RunConfig, force: bool) -> None:
         """Refuse a resume that would continue the checkpoint as a different experiment."""
@@ -187,7 +160,7 @@ class RunDir:
                 f"{self.out} exists and the interrupted run replaces it when it finishes; "
                 "add --force to the resume command to allow that"
             )
-        changed = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUMABLE_CHANGES}
+        changed = refused_changes(saved, cfg)
         if changed:
             listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(changed.items())[:3])
             raise LoraFtError(
@@ -200,7 +173,7 @@ class RunDir:
     def _check_checkpoints(self) -> None:
         """Refuse a resume that has checkpoints but no intact one: the Trainer would quietly restart
         what is missing (the optimizer, the warmup, the RNG) and call the result resumed."""
-        if (self.partial / "metrics.json").is_file():
+        if (self.partial / METRICS_FILE).is_file():
             return  # finished, killed while publishing: nothing is loaded from the checkpoints
         good, damaged = resumable(self.checkpoints, launched_world_size())
         if good is None and damaged:
@@ -215,25 +188,13 @@ class RunDir:
 
         The run continues only on the bytes it started on: any file changed, added or gone is refused.
         """
-        saved = self.saved_config().get(DATA_FINGERPRINT)
-        if not isinstance(saved, dict):
-            return None  # a run from a lora-ft that did not record its data
-        for name in sorted(set(saved) | set(fingerprint)):
-            old, new = saved.get(name), fingerprint.get(name)
-            if old == new:
-                continue
-            if old is None:
-                what = "was not part of the data when the run started"
-            elif new is None:
-                what = "is no longer part of the data"
-            else:
-                what = f"changed since the run started (sha256 {str(old)[:12]}... then, {new[:12]}... now)"
-            kind = "data file" if os.path.isabs(name) else "data"
-            return (
-                f"cannot resume {self.out}: {kind} {name} {what}; restore the data the run started on, or "
-                "start a new run with another --out"
-            )
-        return None
+        change = data_change(self.saved_config().get(DATA_FINGERPRINT), fingerprint)
+        if change is None:
+            return None
+        return (
+            f"cannot resume {self.out}: {change}; restore the data the run started on, or "
+            "start a new run with another --out"
+        )
 
     def claim(self, fresh: bool) -> None:
         """Take the directory: for a fresh run remove a discarded one (checked before) and create it."""
@@ -289,7 +250,7 @@ class RunDir:
         The resumed run writes the later ones again: the steps after it, an evaluation that ran after
         the save (the last epoch-end evaluation), an interrupted call's summary and the test evaluation.
         """
-        path = self.partial / "log.jsonl"
+        path = self.partial / LOG_FILE
         if not path.is_file():
             return
         logged = 0

@@ -1,0 +1,107 @@
+"""What a run records about itself: the library versions its config.yaml saves, and the metrics.json
+of a finished run (its final validation and test metrics, its cost in time and memory, and the
+settings that produced them).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import datasets
+import torch
+import transformers
+
+from lora_ft import __version__
+from lora_ft.config import DATA_FINGERPRINT, RunConfig
+from lora_ft.training.callbacks import MemoryCallback
+from lora_ft.training.prepare import Prepared
+from lora_ft.training.resources import peak_rss_mb
+
+_EVAL_KEYS = ("accuracy", "f1", "loss")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of lora-ft, Python and the libraries that decide a run's numbers."""
+    return {
+        "lora_ft": __version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _evaluate(trainer, dataset, prefix: str) -> dict[str, float]:
+    raw = trainer.evaluate(dataset, metric_key_prefix=prefix)
+    return {k: float(raw[f"{prefix}_{k}"]) for k in _EVAL_KEYS if f"{prefix}_{k}" in raw}
+
+
+def _final_validation(trainer) -> dict[str, float] | None:
+    """The validation metrics the Trainer already computed at the last step (end of the last epoch)."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: float(entry[f"eval_{k}"]) for k in _EVAL_KEYS if f"eval_{k}" in entry}
+    return None
+
+
+def run_metrics(
+    p: Prepared, cfg: RunConfig, method: str, trainer, result, memory: MemoryCallback
+) -> dict[str, Any]:
+    """metrics.json of the run ``trainer`` has just trained (``result`` is what ``train()`` returned)."""
+    # Evaluating the same weights on the same split twice would cost a whole validation pass.
+    validation = _final_validation(trainer) or _evaluate(trainer, p.tokenized["validation"], "validation")
+    test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
+    tm = result.metrics
+    t = cfg.train
+    metrics: dict[str, Any] = {
+        "method": method,
+        "model": cfg.model.name,
+        "data": p.data.source,
+        DATA_FINGERPRINT: p.data.fingerprint,
+        "validation": validation,
+        "test": test,
+        "trainable_params": p.build.trainable_params,
+        "total_params": p.build.total_params,
+        "trainable_percent": 100.0 * p.build.trainable_fraction,
+        "train_seconds": float(tm.get("train_runtime", 0.0)),
+        "train_samples_per_second": float(tm.get("train_samples_per_second", 0.0)),
+        "train_loss": float(tm.get("train_loss", float("nan"))),
+        "train_samples": len(p.tokenized["train"]),
+        "epochs": float(t.epochs),
+        "global_steps": int(trainer.state.global_step),
+        "resumed_from_steps": (trainer.resume_record or {}).get("resumed_from", []),
+        "learning_rate": t.lr_for(method),
+        "batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, trainer.args.world_size),
+        "per_device_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "world_size": trainer.args.world_size,
+        "precision": t.precision,
+        "seed": t.seed,
+        "peak_memory_mb": peak_rss_mb() if memory.peak_mb is None else max(memory.peak_mb, peak_rss_mb()),
+        "train_memory_mb": memory.train_memory_mb,
+        "rss_before_train_mb": memory.before_mb,
+        "label_names": p.data.label_names,
+        "head": p.build.head,
+    }
+    if method == "lora":
+        metrics["lora"] = _lora_settings(cfg, p.build.targets)
+    if memory.cuda_peak_mb is not None:
+        metrics["cuda_peak_memory_mb"] = memory.cuda_peak_mb
+    return metrics
+
+
+def _lora_settings(cfg: RunConfig, targets: list[str]) -> dict[str, Any]:
+    lora = cfg.lora
+    return {
+        "r": lora.r,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "rslora": lora.rslora,
+        "use_dora": lora.use_dora,
+        "init": lora.init,
+        "rank_pattern": lora.rank_pattern,
+        "alpha_pattern": lora.alpha_pattern,
+        "targets": targets,
+    }
