@@ -1,8 +1,8 @@
 """Train several methods under one budget, each in its own process, and gather the results per method.
 
-Every run is a fresh interpreter (``lora_ft.compare.worker``): a process's peak RSS only ever grows
-and the allocator keeps freed memory, so methods trained one after another in one process would
-inherit each other's peaks. A run that crashes is a failed row; the others stay.
+Every run is a fresh interpreter (``lora_ft.compare.worker``, started by ``process``): a process's
+peak RSS only ever grows and the allocator keeps freed memory, so methods trained one after another
+in one process would inherit each other's peaks. A run that crashes is a failed row; the others stay.
 
 Layout of a compare directory::
 
@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lora_ft.compare.process import Emit, run_in_subprocess
 from lora_ft.compare.report import write_report
 from lora_ft.compare.results import VARIANTS, Comparison, RunResult, RunSpec, summarize, train_method
-from lora_ft.compare.worker import Emit, run_in_subprocess
 from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError

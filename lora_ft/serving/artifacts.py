@@ -30,7 +30,7 @@ from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
-from lora_ft.training.layout import ADAPTER, CONFIG_FILE, METRICS_FILE, MODEL_CONFIG, classify
+from lora_ft.training.layout import ADAPTER, CONFIG_FILE, METRICS_FILE, MODEL, MODEL_CONFIG, classify
 from lora_ft.training.modeling import input_limit, load_error, load_model, resolve_model_path
 
 log = logging.getLogger("lora_ft")
@@ -45,7 +45,7 @@ class Artifact:
     """A classifier ready for inference (eval mode, no gradients, CPU, float32 unless saved lower).
 
     Attributes:
-        kind: ``"adapter"`` (LoRA layers inside, unmerged) or ``"model"`` (a plain checkpoint).
+        kind: ``ADAPTER`` (LoRA layers inside, unmerged) or ``MODEL`` (a plain checkpoint), layout's names.
         path: what the user named.
         max_length: the truncation the model was trained with (or the model's own limit).
         base: the base model name the adapter was applied to (adapters only).
@@ -68,7 +68,7 @@ class Artifact:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        if self.kind == "adapter":
+        if self.kind == ADAPTER:
             return f"adapter {self.adapter.path} on {self.base}"
         return f"model {self.path}"
 
@@ -230,7 +230,7 @@ def _from_adapter(
         model=_ready(model),
         tokenizer=loaded.tokenizer,
         label_names=labels,
-        kind="adapter",
+        kind=ADAPTER,
         path=named,
         max_length=run.config.data.max_length if run else _model_max_length(loaded.tokenizer, model),
         adapter=adapter,
@@ -280,7 +280,7 @@ def _from_model(
         model=_ready(loaded.model),
         tokenizer=loaded.tokenizer,
         label_names=labels,
-        kind="model",
+        kind=MODEL,
         path=named,
         max_length=max_length,
         run_dir=run.path if run else None,

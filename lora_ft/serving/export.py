@@ -32,6 +32,7 @@ from lora_ft.fsutil import check_output_dir, publish_dir, staging_dir
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.serving.predict import label_map, predict_logits
+from lora_ft.training.layout import ADAPTER
 
 log = logging.getLogger("lora_ft")
 
@@ -174,7 +175,7 @@ def export_merged(
     out = Path(out).expanduser()
     check_output_dir(out, force, [Path(path).expanduser()])
     artifact = load_artifact(path, base=base, trust_remote_code=trust_remote_code)
-    if artifact.kind != "adapter":
+    if artifact.kind != ADAPTER:
         raise LoraFtError(
             f"{path} holds a complete model, not a LoRA adapter: there is nothing to merge, and it already "
             "loads with AutoModelForSequenceClassification.from_pretrained"
