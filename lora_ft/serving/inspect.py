@@ -49,7 +49,7 @@ def _check_lora_source(run: Path) -> None:
     if found.weights_kind == ADAPTER:
         return
     if found.kind == RUN:
-        method = _run_method(run)
+        method = _run_config(run).train.method
         raise LoraFtError(
             f"{run} is a train.method={method} run with no adapter/; inspect takes a LoRA run or adapter "
             "directory (to compare with a full run, pass it as --against)"
@@ -66,10 +66,6 @@ def _run_config(run: Path) -> RunConfig:
         raise LoraFtError(f"run directory {run}: {CONFIG_FILE}: {exc}") from None
 
 
-def _run_method(run: Path) -> str:
-    return _run_config(run).train.method
-
-
 def _check_full_run(against: Path) -> None:
     found = classify(against)
     if found.kind != RUN:
@@ -77,7 +73,7 @@ def _check_full_run(against: Path) -> None:
             f"--against {against} is not a run directory (no {CONFIG_FILE}); give the directory of a "
             "train.method=full run (lora-ft train --method full)"
         )
-    method = _run_method(against)
+    method = _run_config(against).train.method
     if method != "full":
         raise LoraFtError(
             f"--against {against} is a train.method={method} run; give a run trained with train.method=full"
