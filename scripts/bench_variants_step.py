@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value")
     args = parser.parse_args()
 
-    from lora_ft.compare.runner import RunSpec, parse_methods, run_config
+    from lora_ft.compare.results import RunSpec
+    from lora_ft.compare.runner import parse_methods, run_config
     from lora_ft.config import load_config
 
     cfg = load_config(args.config, args.overrides)

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lora_ft.compare import runner as compare_mod
-from lora_ft.compare.runner import aggregate, compare, parse_methods, parse_ranks, plan_runs
+from lora_ft.compare.results import COSTS, aggregate
+from lora_ft.compare.runner import compare, parse_methods, parse_ranks, plan_runs
 from lora_ft.compare.worker import train_one
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
@@ -95,7 +96,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     import matplotlib.image
     from rich.console import Console
 
-    from lora_ft.compare.report import print_comparison
+    from lora_ft.compare.display import print_comparison
 
     out = tmp_path / "cmp"
     result = compare(_cfg(tiny_bert_dir, toy_data_dir), out, runner=in_process([]))
@@ -124,7 +125,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
         assert row["vs_full"]["ship_mb"] == pytest.approx(
             row["ship_mb"]["mean"] / rows["full"]["ship_mb"]["mean"]
         )
-    assert rows["full"]["vs_full"] == {key: 1.0 for key in compare_mod.COSTS}
+    assert rows["full"]["vs_full"] == {key: 1.0 for key in COSTS}
     assert rows["lora"]["ship_mb"]["mean"] < rows["full"]["ship_mb"]["mean"]
 
     saved = json.loads((out / "results.json").read_text())
@@ -291,8 +292,8 @@ def test_shipped_compare_configs_parse_with_a_rate_per_method(name):
 def test_progress_shows_steps_loss_and_outcome():
     from rich.console import Console
 
-    from lora_ft.compare.report import CompareProgress
-    from lora_ft.compare.runner import RunResult, RunSpec
+    from lora_ft.compare.display import CompareProgress
+    from lora_ft.compare.results import RunResult, RunSpec
 
     console = Console(file=io.StringIO(), width=150)
     ok, broken = RunSpec("lora", 42), RunSpec("full", 42)

@@ -419,7 +419,7 @@ def test_magnitude_without_use_dora_is_refused(tmp_path, tiny_bert_dir):
 
 
 def test_variant_methods_are_lora_runs_with_the_variant_switched_on():
-    from lora_ft.compare.runner import RunSpec
+    from lora_ft.compare.results import RunSpec
 
     cfg = load_config(None, [])
     assert parse_methods("lora,dora,rslora,lora-all,full") == ["lora", "dora", "rslora", "lora-all", "full"]

@@ -67,7 +67,7 @@ def compare(
     """
     from rich.console import Console
 
-    from lora_ft.compare.report import CompareProgress, print_comparison
+    from lora_ft.compare.display import CompareProgress, print_comparison
     from lora_ft.compare.runner import compare as run_compare
     from lora_ft.compare.runner import parse_methods, parse_ranks
     from lora_ft.config import load_config

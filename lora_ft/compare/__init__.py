@@ -1,2 +1,3 @@
-"""``lora-ft compare``: the runner (``runner``), one worker process per run (``worker``), the results table
-and report (``report``) and its plots (``plots``)."""
+"""``lora-ft compare``: the runner (``runner``), one worker process per run (``worker``, started and
+watched by ``process``), the runs' results and per-method rows (``results``), the report files
+(``report``) with their plots (``plots``), and the terminal display (``display``)."""

@@ -1,18 +1,18 @@
 """PNG plots of a comparison: training curves, accuracy vs trainable parameters, accuracy vs LoRA rank.
 
-Figures are built with matplotlib's object API on an Agg canvas: no pyplot global state and no
-display needed. Every file is written under a temporary name and renamed into place.
+Figures come from the one figure helper (``lora_ft.figures``: an Agg canvas, PNGs written atomically).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.ticker import FixedLocator, NullLocator
 
-from lora_ft.fsutil import write_atomic
+from lora_ft.figures import new_figure, save_png
 
 METHOD_COLORS = {
     "full": "tab:red",
@@ -25,26 +25,12 @@ METHOD_COLORS = {
 
 
 def _figure(width: float, height: float, ncols: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols)
-    return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    write_atomic(path, png.getvalue())
-    return path
+    fig = new_figure(width, height)
+    return fig, fig.subplots(1, ncols)
 
 
 def colors(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One colour per row: fixed per method, LoRA ranks from light (small r) to dark blue."""
-    from matplotlib import colormaps
-
     ranked = sorted(r["rank"] for r in rows if r["rank"] is not None)
     blues = colormaps["Blues"]
     out = {}
@@ -117,7 +103,7 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(title="method", fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _fmt_count(n: float) -> str:
@@ -152,13 +138,11 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     if ax.has_data():
         ax.legend(title="method (trainable)", fontsize="small", loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
     """The rank sweep: LoRA validation accuracy against r, with full and head-only as reference lines."""
-    from matplotlib.ticker import FixedLocator, NullLocator
-
     fig, ax = _figure(6.4, 4.4)
     swept = sorted(
         (r for r in rows if r["rank"] is not None and r["status"] != "failed"), key=lambda r: r["rank"]
@@ -198,4 +182,4 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)

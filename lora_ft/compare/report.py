@@ -1,5 +1,5 @@
-"""What ``lora-ft compare`` shows and writes: a live progress display, two rich tables (quality and
-cost), and ``DIR/report.md`` (the same tables and the plots), ``DIR/results.json`` and the PNGs."""
+"""What ``lora-ft compare`` writes: ``DIR/report.md`` (the quality, cost and relative-cost tables, the
+runs and the plots), ``DIR/results.json`` and the PNGs; ``tables`` also feeds the terminal (``display``)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.compare.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
-from lora_ft.compare.runner import (
-    VARIANTS,
-    Comparison,
-    RunResult,
-    RunSpec,
-    describe_variant,
-    read_log,
-    train_method,
-)
+from lora_ft.compare.results import VARIANTS, Comparison, RunResult, describe_variant, read_log, train_method
 from lora_ft.fsutil import write_atomic
 
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.json"
 PLOTS = {
     "curves": "curves.png",
     "params": "accuracy_vs_params.png",
@@ -319,72 +313,5 @@ def write_plots(c: Comparison) -> dict[str, str]:
 def write_report(c: Comparison) -> None:
     """``DIR/report.md``, ``DIR/results.json`` and the PNGs, each written whole or not at all."""
     plots = write_plots(c)
-    write_atomic(c.out / "results.json", json.dumps(results_json(c, plots), indent=2) + "\n")
-    write_atomic(c.out / "report.md", render_markdown(c, plots))
-
-
-def print_comparison(c: Comparison, console) -> None:
-    from rich.table import Table
-
-    for title, (headers, cells) in tables(c.rows):
-        table = Table(title=title)
-        for i, header in enumerate(headers):
-            table.add_column(header, justify="left" if i == 0 else "right")
-        for row in cells:
-            table.add_row(*row, style="red" if "FAILED" in row else None)
-        console.print(table)
-    for r in c.failed:
-        console.print(f"[red]{r.spec.name} failed[/red]: {r.error}", markup=True, highlight=False)
-    console.print(f"wrote {c.out / 'report.md'}, {c.out / 'results.json'} and the plots", highlight=False)
-
-
-class CompareProgress:
-    """A bar per run over its optimisation steps, with its latest loss; reused and failed runs say so."""
-
-    def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-        )
-        self.task = None
-        self.status = ""
-
-    def __enter__(self) -> CompareProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress.live.is_started:
-            self.progress.stop()
-
-    def run_started(self, spec: RunSpec, index: int, total: int, reused: bool) -> None:
-        # Started at the first run, not on entry: an argument error leaves no empty display behind.
-        if not self.progress.live.is_started:
-            self.progress.start()
-        self.status = "reused (metrics.json present)" if reused else "starting"
-        self.task = self.progress.add_task(
-            f"[{index + 1}/{total}] {spec.name}", total=None, status=self.status
-        )
-
-    def run_event(self, event: dict[str, Any]) -> None:
-        if "loss" in event:
-            self.status = f"loss {event['loss']:.4f}"
-        if "eval_accuracy" in event:
-            self.status = f"{self.status.split('  ')[0]}  val acc {event['eval_accuracy']:.4f}"
-        if event.get("step") == 0:
-            self.status = "training"
-        self.progress.update(self.task, total=event["max_steps"], completed=event["step"], status=self.status)
-
-    def run_finished(self, result: RunResult) -> None:
-        if result.ok:
-            acc = result.metrics["validation"]["accuracy"]
-            status = f"{'reused' if result.reused else 'done'}: val acc {acc:.4f}"
-            total = result.metrics["global_steps"]
-            self.progress.update(self.task, total=total, completed=total, status=status)
-        else:
-            self.progress.update(self.task, total=1, completed=0, status=f"[red]failed: {result.error}")
+    write_atomic(c.out / RESULTS_FILE, json.dumps(results_json(c, plots), indent=2) + "\n")
+    write_atomic(c.out / REPORT_FILE, render_markdown(c, plots))

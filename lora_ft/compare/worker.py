@@ -1,4 +1,4 @@
-"""The process boundary of ``lora-ft compare``: one training run per fresh interpreter.
+"""One run of ``lora-ft compare``, in its own fresh interpreter (started by ``process.run_in_subprocess``).
 
 ``python -m lora_ft.compare.worker CONFIG RUN_DIR [--force] [--trust-remote-code]`` trains one resolved
 config. It prints progress lines (``PROGRESS_PREFIX`` + JSON) on stdout for the parent's progress bar,
@@ -9,101 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import threading
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
+from lora_ft.compare.process import PROGRESS_PREFIX, Emit
+from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import open_own
-from lora_ft.training.signals import TrainingInterrupted, signal_name
-
-PROGRESS_PREFIX = "@lora-ft-progress "
-
-Emit = Callable[[dict[str, Any]], None]
+from lora_ft.training.checkpoint import last_checkpoint
+from lora_ft.training.layout import CONFIG_FILE
+from lora_ft.training.rundir import RunDir
+from lora_ft.training.train import train
 
 
-def run_in_subprocess(
-    config_path: Path, run_dir: Path, log_path: Path, force: bool, emit: Emit, trust_remote_code: bool = False
-) -> str | None:
-    """Train one run in a fresh interpreter; its stderr and stray stdout go to ``log_path``.
+class _Progress(TrainerCallback):
+    """Each optimisation step, and each logged loss and validation accuracy, as an event for ``emit``."""
 
-    The worker runs in its own session, so a terminal's Ctrl-C reaches only this process, which passes
-    each SIGINT/SIGTERM on exactly once: the first makes the worker checkpoint at the next step and
-    stop, a second aborts it (as for ``train``). The comparison then stops with the signal's exit code,
-    and running it again resumes the interrupted run from its checkpoint.
-    """
-    command = [sys.executable, "-m", "lora_ft.compare.worker", str(config_path), str(run_dir)]
-    if force:
-        command.append("--force")
-    if trust_remote_code:
-        command.append("--trust-remote-code")
-    received: list[int] = []
-    log_fd = open_own(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    with os.fdopen(log_fd, "w", encoding="utf-8") as logf:
-        logf.write("$ " + " ".join(command) + "\n")
-        logf.flush()
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=logf, text=True, bufsize=1, start_new_session=True
-        )
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
 
-        def forward(signum, frame):
-            received.append(signum)
-            if proc.poll() is None:
-                proc.send_signal(signum)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.emit({"step": 0, "max_steps": state.max_steps})
 
-        with _forwarding(forward):
-            try:
-                for line in proc.stdout:
-                    if line.startswith(PROGRESS_PREFIX):
-                        emit(json.loads(line[len(PROGRESS_PREFIX) :]))
-                    else:
-                        logf.write(line)
-                code = proc.wait()
-            except BaseException:
-                proc.kill()  # not a signal (those are forwarded): a bug or the caller's error
-                proc.wait()
-                raise
-    if received:
-        raise TrainingInterrupted(
-            f"compare interrupted by {signal_name(received[0])} during {run_dir.name}; finished runs and "
-            f"its last checkpoint are kept: run the same compare command again to resume",
-            received[0],
-        )
-    if code == 0:
-        return None
-    errors = [
-        line for line in log_path.read_text(encoding="utf-8").splitlines() if line.startswith("error: ")
-    ]
-    if errors:
-        return errors[-1][len("error: ") :]
-    if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}" + (" (out of memory?)" if code == -9 else "")
-    return f"exited with code {code}; see {log_path}"
+    def on_step_end(self, args, state, control, **kwargs):
+        self.emit({"step": state.global_step, "max_steps": state.max_steps})
 
-
-class _forwarding:
-    """Route SIGINT/SIGTERM to ``handler`` while inside (main thread only; elsewhere a no-op)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, old in self.old.items():
-            signal.signal(s, old)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        picked = {k: logs[k] for k in ("loss", "eval_accuracy") if k in (logs or {})}
+        if picked:
+            self.emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
 
 
 def train_one(
@@ -121,29 +58,10 @@ def train_one(
     An interrupted run of the same config (a checkpoint in its partial directory) is resumed rather
     than started over, unless ``force``; one interrupted before its first checkpoint starts over.
     """
-    from transformers import TrainerCallback
-
-    from lora_ft.config import load_config
-    from lora_ft.training.checkpoint import last_checkpoint
-    from lora_ft.training.rundir import RunDir
-    from lora_ft.training.train import train
-
-    class _Progress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            emit({"step": 0, "max_steps": state.max_steps})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            emit({"step": state.global_step, "max_steps": state.max_steps})
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            picked = {k: logs[k] for k in ("loss", "eval_accuracy") if k in (logs or {})}
-            if picked:
-                emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
-
     cfg = load_config(config_path, trust_remote_code=trust_remote_code)
-    callbacks = [_Progress()] if emit is not None else []
+    callbacks = [_Progress(emit)] if emit is not None else []
     run = RunDir(run_dir)
-    if not force and (run.partial / "config.yaml").is_file() and last_checkpoint(run.checkpoints):
+    if not force and (run.partial / CONFIG_FILE).is_file() and last_checkpoint(run.checkpoints):
         return train(cfg, run_dir, resume=True, callbacks=callbacks)
     # The parent reuses finished runs and refuses foreign ones, so what is left here is this config's
     # own leftover: an interrupted run with no checkpoint yet, safe to start over.

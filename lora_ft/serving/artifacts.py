@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import AutoConfig
 
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
@@ -29,6 +30,8 @@ from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
+from lora_ft.training.layout import ADAPTER, CONFIG_FILE, METRICS_FILE, MODEL, MODEL_CONFIG, classify
+from lora_ft.training.modeling import input_limit, load_error, load_model, resolve_model_path
 
 log = logging.getLogger("lora_ft")
 
@@ -42,7 +45,7 @@ class Artifact:
     """A classifier ready for inference (eval mode, no gradients, CPU, float32 unless saved lower).
 
     Attributes:
-        kind: ``"adapter"`` (LoRA layers inside, unmerged) or ``"model"`` (a plain checkpoint).
+        kind: ``ADAPTER`` (LoRA layers inside, unmerged) or ``MODEL`` (a plain checkpoint), layout's names.
         path: what the user named.
         max_length: the truncation the model was trained with (or the model's own limit).
         base: the base model name the adapter was applied to (adapters only).
@@ -65,40 +68,41 @@ class Artifact:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        if self.kind == "adapter":
+        if self.kind == ADAPTER:
             return f"adapter {self.adapter.path} on {self.base}"
         return f"model {self.path}"
 
 
 @dataclass
-class _Run:
+class RunRecord:
+    """A run directory's resolved config and its ``metrics.json`` (None when absent or unreadable)."""
+
     path: Path
     config: RunConfig
     metrics: dict[str, Any] | None
 
 
-def _read_run(run_dir: Path) -> _Run:
-    data = read_yaml(run_dir / "config.yaml")
+def read_run(run_dir: Path | None) -> RunRecord | None:
+    """The config and metrics of the run directory ``run_dir``; None for None (no run known).
+
+    Raises:
+        LoraFtError: an unreadable or invalid ``config.yaml`` (an unreadable ``metrics.json`` is skipped).
+    """
+    if run_dir is None:
+        return None
+    data = read_yaml(run_dir / CONFIG_FILE)
     try:
         config = config_from_dict(data)
     except LoraFtError as exc:
-        raise LoraFtError(f"run directory {run_dir}: config.yaml: {exc}") from None
-    metrics_path = run_dir / "metrics.json"
+        raise LoraFtError(f"run directory {run_dir}: {CONFIG_FILE}: {exc}") from None
+    metrics_path = run_dir / METRICS_FILE
     metrics = None
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("run directory %s: metrics.json is not valid JSON; ignoring it", run_dir)
-    return _Run(run_dir, config, metrics)
-
-
-def _run_holding(path: Path) -> _Run | None:
-    """The run a run's ``adapter/`` or ``model/`` subdirectory belongs to."""
-    parent = path.parent
-    if path.name in ("adapter", "model") and (parent / "config.yaml").is_file():
-        return _read_run(parent)
-    return None
+            log.warning("run directory %s: %s is not valid JSON; ignoring it", run_dir, METRICS_FILE)
+    return RunRecord(run_dir, config, metrics)
 
 
 def load_artifact(path: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Artifact:
@@ -125,24 +129,20 @@ def load_artifact(path: str | Path, *, base: str | None = None, trust_remote_cod
         raise LoraFtError(
             f"{path} is a file; give a run directory, an adapter directory or a model directory"
         )
-    if (p / "config.yaml").is_file():
-        run = _read_run(p)
-        if (p / "adapter" / CONFIG_NAME).is_file():
-            return _from_adapter(p / "adapter", p, run, base, trust_remote_code)
-        if (p / "model" / "config.json").is_file():
-            return _from_model(p / "model", p, run, base, trust_remote_code)
+    found = classify(p)
+    if found.kind is None:
+        listing = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
+        raise LoraFtError(
+            f"{p} is not a run, adapter or model directory (no {CONFIG_FILE}, {CONFIG_NAME} or "
+            f"{MODEL_CONFIG}; it holds: {listing})"
+        )
+    run = read_run(found.run)
+    if found.weights is None:
         raise LoraFtError(
             f"run directory {p} has neither adapter/ nor model/; was the run interrupted? Train it again"
         )
-    if (p / CONFIG_NAME).is_file():
-        return _from_adapter(p, p, _run_holding(p), base, trust_remote_code)
-    if (p / "config.json").is_file():
-        return _from_model(p, p, _run_holding(p), base, trust_remote_code)
-    listing = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
-    raise LoraFtError(
-        f"{p} is not a run, adapter or model directory (no config.yaml, {CONFIG_NAME} or config.json; "
-        f"it holds: {listing})"
-    )
+    load = _from_adapter if found.weights_kind == ADAPTER else _from_model
+    return load(found.weights, p, run, base, trust_remote_code)
 
 
 def _builtin_or(name: str, revision: str | None) -> str:
@@ -152,7 +152,7 @@ def _builtin_or(name: str, revision: str | None) -> str:
 
 
 def _base_config(
-    adapter: Adapter, run: _Run | None, base: str | None, trust_remote_code: bool
+    adapter: Adapter, run: RunRecord | None, base: str | None, trust_remote_code: bool
 ) -> ModelConfig:
     settings = adapter.model_settings or {}
     if run is not None:
@@ -175,16 +175,12 @@ def _base_config(
     return dataclasses.replace(cfg, name=name, trust_remote_code=trust_remote_code)
 
 
-def _adapter_labels(adapter: Adapter, run: _Run | None, model_cfg: ModelConfig) -> list[str]:
+def _adapter_labels(adapter: Adapter, run: RunRecord | None, model_cfg: ModelConfig) -> list[str]:
     """Label names: our metadata, else the run's, else as many as the head has rows (names from the base)."""
     if adapter.label_names is not None:
         return check_label_names(adapter.label_names, f"adapter {adapter.path}: the {META_LABELS} record")
     if run is not None and run.metrics and run.metrics.get("label_names"):
-        return check_label_names(run.metrics["label_names"], f"{run.path / 'metrics.json'}: label_names")
-    from transformers import AutoConfig
-
-    from lora_ft.training.modeling import load_error, resolve_model_path
-
+        return check_label_names(run.metrics["label_names"], f"{run.path / METRICS_FILE}: label_names")
     try:
         base_config = AutoConfig.from_pretrained(
             resolve_model_path(model_cfg.name),
@@ -210,10 +206,8 @@ def _ready(model: nn.Module) -> nn.Module:
 
 
 def _from_adapter(
-    adir: Path, named: Path, run: _Run | None, base: str | None, trust_remote_code: bool
+    adir: Path, named: Path, run: RunRecord | None, base: str | None, trust_remote_code: bool
 ) -> Artifact:
-    from lora_ft.training.modeling import load_model
-
     adapter = read_adapter(adir)
     model_cfg = _base_config(adapter, run, base, trust_remote_code)
     try:
@@ -236,7 +230,7 @@ def _from_adapter(
         model=_ready(model),
         tokenizer=loaded.tokenizer,
         label_names=labels,
-        kind="adapter",
+        kind=ADAPTER,
         path=named,
         max_length=run.config.data.max_length if run else _model_max_length(loaded.tokenizer, model),
         adapter=adapter,
@@ -261,20 +255,16 @@ def _read_provenance(mdir: Path) -> dict[str, Any]:
 
 
 def _from_model(
-    mdir: Path, named: Path, run: _Run | None, base: str | None, trust_remote_code: bool
+    mdir: Path, named: Path, run: RunRecord | None, base: str | None, trust_remote_code: bool
 ) -> Artifact:
-    from transformers import AutoConfig
-
-    from lora_ft.training.modeling import load_error, load_model
-
     if base is not None:
         raise LoraFtError(f"--base applies to adapters; {mdir} is a complete model")
     try:
         config = AutoConfig.from_pretrained(mdir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise LoraFtError(f"cannot read {mdir / 'config.json'}: {load_error(exc)}") from None
+        raise LoraFtError(f"cannot read {mdir / MODEL_CONFIG}: {load_error(exc)}") from None
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-    check_label_names(labels, f"{mdir / 'config.json'}: id2label")
+    check_label_names(labels, f"{mdir / MODEL_CONFIG}: id2label")
     loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), labels)
     if loaded.newly_initialized:
         raise LoraFtError(
@@ -290,7 +280,7 @@ def _from_model(
         model=_ready(loaded.model),
         tokenizer=loaded.tokenizer,
         label_names=labels,
-        kind="model",
+        kind=MODEL,
         path=named,
         max_length=max_length,
         run_dir=run.path if run else None,
@@ -302,7 +292,5 @@ def _from_model(
 
 def _model_max_length(tokenizer, model: nn.Module) -> int:
     """The longest input both the tokenizer and the position embeddings accept, at most 512."""
-    from lora_ft.training.modeling import input_limit
-
     limit = input_limit(model, tokenizer)
     return min(limit[0], _FALLBACK_MAX_LENGTH) if limit else _FALLBACK_MAX_LENGTH

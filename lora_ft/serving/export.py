@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from lora_ft import __version__
 from lora_ft.data import assets
+from lora_ft.data.loading import load_data
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
-from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, staging_dir
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
-from lora_ft.serving.predict import predict_logits
+from lora_ft.serving.predict import label_map, predict_logits
+from lora_ft.training.layout import ADAPTER
 
 log = logging.getLogger("lora_ft")
 
@@ -89,9 +91,6 @@ class MergeReport:
 
 def probe_batch(artifact: Artifact, size: int = DEFAULT_PROBE_SIZE) -> Probe:
     """``size`` validation sentences of the data the model was trained on, else the built-in sentences."""
-    from lora_ft.data.loading import load_data
-    from lora_ft.serving.predict import label_map
-
     if size < 1:
         raise LoraFtError(f"--probe must be >= 1, got {size}")
     if artifact.data is not None:
@@ -136,8 +135,6 @@ def verify_merge(reference: np.ndarray, merged: np.ndarray, probe: Probe) -> dic
 
 def _check_plain(model: torch.nn.Module, trust_remote_code: bool) -> None:
     """After unloading: no LoRA layer left, and exactly the state-dict keys of the base architecture."""
-    from transformers import AutoModelForSequenceClassification
-
     with torch.device("meta"):
         reference = AutoModelForSequenceClassification.from_config(
             model.config, trust_remote_code=trust_remote_code
@@ -178,14 +175,26 @@ def export_merged(
     out = Path(out).expanduser()
     check_output_dir(out, force, [Path(path).expanduser()])
     artifact = load_artifact(path, base=base, trust_remote_code=trust_remote_code)
-    if artifact.kind != "adapter":
+    if artifact.kind != ADAPTER:
         raise LoraFtError(
             f"{path} holds a complete model, not a LoRA adapter: there is nothing to merge, and it already "
             "loads with AutoModelForSequenceClassification.from_pretrained"
         )
     if artifact.run_dir is not None:
         check_output_dir(out, force, [artifact.run_dir])
-    probe = probe_batch(artifact, probe_size)
+    report = _merge_verified(artifact, probe_batch(artifact, probe_size), out, dtype, trust_remote_code)
+    _write(artifact, report, force)
+    return report
+
+
+def _merge_verified(
+    artifact: Artifact, probe: Probe, out: Path, dtype: str, trust_remote_code: bool
+) -> MergeReport:
+    """Merge ``artifact``'s adapter in place, check it against the unmerged logits, cast it to ``dtype``.
+
+    Raises:
+        LoraFtError: a merge that does not reproduce the adapter model, or not finite in ``dtype``.
+    """
     model, tok = artifact.model, artifact.tokenizer
 
     def logits(which: str) -> np.ndarray:
@@ -216,31 +225,26 @@ def export_merged(
     )
     if dtype != "float32":
         report.drift = _compare(merged, logits(f"the merged model in {dtype}"), probe.labels)
-    _write(artifact, report, force)
     return report
 
 
 def _write(artifact: Artifact, report: MergeReport, force: bool) -> None:
     out = report.out
-    tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = publishable_temp_dir(out.parent, f".{out.name}.", ".partial")
-        artifact.model.save_pretrained(tmp)
-        artifact.tokenizer.save_pretrained(tmp)
-        provenance = _provenance(artifact, report)
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(artifact, report, provenance), encoding="utf-8")
-        publish_dir(tmp, out, "merged", force)
+        with staging_dir(out.parent, f".{out.name}.", ".partial") as tmp:
+            artifact.model.save_pretrained(tmp)
+            artifact.tokenizer.save_pretrained(tmp)
+            provenance = _provenance(artifact, report)
+            (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(artifact, report, provenance), encoding="utf-8")
+            publish_dir(tmp, out, "merged", force)
     except Exception as exc:  # safetensors reports a full disk as its own error type, torch as a RuntimeError
         if is_disk_full(exc):
             raise disk_full_error(exc, out, "free some space or choose another --out") from None
         if not isinstance(exc, OSError):
             raise
         raise LoraFtError(f"cannot write {out}: {exc.strerror or exc} (choose another --out)") from None
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:

@@ -4,7 +4,6 @@ the updates (``analysis``), and write ``inspect.json`` and the plots (``rank_plo
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_ft.config import config_from_dict, read_yaml
+from lora_ft.config import RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.fsutil import check_output_dir, publish_dir, staging_dir
 from lora_ft.lora.analysis import ModuleUpdate, analyse, to_json
+from lora_ft.lora.inject import lora_layers
 from lora_ft.lora.io import CONFIG_NAME
+from lora_ft.serving.artifacts import load_artifact
+from lora_ft.serving.rank_plots import write_plots
+from lora_ft.training.layout import ADAPTER, CONFIG_FILE, MODEL, RUN, classify
 
 JSON_NAME = "inspect.json"
 
@@ -42,39 +45,40 @@ def _check_lora_source(run: Path) -> None:
         raise LoraFtError(
             f"{run} not found or not a directory; give a lora-ft run directory or an adapter directory"
         )
-    if (run / "config.yaml").is_file():
-        if (run / "adapter" / CONFIG_NAME).is_file():
-            return
-        method = _run_method(run)
+    found = classify(run)
+    if found.weights_kind == ADAPTER:
+        return
+    if found.kind == RUN:
+        method = _run_config(run).train.method
         raise LoraFtError(
             f"{run} is a train.method={method} run with no adapter/; inspect takes a LoRA run or adapter "
             "directory (to compare with a full run, pass it as --against)"
         )
-    if not (run / CONFIG_NAME).is_file():
-        raise LoraFtError(
-            f"{run} is not a lora-ft run or adapter directory (no config.yaml with adapter/, no {CONFIG_NAME})"
-        )
+    raise LoraFtError(
+        f"{run} is not a lora-ft run or adapter directory (no {CONFIG_FILE} with adapter/, no {CONFIG_NAME})"
+    )
 
 
-def _run_method(run: Path) -> str:
+def _run_config(run: Path) -> RunConfig:
     try:
-        return config_from_dict(read_yaml(run / "config.yaml")).train.method
+        return config_from_dict(read_yaml(run / CONFIG_FILE))
     except LoraFtError as exc:
-        raise LoraFtError(f"run directory {run}: config.yaml: {exc}") from None
+        raise LoraFtError(f"run directory {run}: {CONFIG_FILE}: {exc}") from None
 
 
 def _check_full_run(against: Path) -> None:
-    if not (against / "config.yaml").is_file():
+    found = classify(against)
+    if found.kind != RUN:
         raise LoraFtError(
-            f"--against {against} is not a run directory (no config.yaml); give the directory of a "
+            f"--against {against} is not a run directory (no {CONFIG_FILE}); give the directory of a "
             "train.method=full run (lora-ft train --method full)"
         )
-    method = _run_method(against)
+    method = _run_config(against).train.method
     if method != "full":
         raise LoraFtError(
             f"--against {against} is a train.method={method} run; give a run trained with train.method=full"
         )
-    if not (against / "model" / "config.json").is_file():
+    if found.weights_kind != MODEL:
         raise LoraFtError(f"--against {against} has no model/; was the run interrupted? Train it again")
 
 
@@ -110,9 +114,6 @@ def inspect(
         LoraFtError: ``run`` is not a LoRA run or adapter directory; ``against`` is not a finished
             ``train.method=full`` run, or fine-tuned another base model; a DoRA adapter.
     """
-    from lora_ft.lora.inject import lora_layers
-    from lora_ft.serving.artifacts import load_artifact
-
     run, against = Path(run).expanduser(), Path(against).expanduser() if against is not None else None
     _check_lora_source(run)
     if against is not None:
@@ -128,7 +129,7 @@ def inspect(
     }
     full_weights = None
     if against is not None:
-        full_cfg = config_from_dict(read_yaml(against / "config.yaml")).model
+        full_cfg = _run_config(against).model
         full_base = {"name": full_cfg.name, "num_layers": full_cfg.num_layers, "revision": full_cfg.revision}
         if _same_base(full_base) != _same_base(lora.model_settings):
             raise LoraFtError(
@@ -144,16 +145,10 @@ def inspect(
 
 def write_inspection(inspection: Inspection, out: Path, *, force: bool = False) -> list[Path]:
     """Write ``inspect.json`` and the PNGs into ``out``: built in a hidden sibling, renamed into place."""
-    from lora_ft.serving.rank_plots import write_plots
-
     check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = publishable_temp_dir(out.parent, f".{out.name}.", ".tmp")
-    try:
+    with staging_dir(out.parent, f".{out.name}.", ".tmp") as tmp:
         (tmp / JSON_NAME).write_text(json.dumps(inspection.to_json()) + "\n", encoding="utf-8")
         names = [JSON_NAME, *(p.name for p in write_plots(inspection.updates, tmp))]
         publish_dir(tmp, out, "inspect", force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / name for name in names]

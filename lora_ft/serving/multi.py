@@ -13,8 +13,10 @@ from lora_ft.config import DataConfig, ModelConfig
 from lora_ft.errors import LoraFtError
 from lora_ft.lora.adapters import NAME_PATTERN, AdapterSet
 from lora_ft.lora.io import CONFIG_NAME, Adapter, read_adapter
-from lora_ft.serving.artifacts import _adapter_labels, _builtin_or, _read_run, _run_holding
+from lora_ft.serving.artifacts import RunRecord, _adapter_labels, _builtin_or, read_run
 from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
+from lora_ft.training.layout import ADAPTER, RUN, classify
+from lora_ft.training.modeling import load_model
 
 log = logging.getLogger("lora_ft")
 
@@ -40,16 +42,15 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def _locate(name: str, path: str | Path):
+def _locate(name: str, path: str | Path) -> tuple[Path, RunRecord | None]:
     """An adapter directory, or a run directory holding ``adapter/`` -> (adapter dir, its run or None)."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise LoraFtError(f"--adapter {name}={path}: {'not a directory' if p.exists() else 'not found'}")
-    if (p / "config.yaml").is_file() and (p / "adapter" / CONFIG_NAME).is_file():
-        return p / "adapter", _read_run(p)
-    if (p / CONFIG_NAME).is_file():
-        return p, _run_holding(p)
-    if (p / "config.yaml").is_file() or (p / "config.json").is_file():
+    found = classify(p)
+    if found.weights_kind == ADAPTER:
+        return found.weights, read_run(found.run)
+    if found.kind is not None:
         raise LoraFtError(
             f"--adapter {name}={path} is a full model or a run without an adapter; --adapter takes LoRA "
             "adapters (predict with that model on its own)"
@@ -71,12 +72,10 @@ def load_adapter_set(
         LoraFtError: ``base`` is an adapter or run directory; adapters recording different layer cuts;
             see ``AdapterSet.add_adapter``.
     """
-    from lora_ft.training.modeling import load_model
-
     if not adapters:
         raise LoraFtError("no adapters given; add --adapter NAME=DIR")
     p = Path(base).expanduser()
-    if (p / CONFIG_NAME).is_file() or (p / "config.yaml").is_file():
+    if classify(p).kind in (RUN, ADAPTER):
         raise LoraFtError(
             f"{base} is an adapter or run directory; with --adapter the first argument is the base model "
             f"(minilm-l6, a model directory or a hub id): pass it as --adapter NAME={base}"

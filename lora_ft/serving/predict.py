@@ -12,9 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from lora_ft.config import DataConfig
+from lora_ft.data.loading import load_data
+from lora_ft.data.metrics import classification_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import Artifact
 
@@ -36,10 +40,7 @@ def resolve_device(device: str | None = None) -> torch.device:
     return resolved
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+def _progress(enabled: bool) -> Progress:
     console = Console(stderr=True)
     return Progress(
         TextColumn("classifying"),
@@ -216,9 +217,6 @@ def evaluate(
     Raises:
         LoraFtError: unreadable data, a missing split, or labels that do not fit the model.
     """
-    from lora_ft.data.loading import load_data
-    from lora_ft.data.metrics import classification_metrics
-
     cfg = data or artifact.data or DataConfig()
     loaded = load_data(cfg)
     if split not in loaded.splits:

@@ -1,7 +1,7 @@
 """PNG plots of ``lora-ft inspect``: singular-value spectra and energy curves of the learned updates.
 
 Small multiples, one panel per transformer layer, one colour per module kind (query, value, ...);
-LoRA solid, full fine-tuning dashed. Built with matplotlib's object API on an Agg canvas.
+LoRA solid, full fine-tuning dashed. Figures come from the one figure helper (``lora_ft.figures``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from lora_ft.compare.plots import _save
+from lora_ft.figures import new_figure, save_png
 from lora_ft.lora.analysis import THRESHOLDS, ModuleUpdate
 
 _FLOOR = 1e-6  # singular values below this fraction of the largest are not drawn (log axis)
@@ -26,8 +28,6 @@ def _by_layer(updates: list[ModuleUpdate]) -> dict[int | None, list[ModuleUpdate
 
 
 def _colors(updates: list[ModuleUpdate]) -> dict[str, object]:
-    from matplotlib import colormaps
-
     kinds = list(dict.fromkeys(u.kind for u in updates))
     palette = colormaps["tab10"]
     return {kind: palette(i % 10) for i, kind in enumerate(kinds)}
@@ -35,13 +35,9 @@ def _colors(updates: list[ModuleUpdate]) -> dict[str, object]:
 
 def _grid(n: int, title: str, xlabel: str, ylabel: str):
     """A figure with ``n`` panels sharing both axes; unused cells are hidden."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ncols = min(n, 3 if n <= 9 else 4 if n <= 16 else 6)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.4 * ncols + 0.6, 2.7 * nrows + 1.0), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.4 * ncols + 0.6, 2.7 * nrows + 1.0)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     for i in range(n, len(axes)):
         axes[i].set_visible(False)
@@ -66,13 +62,11 @@ def _finish(fig, axes, path: Path) -> Path:
         for axis in (ax.xaxis, ax.yaxis):
             if axis.get_scale() == "log":
                 _plain_log_ticks(axis)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _plain_log_ticks(axis) -> None:
     """Label a log axis 1, 2, 4 ... (indices, ranks) or 1, 0.1, 0.01 (ratios) instead of 2×10⁰."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
-
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     low, high = sorted(axis.axes.get_xlim() if axis.axis_name == "x" else axis.axes.get_ylim())
     if axis.axis_name == "x" or low >= 1:  # counts: powers of two
@@ -200,11 +194,7 @@ def _positions(updates: list[ModuleUpdate]) -> tuple[dict[str, float], list[floa
 def plot_rank_summary(updates: list[ModuleUpdate], path: Path) -> Path:
     """Against the layer, per module kind: full fine-tuning's effective ranks next to r, and how much of
     full fine-tuning's update lies in LoRA's output directions."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 9.5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(10, 9.5)
     rank_ax, overlap_ax, share_ax = fig.subplots(3, 1, sharex=True)
     colors = _colors(updates)
     pos, ticks, labels = _positions(updates)
@@ -239,7 +229,7 @@ def plot_rank_summary(updates: list[ModuleUpdate], path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in (rank_ax, overlap_ax):  # the colours are the module kinds, as in every plot
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_plots(updates: list[ModuleUpdate], out: Path) -> list[Path]:
