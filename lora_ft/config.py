@@ -18,7 +18,7 @@ from typing import Any, Union
 
 import yaml
 
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.fsutil import read_record
 from lora_ft.lora.scaling import lora_scaling
 
@@ -427,7 +427,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise LoraFtError(f"config file {p} is nested too deeply to be a run config") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = first_line(exc, type(exc).__name__)
         raise LoraFtError(f"config file {p} is not valid YAML: {first}") from None
     if data is None:
         return {}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.fsutil import open_own
 from lora_ft.training.signals import TrainingInterrupted, signal_name
 
@@ -175,7 +175,7 @@ def _worker_main(argv: list[str]) -> int:
         return 130
     except Exception as exc:  # the traceback goes to the run's log, the last line to the report
         traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
     return 0
