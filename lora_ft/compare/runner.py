@@ -29,7 +29,8 @@ from lora_ft.compare.worker import Emit, run_in_subprocess
 from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_atomic, write_marker
+from lora_ft.fsutil import write_atomic
+from lora_ft.outputs import COMPARISON, check_comparison_dir, write_marker
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
 ADAM_BYTES_PER_PARAM = 8

@@ -15,9 +15,10 @@ from torch import nn
 from lora_ft.config import config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import check_output_dir, publish_dir, publishable_temp_dir
+from lora_ft.fsutil import publishable_temp_dir
 from lora_ft.lora.analysis import ModuleUpdate, analyse, to_json
 from lora_ft.lora.io import CONFIG_NAME
+from lora_ft.outputs import check_output_dir, publish_dir
 
 JSON_NAME = "inspect.json"
 

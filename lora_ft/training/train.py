@@ -28,11 +28,12 @@ from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
 from lora_ft.data.assets import with_absolute_paths
 from lora_ft.data.loading import LoadedData, load_data, tokenize_data
 from lora_ft.data.metrics import compute_metrics
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
-from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic
+from lora_ft.fsutil import write_atomic
 from lora_ft.lora.io import save_adapter
+from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.training.distributed import (
     check_same_on_all_ranks,
     from_main,
@@ -220,7 +221,7 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path):
     try:
         args = TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise LoraFtError(f"invalid training arguments: {str(exc).strip().splitlines()[0]}") from None
+        raise LoraFtError(f"invalid training arguments: {first_line(exc)}") from None
     if args.world_size != launched:
         raise LoraFtError(
             f"the launcher started {launched} processes but the Trainer joined {args.world_size}; on a machine "
