@@ -1,7 +1,7 @@
 """``lora-ft train``, ``targets`` and ``fetch``: the core commands, making a run, a dry run of what LoRA
 would wrap, and the built-in assets in the cache.
 
-torch, transformers and the layers that load them are imported inside each command, so that
+The layers below (and torch, transformers, yaml with them) are imported inside each command, so that
 ``lora-ft --help`` (and ``import lora_ft.cli.app``) stays fast.
 """
 
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, guarded
+from lora_ft.cli.tables import print_run_summary, print_savings, print_targets
 from lora_ft.errors import LoraFtError
 
 
@@ -52,7 +53,6 @@ def train(
 
         lora-ft train --resume runs/try                 # after an interrupt, a crash or a kill
     """
-    from lora_ft.cli.tables import print_run_summary
     from lora_ft.training.callbacks import RichProgressCallback
     from lora_ft.training.distributed import is_main_process
     from lora_ft.training.train import train as run_train
@@ -131,7 +131,6 @@ def targets(
 
         lora-ft targets ./llama-2-7b/config.json --ranks 4,8,16,64
     """
-    from lora_ft.cli.tables import print_savings, print_targets
     from lora_ft.compare.runner import parse_ranks
     from lora_ft.lora.calculator import savings
     from lora_ft.lora.inject import default_head, default_targets
