@@ -50,7 +50,7 @@ def publishable_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
 @contextlib.contextmanager
 def staging_dir(parent: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
     """A ``publishable_temp_dir`` in ``parent`` for building an output, deleted if it is still there when
-    the block ends (it raised, or it did not publish it with ``publish_dir``/``move_into_place``)."""
+    the block ends (it raised, or it did not publish it with ``outputs.publish_dir`` or ``move_into_place``)."""
     tmp = publishable_temp_dir(parent, prefix, suffix)
     try:
         yield tmp
