@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 
 _CPU_OOM = "DefaultCPUAllocator: can't allocate memory"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -50,7 +50,7 @@ def disk_full_error(exc: BaseException, target: object, fix: str) -> LoraFtError
     """The one line for a full disk (or a file-size limit) met while writing ``target``, ending in ``fix``."""
     cause = _disk_full_cause(exc) or exc
     target = getattr(cause, "filename", None) or target
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    first = first_line(cause, type(cause).__name__)
     return LoraFtError(f"disk full or file too large while writing {target} ({first}); {fix}")
 
 

@@ -17,7 +17,7 @@ from lora_ft.compare.runner import compare, parse_methods, parse_ranks, plan_run
 from lora_ft.compare.worker import train_one
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import MARKER_NAME
+from lora_ft.outputs import MARKER_NAME
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HIDDEN = 32  # tiny_bert_dir: hidden size 32, 2 layers, 2 labels

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_ft.config import load_config
-from lora_ft.fsutil import MARKER_NAME
+from lora_ft.outputs import MARKER_NAME
 from lora_ft.training.train import train
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]

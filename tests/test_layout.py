@@ -23,6 +23,7 @@ BASE = {
     "lora_ft.finite",
     "lora_ft.failures",
     "lora_ft.fmt",
+    "lora_ft.outputs",
     "lora_ft.figures",
 }
 MAX_MODULE_LINES = 350

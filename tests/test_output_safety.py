@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import MARKER_NAME, check_comparison_dir, check_output_dir, publish_dir
+from lora_ft.outputs import MARKER_NAME, check_comparison_dir, check_output_dir, publish_dir
 
 from .conftest import assert_one_line_error, toy_rows, write_split
 

@@ -188,7 +188,7 @@ def test_predict_file_splits_at_newlines_only(tmp_path, adapter):
 
 
 def test_predict_streams_bounded_chunks_with_the_output_of_one_pass(tmp_path, adapter, monkeypatch):
-    from lora_ft.cli import export
+    from lora_ft.cli import predict as predict_cli
     from lora_ft.serving import predict as predict_module
 
     texts = [f"{'a warm film' if i % 3 else 'a dull mess'} {'word ' * (i % 7)}{i}" for i in range(11)]
@@ -200,7 +200,7 @@ def test_predict_streams_bounded_chunks_with_the_output_of_one_pass(tmp_path, ad
     monkeypatch.setattr(
         predict_module, "predict", lambda a, chunk, **kw: seen.append(len(chunk)) or real(a, chunk, **kw)
     )
-    monkeypatch.setattr(export, "STREAM_SENTENCES", 4)
+    monkeypatch.setattr(predict_cli, "STREAM_SENTENCES", 4)
     streamed = runner.invoke(app, ["predict", str(adapter), "-", "--batch-size", "2"], input=stdin)
     assert streamed.exit_code == 0, streamed.output
     assert seen == [4, 4, 3]

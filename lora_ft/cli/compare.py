@@ -1,4 +1,8 @@
-"""``lora-ft compare``: LoRA vs full fine-tuning vs head-only under one budget, one report."""
+"""``lora-ft compare``: LoRA vs full fine-tuning vs head-only under one budget, one report.
+
+The compare layer (and through it torch) is imported inside the command, so that ``lora-ft --help``
+stays fast.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli.app import ConfigArg, SetOpt, TrustOpt, app, guarded
+from lora_ft.cli.options import ConfigArg, SetOpt, TrustOpt, console, guarded
 from lora_ft.errors import LoraFtError
 
 
-@app.command()
 @guarded
 def compare(
     config: ConfigArg = None,
@@ -48,6 +51,7 @@ def compare(
     ] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
+    # Over 60 lines: its Annotated options and the --help text with examples; the work is in compare.runner.
     """Train each method on the same data, seeds and budget, each in its own process; report side by side.
 
     Every method uses its own learning rate from `train.learning_rates`. The report (terminal, DIR/report.md,
@@ -65,8 +69,6 @@ def compare(
 
         lora-ft compare configs/smoke.yaml --ranks 1,2,4,8,16 --set train.epochs=2 --force
     """
-    from rich.console import Console
-
     from lora_ft.compare.display import CompareProgress, print_comparison
     from lora_ft.compare.runner import compare as run_compare
     from lora_ft.compare.runner import parse_methods, parse_ranks
@@ -76,13 +78,9 @@ def compare(
     method_list = parse_methods(methods)
     rank_list = parse_ranks(ranks) if ranks else None
     out_dir = out or Path("runs") / f"compare-{Path(config).stem if config else 'default'}"
-    # The report records the command that reproduces it, spelled out whatever the user abbreviated.
-    words = ["lora-ft", "compare", *([str(config)] if config else []), "--methods", ",".join(method_list)]
-    words += ["--seeds", str(seeds), *(["--ranks", ",".join(map(str, rank_list))] if rank_list else [])]
-    words += ["--out", str(out_dir), *(w for s in set_ or [] for w in ("--set", s))]
-    words += ["--trust-remote-code"] if trust_remote_code else []
-    console = Console(soft_wrap=True)
-    with CompareProgress(console) as progress:
+    command = _command_line(config, method_list, seeds, rank_list, out_dir, set_, trust_remote_code)
+    output = console()
+    with CompareProgress(output) as progress:
         result = run_compare(
             cfg,
             out_dir,
@@ -91,12 +89,29 @@ def compare(
             ranks=rank_list,
             force=force,
             progress=progress,
-            command=shlex.join(words),
+            command=command,
         )
-    print_comparison(result, console)
+    print_comparison(result, output)
     if result.failed:
         names = ", ".join(r.spec.name for r in result.failed)
         raise LoraFtError(
             f"{len(result.failed)} of {len(result.results)} runs failed ({names}); "
             f"{result.out / 'report.md'} says why, and a rerun retries only them"
         )
+
+
+def _command_line(
+    config: Path | None,
+    methods: list[str],
+    seeds: int,
+    ranks: list[int] | None,
+    out: Path,
+    set_: list[str] | None,
+    trust_remote_code: bool,
+) -> str:
+    """The command that reproduces the comparison, for its report: spelled out whatever the user abbreviated."""
+    words = ["lora-ft", "compare", *([str(config)] if config else []), "--methods", ",".join(methods)]
+    words += ["--seeds", str(seeds), *(["--ranks", ",".join(map(str, ranks))] if ranks else [])]
+    words += ["--out", str(out), *(w for s in set_ or [] for w in ("--set", s))]
+    words += ["--trust-remote-code"] if trust_remote_code else []
+    return shlex.join(words)

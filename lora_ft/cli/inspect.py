@@ -1,4 +1,8 @@
-"""``lora-ft inspect``: the rank of what LoRA (and full fine-tuning) learned, module by module."""
+"""``lora-ft inspect``: the rank of what LoRA (and full fine-tuning) learned, module by module.
+
+The serving layer (and through it torch) is imported inside the command, so that ``lora-ft --help``
+stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli.app import TrustOpt, app, guarded
+from lora_ft.cli.options import ForceOpt, TrustOpt, console, guarded
+from lora_ft.outputs import check_output_dir
 
 
 def _table(inspection):
@@ -50,7 +55,6 @@ def _table(inspection):
     return table
 
 
-@app.command()
 @guarded
 def inspect(
     run: Annotated[
@@ -70,9 +74,7 @@ def inspect(
         str | None,
         typer.Option("--base", help="For adapters: the base model to use instead of the recorded one."),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
-    ] = False,
+    force: ForceOpt = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Rank analysis of the learned updates: singular values of each ΔW, effective rank, energy plots.
@@ -90,9 +92,6 @@ def inspect(
 
         lora-ft inspect ./peft-adapter --base ./my-base-model --force
     """
-    from rich.console import Console
-
-    from lora_ft.fsutil import check_output_dir
     from lora_ft.serving.inspect import default_out, write_inspection
     from lora_ft.serving.inspect import inspect as run_inspect
 
@@ -101,6 +100,6 @@ def inspect(
     check_output_dir(out_dir, force, [p for p in (run, against) if p is not None])
     inspection = run_inspect(run, against, base=base, trust_remote_code=trust_remote_code)
     paths = write_inspection(inspection, out_dir, force=force)
-    console = Console(soft_wrap=True)
-    console.print(_table(inspection))
-    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    output = console()
+    output.print(_table(inspection))
+    output.print(f"wrote {', '.join(str(p) for p in paths)}")

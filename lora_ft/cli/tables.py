@@ -1,22 +1,17 @@
-"""Terminal tables (rich) for runs and dry runs."""
+"""What the commands print: rich tables for runs, dry runs, the savings calculator and evaluations, and
+the output lines of ``predict``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-
-def _fmt_params(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}B"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(n)
+from lora_ft import fmt
+from lora_ft.data.textlines import shorten
 
 
 def _fmt(value: float | None, spec: str = ".4f", suffix: str = "") -> str:
@@ -38,7 +33,7 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     cost.add_column(justify="right")
     cost.add_row(
         "trainable params",
-        f"{_fmt_params(metrics['trainable_params'])} of {_fmt_params(metrics['total_params'])} "
+        f"{fmt.count(metrics['trainable_params'])} of {fmt.count(metrics['total_params'])} "
         f"({metrics['trainable_percent']:.2f}%)",
     )
     cost.add_row("train time", f"{metrics['train_seconds']:.1f} s")
@@ -52,7 +47,7 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
 
 def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = False) -> None:
     """The ``lora-ft targets`` dry run: each Linear, whether the spec wraps it, and the totals."""
-    from lora_ft.lora.inject import default_head, default_targets, targets_table
+    from lora_ft.lora.inject import default_head, default_targets, targets_table  # torch: not for --help
 
     spec = targets if targets is not None else default_targets(model)
     head = default_head(model)
@@ -78,13 +73,6 @@ def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = 
     )
 
 
-def fmt_bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 def print_savings(savings, console: Console) -> None:
     """The ``lora-ft targets --ranks`` calculator: LoRA at each rank against full fine-tuning."""
     table = Table(title=f"{savings.model}: LoRA on {savings.wrapped} Linears vs full fine-tuning")
@@ -98,7 +86,7 @@ def print_savings(savings, console: Console) -> None:
             f"{row.trainable_percent:.4f}",
             f"{savings.targeted_params / row.lora_params:,.0f}x",
             f"{savings.total_params / row.trainable_params:,.0f}x",
-            fmt_bytes(row.adapter_bytes),
+            fmt.size(row.adapter_bytes),
         )
     console.print(table)
     head = savings.ranks[0].head_params if savings.ranks else 0
@@ -106,6 +94,47 @@ def print_savings(savings, console: Console) -> None:
         f"trainable = LoRA + {head:,} head params ({', '.join(savings.head)}, trained fully); % model: of all "
         f"params incl. LoRA (as PEFT prints it).\nFull fine-tuning trains {savings.targeted_params:,} params in "
         f"the targeted weight matrices (÷ targ. = that / LoRA) and {savings.total_params:,} in the whole model "
-        f"(÷ full = that / trainable; {fmt_bytes(savings.full_model_bytes)} in fp32).\nadapter: "
+        f"(÷ full = that / trainable; {fmt.size(savings.full_model_bytes)} in fp32).\nadapter: "
         "adapter_model.safetensors in fp32 (LoRA A/B + head tensors + header); adapter_config.json not counted."
     )
+
+
+def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
+    """The ``lora-ft eval`` table: one row per adapter (``metrics`` keyed by name), or one row for the one
+    model ``what`` names (keyed by None); all rows are on the same split of the same data."""
+    first = next(iter(metrics.values()))
+    table = Table(title=f"{what}: {first['split']} split of {first['data']}")
+    named = any(name is not None for name in metrics)
+    if named:
+        table.add_column("adapter", justify="left")
+    for column in ("samples", "accuracy", "F1", "loss"):
+        table.add_column(column, justify="right")
+    for name, m in metrics.items():
+        cells = [str(m["samples"]), *(f"{m[key]:.4f}" for key in ("accuracy", "f1", "loss"))]
+        table.add_row(*([name] if named else []), *cells)
+    console.print(table)
+
+
+def _prediction(p) -> dict[str, Any]:
+    return {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+
+
+def prediction_line(p, as_json: bool) -> str:
+    """One output line of ``predict``: JSON (the whole text), or ``label<TAB>probability<TAB>sentence``
+    (the sentence cut to ``textlines.ECHO_CHARS`` characters)."""
+    if as_json:
+        return json.dumps({"text": p.text, **_prediction(p)}, ensure_ascii=False)
+    return f"{p.label}\t{p.probability:.4f}\t{shorten(p.text)}"
+
+
+def adapters_header(names: list[str]) -> str:
+    """The header of ``predict --adapter ...`` without ``--use``: a label and probability column per adapter."""
+    return "\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), "sentence"])
+
+
+def adapters_line(names: list[str], row: tuple, as_json: bool) -> str:
+    """One sentence's line of ``predict --adapter ...``: ``row`` holds each adapter's Prediction of it."""
+    if as_json:
+        adapters = {n: _prediction(p) for n, p in zip(names, row, strict=True)}
+        return json.dumps({"text": row[0].text, "adapters": adapters}, ensure_ascii=False)
+    return "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), shorten(row[0].text)])

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from lora_ft import fmt
 from lora_ft.figures import new_figure, save_png
 
 METHOD_COLORS = {
@@ -106,10 +107,6 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
     return save_png(fig, path)
 
 
-def _fmt_count(n: float) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K" if n >= 1e3 else f"{n:.0f}"
-
-
 def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
     """Validation accuracy (± std over seeds) against trainable parameters on a log axis."""
     fig, ax = _figure(6.4, 4.4)
@@ -126,7 +123,7 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
             ms=7,
             capsize=4,
             color=palette[row["label"]],
-            label=f"{row['label']} ({_fmt_count(row['trainable_params'])})",
+            label=f"{row['label']} ({fmt.count(row['trainable_params'], digits=1)})",
         )
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.2)
@@ -153,7 +150,7 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.errorbar(ranks, means, yerr=stds, fmt="-o", ms=6, capsize=4, color=METHOD_COLORS["lora"], label="lora")
     for rank, mean, row in zip(ranks, means, swept, strict=True):
         ax.annotate(
-            _fmt_count(row["trainable_params"]),
+            fmt.count(row["trainable_params"], digits=1),
             (rank, mean),
             textcoords="offset points",
             xytext=(0, 9),
@@ -168,7 +165,7 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
                 ls="--",
                 lw=1.2,
                 color=METHOD_COLORS[row["method"]],
-                label=f"{row['label']} ({_fmt_count(row['trainable_params'])} trainable)",
+                label=f"{row['label']} ({fmt.count(row['trainable_params'], digits=1)} trainable)",
             )
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ranks))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lora_ft import fmt
 from lora_ft.compare.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 from lora_ft.compare.results import VARIANTS, Comparison, RunResult, describe_variant, read_log, train_method
 from lora_ft.fsutil import write_atomic
@@ -46,22 +47,6 @@ def fmt_stat(stat: dict[str, Any] | None, spec: str = ".4f", suffix: str = "") -
     return text + suffix
 
 
-def fmt_count(n: int) -> str:
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(n)
-
-
-def fmt_mb(mb: float) -> str:
-    if mb >= 1024:
-        return f"{mb / 1024:.2f} GB"
-    if mb >= 1:
-        return f"{mb:.1f} MB"
-    return f"{mb * 1024:.1f} KB"
-
-
 def _status(row: dict[str, Any]) -> str:
     total = len(row["runs"])
     if row["status"] == "failed":
@@ -95,16 +80,16 @@ def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             continue
         line = [
             row["label"],
-            fmt_count(row["trainable_params"]),
+            fmt.count(row["trainable_params"]),
             f"{row['trainable_percent']:.3g}%",
             fmt_stat(row["train_seconds"], ".1f", " s"),
             fmt_stat(row["train_samples_per_second"], ".1f"),
             fmt_stat(row["peak_memory_mb"], ".0f", " MB"),
             fmt_stat(row["train_memory_mb"], ".0f", " MB"),
             *([fmt_stat(row["cuda_peak_memory_mb"], ".0f", " MB")] if cuda else []),
-            fmt_mb(row["optimizer_state_mb"]),
+            fmt.size(row["optimizer_state_mb"] * 2**20, iec=False),
             # The same files for every seed: the mean is the size.
-            f"{row['ship_dir']}/ {fmt_mb(row['ship_mb']['mean'])}",
+            f"{row['ship_dir']}/ {fmt.size(row['ship_mb']['mean'] * 2**20, iec=False)}",
         ]
         cells.append(line)
     return headers, cells

@@ -28,7 +28,8 @@ from lora_ft.compare.results import VARIANTS, Comparison, RunResult, RunSpec, su
 from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import COMPARISON, check_comparison_dir, write_atomic, write_marker
+from lora_ft.fsutil import write_atomic
+from lora_ft.outputs import COMPARISON, check_comparison_dir, write_marker
 from lora_ft.training.layout import CONFIG_FILE, METRICS_FILE
 
 COMPARE_METHODS = (*METHODS, *VARIANTS)

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from lora_ft.compare.process import PROGRESS_PREFIX, Emit
 from lora_ft.config import load_config
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.checkpoint import last_checkpoint
 from lora_ft.training.layout import CONFIG_FILE
 from lora_ft.training.rundir import RunDir
@@ -93,7 +93,7 @@ def _worker_main(argv: list[str]) -> int:
         return 130
     except Exception as exc:  # the traceback goes to the run's log, the last line to the report
         traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
     return 0

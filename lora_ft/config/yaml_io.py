@@ -12,7 +12,7 @@ import yaml
 
 from lora_ft.config.build import config_from_dict
 from lora_ft.config.schema import RunConfig
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.fsutil import read_record
 
 
@@ -98,7 +98,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise LoraFtError(f"config file {p} is nested too deeply to be a run config") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = first_line(exc, type(exc).__name__)
         raise LoraFtError(f"config file {p} is not valid YAML: {first}") from None
     if data is None:
         return {}

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lora_ft.data import assets
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
 from lora_ft.lora import LoRALinear, lora_scaling
@@ -330,7 +330,7 @@ def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "corrupt file"
+        first = first_line(exc, "corrupt file")
         raise LoraFtError(f"cannot read {weights_path}: {first} (a corrupt or truncated file?)") from None
     return tensors, metadata
 

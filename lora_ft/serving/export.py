@@ -28,8 +28,9 @@ from lora_ft.data.loading import load_data
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
-from lora_ft.fsutil import check_output_dir, publish_dir, staging_dir
+from lora_ft.fsutil import staging_dir
 from lora_ft.lora.inject import lora_layers, merge_and_unload
+from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
 from lora_ft.serving.predict import label_map, predict_logits
 from lora_ft.training.layout import ADAPTER

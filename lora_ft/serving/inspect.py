@@ -14,10 +14,11 @@ from torch import nn
 from lora_ft.config import RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import check_output_dir, publish_dir, staging_dir
+from lora_ft.fsutil import staging_dir
 from lora_ft.lora.analysis import ModuleUpdate, analyse, to_json
 from lora_ft.lora.inject import lora_layers
 from lora_ft.lora.io import CONFIG_NAME
+from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import load_artifact
 from lora_ft.serving.rank_plots import write_plots
 from lora_ft.training.layout import ADAPTER, CONFIG_FILE, MODEL, RUN, classify

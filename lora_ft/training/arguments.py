@@ -15,7 +15,7 @@ import torch
 from transformers import TrainingArguments
 
 from lora_ft.config import RunConfig, TrainConfig
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.distributed import launched_world_size
 from lora_ft.training.precision import check_supported
 
@@ -74,7 +74,7 @@ def training_arguments(cfg: RunConfig, method: str, output_dir: Path) -> Trainin
     try:
         args = TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise LoraFtError(f"invalid training arguments: {str(exc).strip().splitlines()[0]}") from None
+        raise LoraFtError(f"invalid training arguments: {first_line(exc)}") from None
     if args.world_size != launched:
         raise LoraFtError(
             f"the launcher started {launched} processes but the Trainer joined {args.world_size}; on a machine "

@@ -41,7 +41,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.finite import diverged, first_nonfinite
 
 log = logging.getLogger("lora_ft")
@@ -142,7 +142,7 @@ def damage(path: Path, world_size: int = 1) -> str | None:
         except FileNotFoundError:
             return f"{TRAINABLE_NAME} is missing"
         except (SafetensorError, OSError) as exc:
-            return f"{TRAINABLE_NAME} is unreadable: {str(exc).strip().splitlines()[0]}"
+            return f"{TRAINABLE_NAME} is unreadable: {first_line(exc)}"
         if bad is not None:  # saved by a lora-ft that checkpointed a diverged run: it would train on NaN
             return f"{TRAINABLE_NAME} is not finite: {bad}"
     for name in needed:

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lora_ft.config import ModelConfig, RunConfig
 from lora_ft.data import assets
-from lora_ft.errors import LoraFtError
+from lora_ft.errors import LoraFtError, first_line
 from lora_ft.lora.inject import (
     InjectionReport,
     count_parameters,
@@ -274,10 +274,5 @@ def load_error(exc: BaseException) -> str:
             "checkpoint to safetensors from a source you trust"
         )
     if "trust_remote_code" in str(exc):  # transformers' refusal: its advice names a Python argument
-        return _first_line(exc) + REMOTE_CODE_HINT
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
+        return first_line(exc, type(exc).__name__) + REMOTE_CODE_HINT
+    return first_line(exc, type(exc).__name__)

@@ -32,7 +32,8 @@ from lora_ft.config import (
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import TrainingDiverged
-from lora_ft.fsutil import open_own, path_exists, refuse_links, write_atomic
+from lora_ft.fsutil import open_own, refuse_links, write_atomic
+from lora_ft.outputs import path_exists
 from lora_ft.training.checkpoint import (
     TRAINER_STATE_NAME,
     checkpoint_step,

@@ -26,8 +26,9 @@ from lora_ft.data.metrics import compute_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
-from lora_ft.fsutil import check_output_dir, publish_dir, write_atomic, write_json
+from lora_ft.fsutil import write_atomic, write_json
 from lora_ft.lora.io import save_adapter
+from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.training.arguments import training_arguments
 from lora_ft.training.callbacks import (
     AtTrainBegin,

@@ -1,0 +1,252 @@
+"""``lora-ft predict`` and ``eval``: use what ``train`` made (a run, an adapter, a merged model), or any
+classifier directory, on sentences or on a data split.
+
+torch, transformers and the serving layer are imported inside each command, so that ``lora-ft --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from lora_ft.cli.adapters import eval_adapters, predict_adapters
+from lora_ft.cli.options import (
+    PROGRESS_MIN_SENTENCES,
+    AdapterOpt,
+    BaseOpt,
+    BatchOpt,
+    DeviceOpt,
+    SourceArg,
+    TrustOpt,
+    UseOpt,
+    console,
+    guarded,
+)
+from lora_ft.cli.tables import prediction_line, print_eval
+from lora_ft.data.textlines import chunks, read_lines
+from lora_ft.errors import LoraFtError
+
+if TYPE_CHECKING:
+    from lora_ft.config import DataConfig
+
+# predict reads, classifies and prints this many sentences at a time (at least one --batch-size).
+STREAM_SENTENCES = 4096
+
+
+@guarded
+def eval_(
+    run_or_model: SourceArg,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data to evaluate on (as data.name); default: the run's, else rt-sentences."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="train | validation | test.")] = "test",
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Sentence column of --data.")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Label column of --data.")
+    ] = None,
+    base: BaseOpt = None,
+    adapter: AdapterOpt = None,
+    use: UseOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Accuracy, F1 and loss of a run, adapter or model directory on one data split.
+
+    With `--adapter NAME=DIR` (repeated), RUN_OR_MODEL is the base model and the table has one row
+    per adapter, all on the same split (`--json`: one object keyed by adapter name).
+
+    Examples:
+
+        lora-ft eval runs/smoke                          # the run's own test split
+
+        lora-ft eval runs/smoke-merged --split validation
+
+        lora-ft eval ./my-model --data reviews.csv --text-column review --label-column stars
+
+        lora-ft eval minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16
+    """
+    from lora_ft.failures import inference_memory_hint
+
+    if split not in ("train", "validation", "test"):
+        raise LoraFtError(f"--split must be train, validation or test, got {split!r}")
+    data_config = functools.partial(_data_config, data, text_column, label_column)
+    options = dict(split=split, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
+    if adapter or use is not None:
+        with inference_memory_hint(batch_size):
+            what, metrics = eval_adapters(run_or_model, adapter, use, base, data_config, **options)
+        shown = metrics[use] if use is not None else metrics
+    else:
+        what, shown = _eval_model(run_or_model, base, data_config, **options)
+        metrics = {None: shown}
+    if as_json:
+        typer.echo(json.dumps(shown))
+    else:
+        print_eval(what, metrics, console())
+
+
+def _eval_model(
+    source: str,
+    base: str | None,
+    data_config: Callable[[DataConfig | None], DataConfig | None],
+    *,
+    split: str,
+    batch_size: int,
+    device: str,
+    trust_remote_code: bool,
+) -> tuple[str, dict[str, Any]]:
+    """What was evaluated (for the table's title) and its metrics on one split: one run, adapter or model.
+
+    ``data_config(known)`` turns the data the model was trained on (or None) into the data to use.
+    """
+    from lora_ft.failures import inference_memory_hint
+    from lora_ft.serving.artifacts import load_artifact
+    from lora_ft.serving.predict import evaluate
+
+    artifact = load_artifact(source, base=base, trust_remote_code=trust_remote_code)
+    with inference_memory_hint(batch_size):
+        metrics = evaluate(
+            artifact, data_config(artifact.data), split, batch_size=batch_size, device=device, progress=True
+        )
+    return artifact.describe(), metrics
+
+
+def _data_config(
+    data: str | None, text_column: str | None, label_column: str | None, known: DataConfig | None
+) -> DataConfig | None:
+    """``--data`` and its columns, else the known data with the columns overridden, else None."""
+    from lora_ft.config import DataConfig  # yaml: loaded once a command runs, not for --help
+
+    if data is not None:
+        return DataConfig(
+            name=data, text_column=text_column or "sentence", label_column=label_column or "label"
+        )
+    if text_column or label_column:
+        known = known or DataConfig()
+        return dataclasses.replace(
+            known,
+            text_column=text_column or known.text_column,
+            label_column=label_column or known.label_column,
+        )
+    return None
+
+
+@guarded
+def predict(
+    run_or_model: SourceArg,
+    texts: Annotated[
+        list[str] | None, typer.Argument(help='Sentences to classify; "-" reads one per line from stdin.')
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A UTF-8 text file, one sentence per line.")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per line: text, label, probability, probabilities."),
+    ] = False,
+    base: BaseOpt = None,
+    adapter: AdapterOpt = None,
+    use: UseOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Classify sentences: the label and its probability, one line per sentence, in input order.
+
+    Plain output is tab-separated `label<TAB>probability<TAB>sentence`. With `--adapter NAME=DIR`
+    (repeated), RUN_OR_MODEL is the base model, loaded once: `--use NAME` prints that adapter's
+    predictions as above; without it a header line and then `label<TAB>probability` per adapter,
+    then the sentence (`--json`: `{"text", "adapters": {NAME: {label, probability, probabilities}}}`).
+
+    Examples:
+
+        lora-ft predict runs/smoke "a gorgeous, moving film" "tedious and flat"
+
+        lora-ft predict runs/smoke-merged --file reviews.txt --json > predictions.jsonl
+
+        cat reviews.txt | lora-ft predict runs/smoke -
+
+        lora-ft predict minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16 "tedious and flat"
+    """
+    from lora_ft.failures import inference_memory_hint
+    from lora_ft.serving.artifacts import load_artifact
+
+    batches = _batches(list(texts or []), file, batch_size)
+    options = dict(batch_size=batch_size, device=device, as_json=as_json)
+    if adapter or use is not None:
+        lines = predict_adapters(
+            run_or_model, adapter, use, base, batches, trust_remote_code=trust_remote_code, **options
+        )
+    else:
+        artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
+        lines = _predict_lines(artifact, batches, **options)
+    with inference_memory_hint(batch_size):
+        for chunk in lines:
+            typer.echo("\n".join(chunk))
+
+
+def _batches(texts: list[str], file: Path | None, batch_size: int) -> Iterator[list[str]]:
+    """The sentences in chunks of ``STREAM_SENTENCES`` (at least ``batch_size``): read, classified and
+    printed a chunk at a time, memory stays bounded however long the input is.
+
+    Raises:
+        LoraFtError: there are no sentences at all (before any model is loaded).
+    """
+    batches = chunks(_inputs(texts, file), max(STREAM_SENTENCES, batch_size))
+    first = next(batches, None)
+    if first is None:
+        raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
+    return itertools.chain([first], batches)
+
+
+def _predict_lines(
+    artifact, batches: Iterable[list[str]], *, batch_size: int, device: str, as_json: bool
+) -> Iterator[list[str]]:
+    """The output lines of one model, a list per chunk of sentences."""
+    from lora_ft.serving.predict import predict as run_predict
+
+    for chunk in batches:
+        progress = len(chunk) >= PROGRESS_MIN_SENTENCES
+        predictions = run_predict(artifact, chunk, batch_size=batch_size, device=device, progress=progress)
+        yield [prediction_line(p, as_json) for p in predictions]
+
+
+def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
+    """The sentences to classify, streamed: arguments, the lines of ``file``, or of stdin for ``-``."""
+    if file is not None and texts:
+        raise LoraFtError('give sentences as arguments, with --file, or "-" for stdin; not several at once')
+    if file is not None:
+        if not file.is_file():
+            raise LoraFtError(f"--file {file} not found")
+        with file.open("rb") as f:
+            for _ in read_lines(f, str(file)):  # a file can be checked whole first: no output before an error
+                pass
+        return _file_lines(file)
+    if texts == ["-"]:
+        return read_lines(sys.stdin.buffer, "stdin")
+    if "-" in texts:
+        raise LoraFtError('"-" (read stdin) must be the only sentence argument')
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise LoraFtError(f"sentence argument {i} is empty; give the text to classify")
+    return iter(texts)
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    with path.open("rb") as f:
+        yield from read_lines(f, str(path))

