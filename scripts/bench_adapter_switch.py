@@ -49,8 +49,9 @@ def rss_bytes() -> int:
 
 def make_adapters(out: Path, count: int) -> dict[str, Path]:
     from lora_ft.config import ModelConfig
-    from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+    from lora_ft.lora.inject import inject_lora, lora_layers
     from lora_ft.lora.io import save_adapter
+    from lora_ft.lora.targets import default_head
     from lora_ft.training.modeling import load_model
 
     paths = {}

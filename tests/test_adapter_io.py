@@ -19,8 +19,9 @@ from transformers import (
 )
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora.inject import default_head, inject_lora, lora_layers
+from lora_ft.lora.inject import inject_lora, lora_layers
 from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.lora.targets import default_head
 from lora_ft.serving.artifacts import load_artifact
 
 SENTENCES = ["a gorgeous, moving film", "tedious and flat", "the plot is a mess but the cast is warm", "ok"]

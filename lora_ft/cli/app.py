@@ -230,7 +230,7 @@ def targets(
     if rank_list:
         from lora_ft.cli.tables import print_savings
         from lora_ft.lora.calculator import savings
-        from lora_ft.lora.inject import default_head, default_targets
+        from lora_ft.lora.targets import default_head, default_targets
 
         spec = spec if spec is not None else default_targets(skeleton)
         print_savings(savings(skeleton, spec, rank_list, default_head(skeleton), name=model), console)

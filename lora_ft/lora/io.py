@@ -34,7 +34,8 @@ from lora_ft.errors import LoraFtError
 from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import publishable_temp_dir, read_json_record
 from lora_ft.lora import LoRALinear, lora_scaling
-from lora_ft.lora.inject import _resolve_head, inject_lora, lora_layers, pattern_value
+from lora_ft.lora.inject import inject_lora, lora_layers
+from lora_ft.lora.targets import pattern_value, resolve_head
 
 log = logging.getLogger("lora_ft")
 
@@ -138,7 +139,7 @@ def save_adapter(
     if out.exists():
         raise LoraFtError(f"adapter directory {out} already exists")
     # lora.head may name modules by suffix ("pooler"); the file needs full names ("bert.pooler").
-    head = _resolve_head(model, head)
+    head = resolve_head(model, head)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().to("cpu").contiguous()
