@@ -18,7 +18,8 @@ from lora_ft.config import config_from_dict, dump_config
 from lora_ft.fsutil import MARKER_NAME
 from lora_ft.lora.analysis import Spectrum, analyse, lora_svd
 from lora_ft.lora.inject import inject_lora, lora_layers
-from lora_ft.lora.io import read_adapter, save_adapter
+from lora_ft.lora.io import read_adapter
+from lora_ft.lora.saving import save_adapter
 from lora_ft.lora.targets import default_head
 
 from .conftest import assert_one_line_error

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora.io import Adapter, apply_adapter, check_adapter, read_adapter
+from lora_ft.lora.apply import apply_adapter, check_adapter
+from lora_ft.lora.io import Adapter, read_adapter
 from lora_ft.serving.artifacts import Artifact, _model_max_length
 
 log = logging.getLogger("lora_ft")

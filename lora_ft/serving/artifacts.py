@@ -28,7 +28,8 @@ from lora_ft.data import assets
 from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
-from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
+from lora_ft.lora.apply import apply_adapter
+from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, read_adapter
 
 log = logging.getLogger("lora_ft")
 
