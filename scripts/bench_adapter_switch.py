@@ -49,8 +49,10 @@ def rss_bytes() -> int:
 
 def make_adapters(out: Path, count: int) -> dict[str, Path]:
     from lora_ft.config import ModelConfig
-    from lora_ft.lora.inject import default_head, inject_lora, lora_layers
-    from lora_ft.lora.io import save_adapter
+    from lora_ft.data.assets import hub_id_of
+    from lora_ft.lora.inject import inject_lora, lora_layers
+    from lora_ft.lora.saving import save_adapter
+    from lora_ft.lora.targets import default_head
     from lora_ft.training.modeling import load_model
 
     paths = {}
@@ -70,7 +72,7 @@ def make_adapters(out: Path, count: int) -> dict[str, Path]:
             model,
             out / name,
             head=head,
-            base_model_name_or_path="minilm-l6",
+            base_model_name_or_path=hub_id_of("minilm-l6"),
             label_names=["negative", "positive"],
             model_settings={"name": "minilm-l6", "num_layers": None, "revision": None},
         )

@@ -90,7 +90,7 @@ class Setup:
     def load(cls, cfg) -> Setup:
         from lora_ft.data.loading import load_data
         from lora_ft.data.tokenization import tokenize_data
-        from lora_ft.lora.inject import default_head
+        from lora_ft.lora.targets import default_head
         from lora_ft.training.modeling import load_model, quiet_transformers
 
         quiet_transformers()
@@ -167,7 +167,7 @@ class Setup:
 def _peft_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> list[str] | str:
     """Our target spec in PEFT's terms: the same modules (PEFT matches names by suffix, too)."""
     if targets == ("all-linear",):
-        from lora_ft.lora.inject import default_head, match_targets
+        from lora_ft.lora.targets import default_head, match_targets
 
         return match_targets(model, "all-linear", exclude=default_head(model))
     return list(targets)

@@ -19,8 +19,10 @@ from transformers import (
 )
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora.inject import default_head, inject_lora, lora_layers
-from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.lora.inject import inject_lora, lora_layers
+from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from lora_ft.lora.saving import save_adapter
+from lora_ft.lora.targets import default_head
 from lora_ft.serving.artifacts import load_artifact
 
 SENTENCES = ["a gorgeous, moving film", "tedious and flat", "the plot is a mess but the cast is warm", "ok"]
@@ -190,6 +192,7 @@ def test_head_survives_save_and_reload(tmp_path, tiny_bert_dir):
 
 def test_built_in_base_is_recorded_by_hub_id_and_loaded_offline(tmp_path, minilm_dir):
     from lora_ft.config import ModelConfig
+    from lora_ft.data.assets import hub_id_of
     from lora_ft.training.modeling import load_model
 
     loaded = load_model(ModelConfig(name="minilm-l6"), ["neg", "pos"])
@@ -197,9 +200,12 @@ def test_built_in_base_is_recorded_by_hub_id_and_loaded_offline(tmp_path, minilm
     with torch.no_grad():
         for layer in lora_layers(loaded.model).values():
             layer.lora_B.normal_()
-    save_adapter(loaded.model, tmp_path / "a", head=["classifier"], base_model_name_or_path="minilm-l6")
+    # What training records for a built-in base (train._save_outputs): its hub id, as PEFT users know it.
+    hub_id = hub_id_of("minilm-l6")
+    assert hub_id == "sentence-transformers/all-MiniLM-L6-v2"
+    save_adapter(loaded.model, tmp_path / "a", head=["classifier"], base_model_name_or_path=hub_id)
     config = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
-    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config["base_model_name_or_path"] == hub_id
     # No lora-ft model metadata (as from PEFT): the hub id alone must find the built-in copy, offline.
     artifact = load_artifact(tmp_path / "a")
     assert artifact.base == "minilm-l6"

@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.lora.calculator import savings
-from lora_ft.lora.inject import count_parameters, default_head, default_targets, inject_lora
-from lora_ft.lora.io import WEIGHTS_NAME, save_adapter
+from lora_ft.lora.inject import count_parameters, inject_lora
+from lora_ft.lora.io import WEIGHTS_NAME
+from lora_ft.lora.saving import save_adapter
+from lora_ft.lora.targets import default_head, default_targets
 from lora_ft.training.modeling import load_model_skeleton
 
 from .conftest import assert_one_line_error

@@ -10,21 +10,17 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora import LoRALinear
 from lora_ft.lora.inject import (
     count_parameters,
-    default_head,
-    default_targets,
     freeze_for_method,
     inject_lora,
-    linear_names,
     load_lora_state_dict,
     lora_layers,
     lora_state_dict,
-    match_targets,
     merge_and_unload,
     merge_lora,
     set_lora_disabled,
-    targets_table,
     unmerge_lora,
 )
+from lora_ft.lora.targets import default_head, default_targets, linear_names, match_targets, targets_table
 
 D, LAYERS, LABELS, VOCAB, R = 32, 2, 2, 100, 4
 

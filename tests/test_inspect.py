@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from lora_ft.cli.app import app
 from lora_ft.config import config_from_dict, dump_config
 from lora_ft.lora.analysis import Spectrum, analyse, lora_svd
-from lora_ft.lora.inject import default_head, inject_lora, lora_layers
-from lora_ft.lora.io import read_adapter, save_adapter
+from lora_ft.lora.inject import inject_lora, lora_layers
+from lora_ft.lora.io import read_adapter
+from lora_ft.lora.saving import save_adapter
+from lora_ft.lora.targets import default_head
 from lora_ft.outputs import MARKER_NAME
 
 from .conftest import assert_one_line_error

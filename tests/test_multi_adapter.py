@@ -19,7 +19,8 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora import LoRALinear
 from lora_ft.lora.adapters import AdapterSet
 from lora_ft.lora.inject import inject_lora, lora_layers, merge_and_unload, merge_lora
-from lora_ft.lora.io import read_adapter, save_adapter
+from lora_ft.lora.io import read_adapter
+from lora_ft.lora.saving import save_adapter
 from lora_ft.serving.artifacts import load_artifact
 from lora_ft.serving.multi import load_adapter_set, parse_adapter_specs
 

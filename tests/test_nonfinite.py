@@ -26,8 +26,10 @@ from lora_ft.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig
 from lora_ft.errors import LoraFtError
 from lora_ft.finite import require_finite_metrics
 from lora_ft.lora import LoRALinear
-from lora_ft.lora.inject import default_head, inject_lora, lora_layers
-from lora_ft.lora.io import CONFIG_NAME, META_SCALING, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.lora.inject import inject_lora, lora_layers
+from lora_ft.lora.io import CONFIG_NAME, META_SCALING, WEIGHTS_NAME, read_adapter
+from lora_ft.lora.saving import save_adapter
+from lora_ft.lora.targets import default_head
 from lora_ft.serving.export import Probe, verify_merge
 from lora_ft.serving.predict import predict_logits
 from lora_ft.training.callbacks import StopOnNonFinite

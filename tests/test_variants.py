@@ -16,8 +16,10 @@ from lora_ft.compare.runner import compare, parse_methods, run_config
 from lora_ft.config import load_config
 from lora_ft.errors import LoraFtError
 from lora_ft.lora import DoRALinear, LoRALinear
-from lora_ft.lora.inject import default_head, inject_lora, lora_layers, merge_and_unload
-from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter, save_adapter
+from lora_ft.lora.inject import inject_lora, lora_layers, merge_and_unload
+from lora_ft.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from lora_ft.lora.saving import save_adapter
+from lora_ft.lora.targets import default_head
 from lora_ft.serving.artifacts import load_artifact
 from lora_ft.serving.export import export_merged
 

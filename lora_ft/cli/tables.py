@@ -47,7 +47,7 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
 
 def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = False) -> None:
     """The ``lora-ft targets`` dry run: each Linear, whether the spec wraps it, and the totals."""
-    from lora_ft.lora.inject import default_head, default_targets, targets_table  # torch: not for --help
+    from lora_ft.lora.targets import default_head, default_targets, targets_table  # torch: not for --help
 
     spec = targets if targets is not None else default_targets(model)
     head = default_head(model)

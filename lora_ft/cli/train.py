@@ -133,7 +133,7 @@ def targets(
     """
     from lora_ft.compare.runner import parse_ranks
     from lora_ft.lora.calculator import savings
-    from lora_ft.lora.inject import default_head, default_targets
+    from lora_ft.lora.targets import default_head, default_targets
     from lora_ft.training.modeling import load_model_skeleton
 
     if r < 1:

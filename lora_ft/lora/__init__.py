@@ -1,8 +1,11 @@
 """The LoRA method, pure torch: ``LoRALinear`` (``layer``: the paper's formula), its fused CPU update
-(``fused``), DoRA (``dora``), finding and wrapping targets (``inject``), PEFT-format adapter
-directories (``io``), several adapters on one base (``adapters``), the update's spectrum
-(``analysis``) and savings planning (``calculator``). ``scaling.lora_scaling`` is the one home of the
-``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``) factor.
+(``fused``), DoRA (``dora``), which modules to adapt (``targets``: specs, per-architecture defaults,
+the head), wrapping, freezing, merging and unloading them (``inject``), PEFT-format adapter
+directories (``io``: the format and reading, ``peft_config``: what a config may say, ``saving``:
+writing, ``apply``: into a model), several adapters on one base (``adapters``), the update's
+spectrum (``analysis``) and savings planning (``calculator``). ``scaling.lora_scaling`` is the one
+home of the ``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``) factor. Nothing here imports a lora-ft
+module above ``errors``/``fsutil``/``finite``, nor transformers.
 
 Names are imported lazily (PEP 562), so ``lora_ft.lora.scaling`` loads without torch.
 """

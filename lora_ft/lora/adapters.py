@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora.io import Adapter, apply_adapter, check_adapter, read_adapter
-from lora_ft.serving.artifacts import Artifact, _model_max_length
+from lora_ft.lora.apply import apply_adapter, check_adapter
+from lora_ft.lora.io import Adapter, read_adapter
+from lora_ft.lora.targets import is_under
 
 log = logging.getLogger("lora_ft")
 
@@ -39,7 +40,7 @@ class _Entry:
     modules: dict[str, nn.Module]  # slot name -> this adapter's wrapper or head module
     label_names: list[str]
     max_length: int | None
-    info: dict[str, Any] = field(default_factory=dict)  # provenance for Artifact views (run, data, metrics)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance for serving's views (run, data, metrics)
 
 
 def _refuse_merge(name: str, *_args, **_kwargs) -> None:
@@ -49,16 +50,12 @@ def _refuse_merge(name: str, *_args, **_kwargs) -> None:
     )
 
 
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
 class AdapterSet:
     """One base classifier serving several named adapters, one active at a time.
 
     Args:
         model: the base classifier, plain (no LoRA layers); it is switched in place.
-        tokenizer: kept for ``artifact()`` views.
+        tokenizer: kept for serving's views of one adapter (``serving.multi.adapter_artifact``).
         base_name: what the base was loaded as, for messages and the base-model check.
         untrained: modules the base checkpoint lacked (randomly initialised on load); every adapter
             must hold them in its head, and a ``disable()`` that uses them warns.
@@ -111,6 +108,14 @@ class AdapterSet:
     def adapter(self, name: str) -> Adapter:
         return self._entry(name).adapter
 
+    def max_length(self, name: str) -> int | None:
+        """The truncation adapter ``name`` was added with (its run's), or None."""
+        return self._entry(name).max_length
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The provenance adapter ``name`` was added with (``path``, ``run_dir``, ``data``, ``metrics``)."""
+        return dict(self._entry(name).info)
+
     def _entry(self, name: str) -> _Entry:
         if name not in self._entries:
             raise LoraFtError(f"no adapter named {name!r}; adapters: {', '.join(self._entries) or 'none'}")
@@ -145,7 +150,7 @@ class AdapterSet:
         if head is not None:
             choice = {s: m for s, m in self._entry(head).modules.items() if s in self._heads}
         else:
-            random = [m for m in self.untrained if any(_under(m, h) or _under(h, m) for h in self._heads)]
+            random = [m for m in self.untrained if any(is_under(m, h) or is_under(h, m) for h in self._heads)]
             if random:
                 log.warning(
                     "base %s has no trained head (%s is randomly initialised), so disabled outputs are "
@@ -170,8 +175,8 @@ class AdapterSet:
         Args:
             adapter: an ``Adapter`` from ``read_adapter``, or an adapter directory.
             label_names: the adapter's labels; default its own record, else the base config's names.
-            max_length: truncation for ``artifact()`` views (the adapter's run's, when known).
-            info: ``run_dir``/``data``/``metrics`` for ``artifact()`` views.
+            max_length: truncation for serving's views (the adapter's run's, when known).
+            info: ``path``/``run_dir``/``data``/``metrics`` for serving's views.
 
         Raises:
             LoraFtError: a bad or duplicate name; an adapter made for another base (module names or
@@ -187,22 +192,12 @@ class AdapterSet:
         self._check_fits(name, adapter)
         labels = list(label_names or adapter.label_names or self._base_labels())
         self._check_labels(name, labels)
-        new_slots = [s for s in [*adapter.lora, *adapter.head] if s not in self._base]
         self._check_slots(name, adapter)
 
         state = self._plain_view()
-        self._base.update({s: self.model.get_submodule(s) for s in new_slots})
-        self._parents.update({s: self._parent(s) for s in new_slots})
         try:
-            for h in adapter.head:  # the adapter's head is loaded into a copy: the base's stays as loaded
-                parent, child = self._parent(h)
-                setattr(parent, child, copy.deepcopy(self._base[h]))
-            apply_adapter(self.model, adapter)
-            modules = {s: self.model.get_submodule(s) for s in [*adapter.lora, *adapter.head]}
+            modules = self._build(adapter)
         except BaseException:
-            self._install({})
-            for s in new_slots:
-                del self._base[s], self._parents[s]
             self._restore(state)
             raise
         self._heads.update(adapter.head)
@@ -221,6 +216,26 @@ class AdapterSet:
         self._entries[name] = _Entry(record, modules, labels, max_length, dict(info or {}))
         self._restore(state)
         log.debug("adapter %s: %d LoRA modules, head %s", name, len(adapter.lora), ", ".join(adapter.head))
+
+    def _build(self, adapter: Adapter) -> dict[str, nn.Module]:
+        """``adapter``'s modules by slot, built in the plain model around the shared base Linears.
+
+        On any failure every slot is plain again and the new slots are forgotten.
+        """
+        new_slots = [s for s in [*adapter.lora, *adapter.head] if s not in self._base]
+        self._base.update({s: self.model.get_submodule(s) for s in new_slots})
+        self._parents.update({s: self._parent(s) for s in new_slots})
+        try:
+            for h in adapter.head:  # the adapter's head is loaded into a copy: the base's stays as loaded
+                parent, child = self._parent(h)
+                setattr(parent, child, copy.deepcopy(self._base[h]))
+            apply_adapter(self.model, adapter)
+            return {s: self.model.get_submodule(s) for s in [*adapter.lora, *adapter.head]}
+        except BaseException:
+            self._install({})
+            for s in new_slots:
+                del self._base[s], self._parents[s]
+            raise
 
     def _base_labels(self) -> list[str]:
         id2label = getattr(self.model.config, "id2label", {}) or {}
@@ -248,7 +263,9 @@ class AdapterSet:
             raise LoraFtError(f"adapter {name!r} does not fit base {base}: {msg}") from None
         finally:
             self._restore(probe)
-        missing = [m for m in self.untrained if not any(_under(m, h) or _under(h, m) for h in adapter.head)]
+        missing = [
+            m for m in self.untrained if not any(is_under(m, h) or is_under(h, m) for h in adapter.head)
+        ]
         if missing:
             raise LoraFtError(
                 f"adapter {name!r} ({adapter.path}) does not hold {', '.join(missing)}, which base {base} "
@@ -291,7 +308,7 @@ class AdapterSet:
         lora = set(adapter.lora) | (set(self._base) - self._heads)
         heads = set(adapter.head) | self._heads
         for h in heads:
-            inside = sorted(s for s in lora | heads if s != h and (_under(s, h) or _under(h, s)))
+            inside = sorted(s for s in lora | heads if s != h and (is_under(s, h) or is_under(h, s)))
             if inside:
                 raise LoraFtError(
                     f"adapter {name!r}: module {h} is a head module in one adapter and overlaps "
@@ -315,24 +332,3 @@ class AdapterSet:
             for module in entry.modules.values():
                 module.to(device)
         return self
-
-    def artifact(self, name: str) -> Artifact:
-        """Activate adapter ``name`` and return it as an ``Artifact`` (for ``predict``/``evaluate``).
-
-        The view shares the model: it shows adapter ``name`` only until another one is activated.
-        """
-        self.set_adapter(name)
-        entry = self._entries[name]
-        return Artifact(
-            model=self.model,
-            tokenizer=self.tokenizer,
-            label_names=list(entry.label_names),
-            kind="adapter",
-            path=entry.info.get("path", entry.adapter.path),
-            max_length=entry.max_length or _model_max_length(self.tokenizer, self.model),
-            adapter=entry.adapter,
-            base=self.base_name,
-            run_dir=entry.info.get("run_dir"),
-            data=entry.info.get("data"),
-            metrics=entry.info.get("metrics"),
-        )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora import lora_scaling
+from lora_ft.lora.scaling import lora_scaling
 
 THRESHOLDS = (0.90, 0.99)
 # Singular values below this fraction of the largest count as zero for the numerical rank (float64).

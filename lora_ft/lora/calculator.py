@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lora_ft.lora.inject import _resolve_head, count_parameters, targets_table
+from lora_ft.lora.inject import count_parameters
 from lora_ft.lora.io import META_LABELS, META_SCALING, PREFIX
+from lora_ft.lora.targets import resolve_head, targets_table
 
 FP32_BYTES = 4
 _HEADER_ALIGN = 8
@@ -99,9 +100,9 @@ def savings(model: nn.Module, targets, ranks: list[int], head: list[str], *, nam
     The model is not touched; a meta-device skeleton is enough.
 
     Raises:
-        LoraFtError: see ``inject.match_targets``; an unknown head name.
+        LoraFtError: see ``targets.match_targets``; an unknown head name.
     """
-    head_names = _resolve_head(model, head)
+    head_names = resolve_head(model, head)
     rows, totals = targets_table(model, targets, 1, head_names)
     wrapped = [row for row in rows if row["wrapped"]]
     base_total = count_parameters(model)[1]

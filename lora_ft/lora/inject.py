@@ -1,55 +1,29 @@
-"""Put LoRALinear into any ``nn.Module``: find the target Linears by name, wrap them, freeze the rest.
+"""Put LoRALinear into any ``nn.Module`` and take it out again: wrap the target Linears (which ones is
+``targets``' job), freeze the rest, merge, unmerge, switch off, unload, and move LoRA tensors in and out.
 
-A target spec entry selects a module when it is the module's full name, a dotted suffix of it
-(``"query"``, ``"attention.self.query"``), or, when it holds regex metacharacters, a ``re.fullmatch``
-of the full name; ``"all-linear"`` selects every Linear outside the head. Injection fails loudly:
-zero matches, a match that is not ``nn.Linear``, or a layer wrapped twice is a ``LoraFtError``.
+Injection fails loudly (``targets.match_targets``): zero matches, a match that is not ``nn.Linear``, or
+a layer wrapped twice is a ``LoraFtError``.
 """
 
 from __future__ import annotations
 
-import difflib
-import logging
-import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora import DoRALinear, LoRALinear
-
-log = logging.getLogger("lora_ft")
-
-ALL_LINEAR = "all-linear"
-_BERT_STYLE = (
-    "bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "data2vec-text", "mobilebert",
-    "albert", "xmod", "roberta-prelayernorm", "megatron-bert", "layoutlm",
-)  # fmt: skip
-# Decoders whose attention projections are q_proj/k_proj/v_proj/o_proj and whose classifier head is `score`.
-_LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "opt")
-# Query and value only: the LoRA paper's choice (§7.1), and PEFT's default for these architectures.
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "distilbert": ["q_lin", "v_lin"],
-    "mpnet": ["q", "v"],
-    "deberta": ["in_proj"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    **{t: ["query", "value"] for t in _BERT_STYLE},
-    **{t: ["q_proj", "v_proj"] for t in _LLAMA_STYLE},
-}
-# The modules a sequence classifier adds on top of the encoder; they start random, so they train fully.
-DEFAULT_HEADS: dict[str, list[str]] = {
-    "distilbert": ["pre_classifier", "classifier"],
-    **{t: ["classifier"] for t in DEFAULT_TARGETS if t != "distilbert" and t not in _LLAMA_STYLE},
-    **{t: ["score"] for t in _LLAMA_STYLE},
-}
-# Head names tried for architectures without an entry above (HF decoder classifiers call it `score`).
-_FALLBACK_HEADS = ("pre_classifier", "classifier", "score")
-# "." is left out: it is the separator of dotted suffixes, and module names hold no other regex syntax.
-_REGEX_CHARS = set("^$*+?{}[]\\|()")
+from lora_ft.lora.dora import DoRALinear
+from lora_ft.lora.layer import LoRALinear
+from lora_ft.lora.targets import (
+    check_patterns,
+    head_params,
+    is_under,
+    match_targets,
+    pattern_value,
+    resolve_head,
+)
 
 
 @dataclass
@@ -77,179 +51,9 @@ class InjectionReport:
         return self.trainable_params / self.total_params if self.total_params else 0.0
 
 
-def _model_type(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def _linears(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Linear by its logical name: a wrapped one under its wrapper's name, never as ``<name>.base``."""
-    out: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear) or (
-            isinstance(module, nn.Linear) and not _inside_lora(model, name)
-        ):
-            out[name] = module
-    return out
-
-
-def _inside_lora(model: nn.Module, name: str) -> bool:
-    parent = name.rpartition(".")[0]
-    return bool(name) and isinstance(model.get_submodule(parent), LoRALinear)
-
-
-def _leaf_counts(names: Iterable[str]) -> str:
-    counts = Counter(n.rsplit(".", 1)[-1] for n in names)
-    return ", ".join(f"{leaf} (x{n})" if n > 1 else leaf for leaf, n in counts.items()) or "none"
-
-
-def linear_names(model: nn.Module) -> list[str]:
-    """Full names of the model's Linear modules (wrapped ones included, under their own name)."""
-    return list(_linears(model))
-
-
-def default_targets(model: nn.Module) -> list[str]:
-    """The model type's default target spec; ``LoraFtError`` for an architecture we have none for."""
-    model_type = _model_type(model)
-    if model_type in DEFAULT_TARGETS:
-        return list(DEFAULT_TARGETS[model_type])
-    raise LoraFtError(
-        f"no default LoRA targets for model type {model_type or type(model).__name__!r}; set lora.targets "
-        f"(names, dotted suffixes, regexes or {ALL_LINEAR!r}). Linear modules in this model: "
-        f"{_leaf_counts(linear_names(model))}"
-    )
-
-
-def _is_under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def _resolve_head(model: nn.Module, head: Iterable[str]) -> list[str]:
-    """Head names -> full module names: exact, or a suffix of whole dotted components."""
-    names = [n for n, _ in model.named_modules() if n]
-    out: list[str] = []
-    for h in head:
-        found = [n for n in names if n == h or n.endswith("." + h)]
-        if not found:
-            close = difflib.get_close_matches(h, names, n=5, cutoff=0.6)
-            raise LoraFtError(
-                f"head module {h!r} is not in {type(model).__name__}; closest: {', '.join(close) or 'none'}"
-            )
-        out += [n for n in found if n not in out]
-    return out
-
-
-def default_head(model: nn.Module, newly_initialized: Iterable[str] = ()) -> list[str]:
-    """Full names of the classification head, plus the pooler when the checkpoint lacked it (random)."""
-    names = {n for n, _ in model.named_modules() if n}
-    spec = DEFAULT_HEADS.get(_model_type(model)) or [h for h in _FALLBACK_HEADS if h in names]
-    head = [h for h in spec if h in names or any(n.endswith("." + h) for n in names)]
-    if not head:
-        raise LoraFtError(f"cannot tell the classification head of {type(model).__name__}; set lora.head")
-    head = _resolve_head(model, head)
-    for new in newly_initialized:
-        if any(_is_under(new, h) for h in head):
-            continue
-        parts = new.split(".")
-        if "pooler" in parts:
-            pooler = ".".join(parts[: parts.index("pooler") + 1])
-            if pooler in names and pooler not in head:
-                head.append(pooler)
-        else:
-            log.warning("%s was newly initialised but is not in the head, so it stays random and frozen", new)
-    return head
-
-
-def match_targets(
-    model: nn.Module, targets: str | list[str] | None, exclude: Iterable[str] = ()
-) -> list[str]:
-    """Full names of the Linears that ``targets`` selects, skipping modules under ``exclude``.
-
-    Raises:
-        LoraFtError: no module matches, a match is not ``nn.Linear`` or is already wrapped, a bad regex.
-    """
-    if targets is None:
-        targets = default_targets(model)
-    spec = [targets] if isinstance(targets, str) else list(targets)
-    exclude = list(exclude)
-    modules = {n: m for n, m in model.named_modules() if n and not _inside_lora(model, n)}
-    kept = {n: m for n, m in modules.items() if not any(_is_under(n, e) for e in exclude)}
-    if ALL_LINEAR in spec:
-        if spec != [ALL_LINEAR]:
-            raise LoraFtError(f"lora.targets {spec}: {ALL_LINEAR!r} cannot be combined with other names")
-        matched = [n for n, m in kept.items() if isinstance(m, nn.Linear)]
-    else:
-        matched = [n for n in kept if any(_selects(t, n) for t in spec)]
-    if not matched:
-        raise LoraFtError(_no_match_message(model, spec, modules, exclude))
-    for name in matched:
-        module = kept[name]
-        if isinstance(module, LoRALinear):
-            raise LoraFtError(f"{name} is already wrapped with LoRA; a layer can be wrapped only once")
-        if not isinstance(module, nn.Linear):
-            raise LoraFtError(
-                f"lora.targets {spec} matched {name}, a {type(module).__name__}, not an nn.Linear; "
-                f"name Linears (inside it: {_leaf_counts(n for n in linear_names(module) if n)})"
-            )
-    return matched
-
-
-def _selects(target: str, name: str) -> bool:
-    if _REGEX_CHARS & set(target):
-        try:
-            return re.fullmatch(target, name) is not None
-        except re.error as exc:
-            raise LoraFtError(f"lora.targets entry {target!r} is not a valid regex: {exc}") from None
-    return name == target or name.endswith("." + target)
-
-
-def _no_match_message(model: nn.Module, spec: list[str], modules: dict, exclude: list[str]) -> str:
-    in_head = [
-        n for n in modules if any(_selects(t, n) for t in spec) and any(_is_under(n, e) for e in exclude)
-    ]
-    if in_head:
-        return f"lora.targets {spec} matched only head modules, which train fully: {', '.join(in_head)}"
-    candidates = sorted(set(modules) | {n.rsplit(".", 1)[-1] for n in modules})
-    close = {c for t in spec for c in difflib.get_close_matches(t, candidates, n=5, cutoff=0.6)}
-    return (
-        f"lora.targets {spec} matched no module in {type(model).__name__}; closest module names: "
-        f"{', '.join(sorted(close)) or 'none'}. Linear modules: {_leaf_counts(linear_names(model))}"
-    )
-
-
-def pattern_value(pattern: dict[str, Any] | None, module: str, default: Any) -> Any:
-    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup (``peft.utils.other.get_pattern_key``): the value
-    of the first key, in order, that is a regex matching the end of ``module`` at a dot boundary."""
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def _check_patterns(names: list[str], patterns: dict[str, dict[str, Any] | None]) -> None:
-    for what, pattern in patterns.items():
-        for key in pattern or {}:
-            try:
-                hit = any(re.match(rf"(.*\.)?({key})$", n) for n in names)
-            except re.error as exc:
-                raise LoraFtError(f"lora.{what} key {key!r} is not a valid regex: {exc}") from None
-            if not hit:
-                raise LoraFtError(
-                    f"lora.{what} key {key!r} matches none of the wrapped modules (it must match the end of a "
-                    f"name, like 'query' or 'layer.0.attention.self.query'); wrapped: {_leaf_counts(names)}"
-                )
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
-
-
-def _head_params(model: nn.Module, head: list[str]) -> list[nn.Parameter]:
-    seen: dict[int, nn.Parameter] = {}
-    for h in head:
-        for p in model.get_submodule(h).parameters():
-            seen[id(p)] = p
-    return list(seen.values())
 
 
 def inject_lora(
@@ -277,13 +81,13 @@ def inject_lora(
         LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head; a
             pattern key that is not a regex or matches no wrapped module.
     """
-    head_names = _resolve_head(model, head)
+    head_names = resolve_head(model, head)
     names = match_targets(model, targets, exclude=head_names if exclude_head else ())
-    overlap = [n for n in names if any(_is_under(n, h) for h in head_names)]
+    overlap = [n for n in names if any(is_under(n, h) for h in head_names)]
     if overlap:
         # The head's base weights would train alongside their own LoRA update: two updates to one weight.
         raise LoraFtError(f"targets {', '.join(overlap)} lie inside head modules {', '.join(head_names)}")
-    _check_patterns(names, {"rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern})
+    check_patterns(names, {"rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern})
     report = InjectionReport(head=head_names)
     wrapper = DoRALinear if use_dora else LoRALinear
     for name in names:
@@ -303,11 +107,11 @@ def inject_lora(
     for layer in lora_layers(model).values():
         for p in _lora_params(layer):
             p.requires_grad_(True)
-    head_params = _head_params(model, head_names)
-    for p in head_params:
+    trained_head = head_params(model, head_names)
+    for p in trained_head:
         p.requires_grad_(True)
     report.lora_params = sum(w.params for w in report.wrapped)
-    report.head_params = sum(p.numel() for p in head_params)
+    report.head_params = sum(p.numel() for p in trained_head)
     report.trainable_params, report.total_params = count_parameters(model)
     return report
 
@@ -322,10 +126,10 @@ def freeze_for_method(model: nn.Module, method: str, head: list[str]) -> None:
             raise LoraFtError(
                 "method 'head' trains only the head modules, and none were named; set lora.head"
             )
-        head_params = _head_params(model, _resolve_head(model, head))
+        trained_head = head_params(model, resolve_head(model, head))
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in head_params:
+        for p in trained_head:
             p.requires_grad_(True)
     elif method == "lora":
         raise LoraFtError("method 'lora' is built by inject_lora, not freeze_for_method")
@@ -414,31 +218,3 @@ def load_lora_state_dict(
         for key in sorted(set(own) & set(state_dict)):
             own[key].copy_(state_dict[key])
     return missing, unexpected
-
-
-def targets_table(model: nn.Module, targets, r: int, head: list[str]) -> tuple[list[dict], dict]:
-    """The dry run behind ``lora-ft targets``: one row per Linear, and the totals. The model is not touched.
-
-    Works on a meta-device skeleton: only shapes are read.
-    """
-    head_names = _resolve_head(model, head)
-    wrapped = set(match_targets(model, targets, exclude=head_names))
-    rows = [
-        dict(name=n, shape=(m.out_features, m.in_features), out_features=m.out_features,
-             in_features=m.in_features, wrapped=n in wrapped,
-             lora_params=r * (m.in_features + m.out_features) if n in wrapped else 0)
-        for n, m in _linears(model).items()
-    ]  # fmt: skip
-    lora_params = sum(row["lora_params"] for row in rows)
-    head_params = sum(p.numel() for p in _head_params(model, head_names))
-    total = count_parameters(model)[1] + lora_params
-    totals = {
-        "linears": len(rows),
-        "wrapped": len(wrapped),
-        "lora_params": lora_params,
-        "head_params": head_params,
-        "trainable_params": lora_params + head_params,
-        "total_params": total,
-        "trainable_percent": 100.0 * (lora_params + head_params) / total if total else 0.0,
-    }
-    return rows, totals

@@ -29,7 +29,8 @@ from lora_ft.data import assets
 from lora_ft.data.labels import check_label_names
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
-from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, apply_adapter, read_adapter
+from lora_ft.lora.apply import apply_adapter
+from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, read_adapter
 from lora_ft.training.layout import ADAPTER, CONFIG_FILE, METRICS_FILE, MODEL, MODEL_CONFIG, classify
 from lora_ft.training.modeling import input_limit, load_error, load_model, resolve_model_path
 

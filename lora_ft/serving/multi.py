@@ -13,7 +13,14 @@ from lora_ft.config import DataConfig, ModelConfig
 from lora_ft.errors import LoraFtError
 from lora_ft.lora.adapters import NAME_PATTERN, AdapterSet
 from lora_ft.lora.io import CONFIG_NAME, Adapter, read_adapter
-from lora_ft.serving.artifacts import RunRecord, _adapter_labels, _builtin_or, read_run
+from lora_ft.serving.artifacts import (
+    Artifact,
+    RunRecord,
+    _adapter_labels,
+    _builtin_or,
+    _model_max_length,
+    read_run,
+)
 from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
 from lora_ft.training.layout import ADAPTER, RUN, classify
 from lora_ft.training.modeling import load_model
@@ -115,6 +122,28 @@ def load_adapter_set(
     return aset
 
 
+def adapter_artifact(aset: AdapterSet, name: str) -> Artifact:
+    """Activate adapter ``name`` and return it as an ``Artifact`` (for ``predict``/``evaluate``).
+
+    The view shares the model: it shows adapter ``name`` only until another one is activated.
+    """
+    aset.set_adapter(name)
+    info = aset.info(name)
+    return Artifact(
+        model=aset.model,
+        tokenizer=aset.tokenizer,
+        label_names=aset.label_names(name),
+        kind="adapter",
+        path=info.get("path", aset.adapter(name).path),
+        max_length=aset.max_length(name) or _model_max_length(aset.tokenizer, aset.model),
+        adapter=aset.adapter(name),
+        base=aset.base_name,
+        run_dir=info.get("run_dir"),
+        data=info.get("data"),
+        metrics=info.get("metrics"),
+    )
+
+
 def _warn_other_base(name: str, adapter: Adapter, base: str) -> None:
     """Shapes are checked; same-shaped other weights are not detectable, so a different record warns."""
     recorded = (adapter.model_settings or {}).get("name") or adapter.base_model
@@ -141,7 +170,7 @@ def predict_each(
     out = {}
     for name in names or aset.adapters:
         out[name] = predict(
-            aset.artifact(name), texts, batch_size=batch_size, device=device, progress=progress
+            adapter_artifact(aset, name), texts, batch_size=batch_size, device=device, progress=progress
         )
     return out
 
@@ -152,7 +181,7 @@ def common_data(aset: AdapterSet, names: list[str]) -> DataConfig | None:
     Raises:
         LoraFtError: the adapters were trained on different data.
     """
-    known = {name: aset.artifact(name).data for name in names}
+    known = {name: adapter_artifact(aset, name).data for name in names}
     recorded = {n: d for n, d in known.items() if d is not None}
     if len({repr(d) for d in recorded.values()}) > 1:
         listing = ", ".join(f"{n}: {d.name}" for n, d in recorded.items())
@@ -178,7 +207,7 @@ def evaluate_each(
     aset.to(resolve_device(device))
     return {
         name: evaluate(
-            aset.artifact(name), cfg, split, batch_size=batch_size, device=device, progress=progress
+            adapter_artifact(aset, name), cfg, split, batch_size=batch_size, device=device, progress=progress
         )
         for name in names
     }

@@ -19,14 +19,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from lora_ft.config import ModelConfig, RunConfig
 from lora_ft.data import assets
 from lora_ft.errors import LoraFtError, first_line
-from lora_ft.lora.inject import (
-    InjectionReport,
-    count_parameters,
-    default_head,
-    default_targets,
-    freeze_for_method,
-    inject_lora,
-)
+from lora_ft.lora.inject import InjectionReport, count_parameters, freeze_for_method, inject_lora
+from lora_ft.lora.targets import default_head, default_targets
 
 log = logging.getLogger("lora_ft")
 

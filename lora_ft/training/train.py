@@ -21,13 +21,13 @@ from typing import Any
 from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
 from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
-from lora_ft.data.assets import with_absolute_paths
+from lora_ft.data.assets import hub_id_of, with_absolute_paths
 from lora_ft.data.metrics import compute_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
 from lora_ft.fsutil import write_atomic, write_json
-from lora_ft.lora.io import save_adapter
+from lora_ft.lora.saving import save_adapter
 from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.training.arguments import training_arguments
 from lora_ft.training.callbacks import (
@@ -262,7 +262,8 @@ def _save_outputs(p: Prepared, tmp: Path, method: str) -> None:
             model,
             tmp / ADAPTER_DIR,
             head=p.build.head,
-            base_model_name_or_path=p.loaded.source,
+            # A built-in is recorded by its hub id, so PEFT users online get the same weights.
+            base_model_name_or_path=hub_id_of(p.loaded.source) or p.loaded.source,
             label_names=p.data.label_names,
             init=p.cfg.lora.init,
             model_settings={
