@@ -270,7 +270,7 @@ def train(
         StopOnNonFinite,
         StopOnSignal,
     )
-    from lora_ft.training.checkpoint import CheckpointTrainer
+    from lora_ft.training.trainer import CheckpointTrainer
 
     if method is not None and method != cfg.train.method:
         cfg = copy.deepcopy(cfg)
