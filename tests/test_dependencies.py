@@ -1,4 +1,4 @@
-"""The declared floors hold here, and the Trainer still has the private members lora_ft/training/checkpoint.py uses.
+"""The declared floors hold here, and the Trainer still has the members lora_ft/training/trainer.py relies on.
 
 A floor below what the code needs installs a lora-ft that fails at run time; a Trainer release that
 renames a private member breaks atomic checkpoints and exact resume, most of it silently.
@@ -24,19 +24,14 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["
 RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
 DEV = [Requirement(r) for r in PROJECT["optional-dependencies"]["dev"]]
 
-# CheckpointTrainer overrides these: the Trainer calls them with its own arguments.
-OVERRIDDEN = [
-    "_get_train_sampler",
-    "_save_checkpoint",
-    "_load_from_checkpoint",
-    "_load_best_model",
-    "_finalize_training",
-    "_run_epoch",  # trains nothing once a resumed run is already at its budget
-]
-CALLED = ["_get_output_dir", "_save_optimizer_and_scheduler", "_save_scaler", "_save_rng_state"]
+TRAINER_MODULE = ROOT / "lora_ft" / "training" / "trainer.py"
+# CheckpointTrainer overrides these private methods: the Trainer calls them with its own arguments.
+OVERRIDDEN = ["_save_checkpoint", "_load_from_checkpoint", "_load_best_model", "_get_train_sampler"]
 # Set by the Trainer's training loop (not class attributes); _ResumePolicy restores them on resume.
 LOOP_STATE = ["_tr_loss", "_total_loss_scalar", "_globalstep_last_logged", "_initial_global_step"]
-OURS = {"_record", "_sampler", "_segment_start", "_sharded"}  # CheckpointTrainer's own
+# Public methods CheckpointTrainer overrides: a changed signature would be called wrongly, silently.
+PUBLIC_OVERRIDDEN = ["training_step", "get_batch_samples", "evaluate", "log", "save_model"]
+OURS = {"_record", "_sampler", "_segment_start", "_sharded", "_staged", "_finish_checkpoint"}
 
 
 def _installed(req: Requirement) -> Version | None:
@@ -62,8 +57,9 @@ def test_installed_version_meets_the_floor(req):
     )
 
 
-def test_checkpoint_uses_no_private_trainer_member_left_out_here():
-    tree = ast.parse((ROOT / "lora_ft" / "training" / "checkpoint.py").read_text(encoding="utf-8"))
+def _private_members_used() -> set[str]:
+    """Private names CheckpointTrainer defines or that trainer.py reaches on the Trainer (self., t., super())."""
+    tree = ast.parse(TRAINER_MODULE.read_text(encoding="utf-8"))
     used = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "CheckpointTrainer":
@@ -74,33 +70,42 @@ def test_checkpoint_uses_no_private_trainer_member_left_out_here():
                 isinstance(on, ast.Call) and getattr(on.func, "id", None) == "super"
             ):
                 used.add(node.attr)
-    private = {n for n in used if n.startswith("_") and not n.startswith("__")}
-    unlisted = private - set(OVERRIDDEN) - set(CALLED) - set(LOOP_STATE) - OURS
-    assert not unlisted, (
-        f"lora_ft/training/checkpoint.py uses {sorted(unlisted)}: add them to this test's lists"
+    return {n for n in used if n.startswith("_") and not n.startswith("__")}
+
+
+def test_trainer_module_uses_no_private_trainer_member_left_out_here():
+    unlisted = _private_members_used() - set(OVERRIDDEN) - set(LOOP_STATE) - OURS
+    assert not unlisted, f"lora_ft/training/trainer.py uses {sorted(unlisted)}: add them to this test's lists"
+
+
+def test_the_module_docstring_lists_exactly_the_private_members_touched():
+    docstring = ast.get_docstring(ast.parse(TRAINER_MODULE.read_text(encoding="utf-8")))
+    listed = set(re.findall(r"^  (_\w+(?:, _\w+)*):", docstring, re.MULTILINE))
+    names = {name for group in listed for name in group.split(", ")}
+    assert names == set(OVERRIDDEN) | set(LOOP_STATE), (
+        "lora_ft/training/trainer.py's docstring and this test disagree on the private Trainer members used"
     )
 
 
-@pytest.mark.parametrize("name", OVERRIDDEN + CALLED + LOOP_STATE)
-def test_trainer_has_the_private_member_checkpoint_uses(name):
+@pytest.mark.parametrize("name", OVERRIDDEN + LOOP_STATE + PUBLIC_OVERRIDDEN)
+def test_trainer_has_the_member_we_rely_on(name):
     from transformers import Trainer, __version__
 
-    from lora_ft.training.checkpoint import CheckpointTrainer
+    from lora_ft.training.trainer import CheckpointTrainer
 
     if name in LOOP_STATE:
         assigned = re.search(rf"self\.{name}\s*=", inspect.getsource(Trainer))
         assert assigned, (
-            f"transformers {__version__}: Trainer does not set self.{name} (lora_ft/training/checkpoint.py restores it)"
+            f"transformers {__version__}: Trainer does not set self.{name} (lora_ft/training/trainer.py restores it)"
         )
         return
     assert hasattr(Trainer, name), (
-        f"transformers {__version__}: Trainer has no {name} (lora_ft/training/checkpoint.py uses it)"
+        f"transformers {__version__}: Trainer has no {name} (lora_ft/training/trainer.py uses it)"
     )
-    if name in OVERRIDDEN:
-        theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
-        ours = list(inspect.signature(getattr(CheckpointTrainer, name)).parameters)
-        if ours == ["self", "args", "kwargs"]:  # passes every argument through unchanged
-            return
-        assert ours == theirs, (
-            f"transformers {__version__}: Trainer.{name}{tuple(theirs)}, lora_ft overrides it as {tuple(ours)}"
-        )
+    theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
+    ours = list(inspect.signature(getattr(CheckpointTrainer, name)).parameters)
+    if ours == ["self", "args", "kwargs"]:  # passes every argument through unchanged
+        return
+    assert ours == theirs, (
+        f"transformers {__version__}: Trainer.{name}{tuple(theirs)}, lora_ft overrides it as {tuple(ours)}"
+    )

@@ -9,6 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import TrainerCallback
 
 from lora_ft.finite import diverged
@@ -74,15 +83,6 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -157,8 +157,6 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         signum = self.signals.signum or 0
         if args.world_size > 1:  # every rank must stop at the same step, or the next collective hangs
-            import torch.distributed as dist
-
             agreed = torch.tensor([signum], device=args.device)
             dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
             signum = int(agreed.item())

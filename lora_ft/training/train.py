@@ -37,7 +37,6 @@ from lora_ft.training.callbacks import (
     StopOnNonFinite,
     StopOnSignal,
 )
-from lora_ft.training.checkpoint import CheckpointTrainer
 from lora_ft.training.distributed import check_same_on_all_ranks, from_main, seeded_fingerprint
 from lora_ft.training.layout import ADAPTER_DIR, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR
 from lora_ft.training.precision import prepare_model, resolve_precision
@@ -45,6 +44,7 @@ from lora_ft.training.prepare import Prepared, prepare
 from lora_ft.training.record import library_versions, run_metrics
 from lora_ft.training.rundir import RunDir
 from lora_ft.training.signals import StopSignals
+from lora_ft.training.trainer import CheckpointTrainer
 
 
 def default_run_dir(config_path: str | Path | None, method: str, root: str | Path = "runs") -> Path:
