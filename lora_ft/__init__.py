@@ -2,8 +2,9 @@
 
 The public API is imported lazily (PEP 562): ``import lora_ft`` loads neither torch nor transformers;
 the first touch of a name below imports the module that defines it. The layers, bottom to top, are
-``errors``/``fsutil``/``finite``/``failures`` < ``lora`` < ``config`` < ``data`` < ``training`` <
-``serving`` < ``compare`` < ``cli`` (README.md, "Layout").
+the base modules (``errors``, ``fsutil``, ``outputs``, ``finite``, ``failures``, ``fmt``, ``figures``)
+< ``lora`` < ``config`` < ``data`` < ``training`` < ``serving`` < ``compare`` < ``cli``
+(README.md, "Layout"; docs/architecture.md).
 """
 
 from __future__ import annotations
