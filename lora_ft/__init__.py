@@ -2,17 +2,17 @@
 
 The public API is imported lazily (PEP 562): ``import lora_ft`` loads neither torch nor transformers;
 the first touch of a name below imports the module that defines it. The layers, bottom to top, are
-the base modules (``errors``, ``fsutil``, ``outputs``, ``finite``, ``failures``, ``fmt``, ``figures``)
+the base modules (``errors``, ``fsutil``, ``outputs``, ``finite``, ``failures``, ``fmt``, ``figures``, ``lazy``)
 < ``lora`` < ``config`` < ``data`` < ``training`` < ``serving`` < ``compare`` < ``cli``
 (README.md, "Layout"; docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lora_ft.errors import LoraFtError
+from lora_ft.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -49,14 +49,4 @@ if TYPE_CHECKING:
     from lora_ft.lora.scaling import lora_scaling
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lora_ft' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports("lora_ft", _LAZY, globals())

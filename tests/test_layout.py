@@ -23,6 +23,7 @@ BASE = {
     "lora_ft.finite",
     "lora_ft.failures",
     "lora_ft.fmt",
+    "lora_ft.lazy",
     "lora_ft.outputs",
     "lora_ft.figures",
 }
@@ -200,6 +201,11 @@ def test_lazy_names_resolve_to_their_definitions():
     from lora_ft.lora.layer import LoRALinear
 
     assert lora_ft.LoRALinear is LoRALinear and lora_ft.merge_lora is merge_lora
+    assert set(lora_ft.__all__) == {"LoraFtError", "__version__", *lora_ft._LAZY}
     assert set(lora_ft.__all__) <= set(dir(lora_ft))
+    import lora_ft.lora
+
+    assert set(lora_ft.lora.__all__) == set(lora_ft.lora._LAZY)
+    assert lora_ft.lora.LoRALinear is LoRALinear
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         lora_ft.nope  # noqa: B018

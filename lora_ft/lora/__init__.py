@@ -12,8 +12,9 @@ Names are imported lazily (PEP 562), so ``lora_ft.lora.scaling`` loads without t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lora_ft.lazy import lazy_exports
 
 _LAZY = {
     "INITS": "lora_ft.lora.layer",
@@ -29,10 +30,4 @@ if TYPE_CHECKING:
     from lora_ft.lora.scaling import lora_scaling
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lora_ft.lora' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports("lora_ft.lora", _LAZY, globals())
