@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lora_ft.compare import runner as compare_mod
+from lora_ft.compare.report import quality_table
 from lora_ft.compare.results import COSTS, aggregate
 from lora_ft.compare.runner import compare, parse_methods, parse_ranks, plan_runs
 from lora_ft.compare.worker import train_one
@@ -74,6 +75,19 @@ def test_aggregate_mean_and_sample_std_with_known_numbers():
     assert aggregate([]) == {"mean": None, "std": None, "n": 0}
 
 
+def test_quality_table_says_how_f1_was_averaged():
+    stat = {"mean": 0.5, "std": None, "n": 1}
+    row = {"label": "lora", "method": "lora", "status": "ok", "runs": ["lora-seed42"], "seeds": [42],
+           "learning_rate": 5e-4, "validation": {k: stat for k in ("accuracy", "f1", "loss")}, "test": None}  # fmt: skip
+    assert quality_table([{**row, "f1_average": "binary"}])[0][3:] == [
+        "val acc",
+        "val F1 (binary)",
+        "val loss",
+    ]
+    assert quality_table([{**row, "f1_average": "macro"}])[0][4] == "val F1 (macro)"
+    assert quality_table([row])[0][4] == "val F1"  # a record that does not say: no guess
+
+
 def test_plan_and_parsing():
     specs = plan_runs(["lora", "full"], [1, 2], ranks=[4, 8])
     assert [s.name for s in specs] == [
@@ -132,7 +146,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     assert [row["label"] for row in saved["rows"]] == ["lora", "full", "head"]
     assert [run["status"] for run in saved["runs"]] == ["ok", "ok", "ok"]
     report = (out / "report.md").read_text()
-    for text in ("val acc", "test F1", "learning rate", "trainable params", "samples/s", "peak RSS",
+    for text in ("val acc", "test F1 (binary)", "learning rate", "trainable params", "samples/s", "peak RSS",
                  "train memory", "optimizer state", "shipped", "8 bytes × trainable params", "| head |"):  # fmt: skip
         assert text in report, text
     assert "| full | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× |" in report

@@ -9,7 +9,7 @@ import logging
 import datasets
 import pytest
 
-from lora_ft.config import DataConfig
+from lora_ft.config import DataConfig, apply_overrides, config_from_dict
 from lora_ft.data import sources, tokenization
 from lora_ft.data.loading import load_data
 from lora_ft.data.tokenization import tokenize_data
@@ -263,6 +263,80 @@ def test_missing_local_path_and_model_name(cache):
         LoraFtError, match="is a built-in model, not a data set: use it as model.name=minilm-l6"
     ):
         load_data(DataConfig(name="minilm-l6"))
+
+
+def _in_hub_cache(root, repo_id: str, splits: dict) -> None:
+    """What ``load_dataset(repo_id)`` of a script-free repo of jsonl files leaves in the datasets cache
+    ``root``: ``<namespace>___<name>/default/0.0.0/<commit>/`` with the arrow files and dataset_info.json."""
+    from datasets.packaged_modules.json.json import Json
+
+    source = root.parent / "repo"
+    source.mkdir(parents=True)
+    files = {split: str(_jsonl(source / f"{split}.jsonl", [{"sentence": s, "label": y} for s, y in rows]))
+             for split, rows in splits.items()}  # fmt: skip
+    namespace, name = repo_id.split("/")
+    Json(cache_dir=str(root), dataset_name=name, data_files=files, hash="0" * 40).download_and_prepare()
+    # Named as a hub repo's: under its namespace, its data files being its default config.
+    repo = (root / name).rename(root / f"{namespace}___{name}")
+    (config_dir,) = repo.iterdir()
+    config_dir.rename(repo / "default")
+
+
+def test_hub_data_in_the_users_datasets_cache_is_found_offline(cache, tmp_path, monkeypatch):
+    users = tmp_path / "hf" / "datasets"
+    _in_hub_cache(users, "someone/reviews", {"train": toy_rows(20), "test": toy_rows(6, 100)})
+    # What HF_DATASETS_CACHE=... and HF_HUB_OFFLINE=1 set when datasets is imported.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", users)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    loaded = load_data(DataConfig(name="someone/reviews"))
+    assert {k: len(v) for k, v in loaded.splits.items()} == {"train": 18, "validation": 2, "test": 6}
+    assert sorted(loaded.splits["test"]["sentence"]) == sorted(s for s, _ in toy_rows(6, 100))
+    assert set(loaded.fingerprint) == {"someone/reviews[train]", "someone/reviews[test]"}
+    again = load_data(DataConfig(name="someone/reviews"))
+    assert again.fingerprint == loaded.fingerprint  # the content hash: the same rows, the same key
+    assert not (cache / "hf-datasets").exists()  # no second copy in lora-ft's own cache
+
+
+def test_label_names_name_integer_labels(cache, tmp_path):
+    path = write_split(tmp_path / "d.csv", toy_rows(20))
+    loaded = load_data(DataConfig(name=str(path), label_names=["negative", "positive"]))
+    assert loaded.label_names == ["negative", "positive"]
+    assert loaded.splits["train"].features["label"].names == ["negative", "positive"]
+    train = loaded.splits["train"]
+    by_text = dict(toy_rows(20))  # id 0 -> the first name: the ids are kept, only named
+    assert train["label"][:] == [by_text[s] for s in train["sentence"]]
+    assert {train.features["label"].int2str(y) for y in train["label"]} == {"negative", "positive"}
+    d = tmp_path / "dir"
+    d.mkdir()
+    write_split(d / "train.csv", toy_rows(20))
+    (d / "labels.json").write_text('["bad", "good"]')
+    same = load_data(DataConfig(name=str(d), label_names=["bad", "good"]))  # agreeing with labels.json
+    assert same.label_names == ["bad", "good"]
+    cfg = config_from_dict(apply_overrides({}, ["data.label_names=[neg, pos]"]))
+    assert cfg.data.label_names == ["neg", "pos"]
+    with pytest.raises(LoraFtError, match=r"data.label_names must be a list of str or null, got \[0, 1\]"):
+        config_from_dict({"data": {"label_names": [0, 1]}})
+
+
+@pytest.mark.parametrize(
+    "rows, names, labels_json, message",
+    [
+        (None, ["a", "b", "c"], None, r"data.label_names has 3 names but data file .* has 2 labels \(0, 1\); give"),
+        (None, ["only"], None, "data.label_names has 1 name but"),
+        (None, ["a", "a"], None, "data.label_names names label ids 0 and 1 both 'a'"),
+        (None, [], None, "data.label_names must be a non-empty list of label names"),
+        ([("x", "neg"), ("y", "pos")], ["a", "b"], None, "the labels of data file .* are names already"),
+        (None, ["neg", "pos"], '["bad", "good"]', r"data.label_names \(neg, pos\) and .*labels.json \(bad, good\) disagree"),
+    ],
+)  # fmt: skip
+def test_label_names_that_do_not_fit(cache, tmp_path, rows, names, labels_json, message):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_split(d / "train.csv", rows or toy_rows(20))
+    if labels_json is not None:
+        (d / "labels.json").write_text(labels_json)
+    with pytest.raises(LoraFtError, match=message):
+        load_data(DataConfig(name=str(d), label_names=names))
 
 
 # --- tokenization -------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def test_run_adapter_and_its_export_evaluate_identically(tmp_path, run_dir):
     assert from_export["data"] == from_run["data"] and from_export["samples"] == 24
     assert from_export["accuracy"] == from_run["accuracy"] and from_export["f1"] == from_run["f1"]
     assert from_export["loss"] == pytest.approx(from_run["loss"], abs=1e-5)
-    assert "| test | " in (tmp_path / "merged" / "README.md").read_text()
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "| test | " in card and "| split | accuracy | F1 (binary) | loss |" in card
 
     result = runner.invoke(app, ["eval", str(tmp_path / "merged"), "--json"])
     assert result.exit_code == 0, result.output

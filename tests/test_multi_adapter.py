@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
+from lora_ft.config import DataConfig, ModelConfig, RunConfig, dump_config
 from lora_ft.errors import LoraFtError
 from lora_ft.lora import LoRALinear
 from lora_ft.lora.adapters import AdapterSet
@@ -400,3 +402,59 @@ def test_cli_bad_inputs(tmp_path, adapters, tiny_bert_dir, tiny_distilbert_dir, 
 def test_cli_base_that_is_an_adapter_directory(adapters):
     result = runner.invoke(app, ["predict", str(adapters["a"]), "--adapter", f"b={adapters['b']}", "x"])
     assert_one_line_error(result, "with --adapter the first argument is the base model")
+
+
+def _run_of(adapter: Path, out: Path, model_dir: Path, **data) -> Path:
+    """A run directory around a copy of ``adapter``, whose config.yaml records ``data``."""
+    out.mkdir()
+    shutil.copytree(adapter, out / "adapter")
+    cfg = RunConfig(model=ModelConfig(name=str(model_dir)), data=DataConfig(**data))
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    return out
+
+
+def _toy_dir(root: Path) -> Path:
+    d = root / "data"
+    d.mkdir()
+    for split, offset in (("train", 0), ("validation", 100), ("test", 200)):
+        write_split(d / f"{split}.csv", toy_rows(16, offset))
+    return d
+
+
+def test_cli_eval_runs_that_differ_only_in_what_leaves_the_split_alone(tmp_path, adapters, tiny_bert_dir):
+    d = _toy_dir(tmp_path)
+    r4 = _run_of(adapters["a"], tmp_path / "r4", tiny_bert_dir, name=str(d), max_train_samples=4)
+    r8 = _run_of(
+        adapters["b"], tmp_path / "r8", tiny_bert_dir, name=str(d), max_train_samples=8, max_length=64
+    )
+    flags = ["--adapter", f"r4={r4}", "--adapter", f"r8={r8}", "--json", "--device", "cpu"]
+    result = runner.invoke(app, ["eval", str(tiny_bert_dir), *flags])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert [got[n]["samples"] for n in ("r4", "r8")] == [16, 16]
+    assert got["r4"]["split"] == "test" and got["r4"]["loss"] != got["r8"]["loss"]
+    with_data = runner.invoke(app, ["eval", str(tiny_bert_dir), *flags, "--data", str(d)])
+    assert with_data.exit_code == 0, with_data.output
+    assert json.loads(with_data.stdout) == got
+    # The train split is what max_train_samples changes: there the runs do differ.
+    train = runner.invoke(app, ["eval", str(tiny_bert_dir), *flags, "--split", "train"])
+    assert_one_line_error(train, "(data.max_train_samples: 4 for r4, 8 for r8); pass --data to evaluate them")
+
+
+def test_cli_eval_runs_on_different_eval_sets_name_the_setting_and_data_settles_it(
+    tmp_path, adapters, tiny_bert_dir
+):
+    d = _toy_dir(tmp_path)
+    r4 = _run_of(adapters["a"], tmp_path / "r4", tiny_bert_dir, name=str(d), max_eval_samples=5)
+    r8 = _run_of(adapters["b"], tmp_path / "r8", tiny_bert_dir, name=str(d))
+    flags = ["--adapter", f"r4={r4}", "--adapter", f"r8={r8}", "--json", "--device", "cpu"]
+    result = runner.invoke(app, ["eval", str(tiny_bert_dir), *flags])
+    assert_one_line_error(
+        result, "the adapters were trained on different data (data.max_eval_samples: 5 for r4, null for r8)"
+    )
+    result = runner.invoke(app, ["eval", str(tiny_bert_dir), *flags, "--data", str(d)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert [got[n]["samples"] for n in ("r4", "r8")] == [16, 16]  # --data's own settings: no cap
+    single = runner.invoke(app, ["eval", str(r4), "--json", "--device", "cpu"])
+    assert single.exit_code == 0 and json.loads(single.stdout)["samples"] == 5

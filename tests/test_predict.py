@@ -3,15 +3,20 @@ arguments, files and stdin, writes plain or JSON lines, and rejects bad input in
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
+from lora_ft.cli.tables import print_eval
+from lora_ft.config import DataConfig, ModelConfig, RunConfig, dump_config
 from lora_ft.data.metrics import classification_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import load_artifact
@@ -174,8 +179,6 @@ def test_evaluate_on_a_data_directory(tmp_path, adapter, artifact):
     write_split(d / "train.csv", rows)
     write_split(d / "validation.csv", rows[:4])
     write_split(d / "test.csv", rows[4:])  # string labels: mapped to the model's by name
-    from lora_ft.config import DataConfig
-
     metrics = evaluate(artifact, DataConfig(name=str(d)), "test", batch_size=3, device="cpu")
     texts = [s for s, _ in rows[4:]]
     labels = np.array([["negative", "positive"].index(label) for _, label in rows[4:]])
@@ -191,3 +194,49 @@ def test_evaluate_on_a_data_directory(tmp_path, adapter, artifact):
     assert json.loads(result.stdout)["accuracy"] == expected["accuracy"]
     result = runner.invoke(app, ["eval", str(adapter), "--data", str(d), "--split", "validation"])
     assert result.exit_code == 0 and "validation split" in result.stdout
+
+
+def test_eval_of_a_single_file_run_falls_back_to_validation_and_says_so(tmp_path, adapter, tiny_bert_dir):
+    data = write_split(tmp_path / "reviews.csv", toy_rows(40))
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(adapter, run / "adapter")
+    cfg = RunConfig(model=ModelConfig(name=str(tiny_bert_dir)), data=DataConfig(name=str(data)))
+    (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    result = runner.invoke(app, ["eval", str(run), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["split"] == "validation" and got["samples"] == 4  # 10% of 40 rows carved out
+    said = " ".join(result.stderr.split())  # the log handler may wrap the note at the terminal's width
+    assert said.count("has no test split; evaluating on its validation split") == 1, result.stderr
+    validation = runner.invoke(app, ["eval", str(run), "--json", "--device", "cpu", "--split", "validation"])
+    assert validation.exit_code == 0 and json.loads(validation.stdout) == got
+    assert "no test split" not in validation.stderr
+    table = runner.invoke(app, ["eval", str(run), "--device", "cpu"])
+    assert table.exit_code == 0 and "validation split of" in " ".join(table.stdout.split())
+    # Only a missing test split is replaced: a data set that has one is scored on it.
+    d = tmp_path / "splits"
+    d.mkdir()
+    for split, offset in (("train", 0), ("validation", 100), ("test", 200)):
+        write_split(d / f"{split}.csv", toy_rows(8, offset))
+    own = runner.invoke(app, ["eval", str(run), "--data", str(d), "--json", "--device", "cpu"])
+    assert own.exit_code == 0 and json.loads(own.stdout)["split"] == "test"
+
+
+def test_eval_tables_say_how_f1_was_averaged(tmp_path, adapter):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split in ("train", "validation", "test"):
+        write_split(d / f"{split}.csv", toy_rows(8))
+    result = runner.invoke(app, ["eval", str(adapter), "--data", str(d), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "accuracy" in line)
+    assert "F1 (binary)" in header
+    js = runner.invoke(app, ["eval", str(adapter), "--data", str(d), "--json", "--device", "cpu"])
+    assert json.loads(js.stdout)["f1_average"] == "binary"
+
+    out = io.StringIO()
+    metrics = {"split": "test", "data": "x", "samples": 3, "accuracy": 0.5, "f1": 0.25, "loss": 1.0}
+    print_eval("m", {None: {**metrics, "f1_average": "macro"}}, Console(file=out, width=200))
+    assert "F1 (macro)" in out.getvalue() and "F1 (binary)" not in out.getvalue()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from safetensors import safe_open
 
+from lora_ft.cli.tables import print_run_summary
 from lora_ft.config import load_config
-from lora_ft.data.metrics import classification_metrics
+from lora_ft.data.metrics import classification_metrics, f1_average, f1_heading
 from lora_ft.training.train import train
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -54,6 +57,20 @@ def test_macro_f1_averages_only_the_classes_present():
     f1_0, f1_1 = 2 * 1 / (2 * 1 + 0 + 1), 2 * 2 / (2 * 2 + 0 + 0)
     assert classification_metrics(logits, labels)["f1"] == pytest.approx((f1_0 + f1_1 + 0.0) / 3)
     assert classification_metrics(np.eye(2)[[1, 1]], np.array([1, 1]))["f1"] == 1.0  # K == 2: positive class
+
+
+def test_f1_is_binary_for_two_labels_else_macro_and_the_run_table_says_which():
+    assert (f1_average(2), f1_average(3)) == ("binary", "macro")
+    assert f1_heading(["binary", "binary"]) == "F1 (binary)"
+    assert f1_heading(["macro", None, "binary"]) == "F1 (binary / macro)"
+    assert f1_heading([None]) == "F1"
+    split = {"accuracy": 0.5, "f1": 0.25, "loss": 1.0}
+    metrics = {"method": "lora", "model": "m", "validation": split, "test": None, "trainable_params": 1,
+               "total_params": 2, "trainable_percent": 50.0, "train_seconds": 1.0,
+               "train_samples_per_second": 1.0, "label_names": ["a", "b", "c"]}  # fmt: skip
+    out = io.StringIO()
+    print_run_summary(metrics, Path("runs/x"), Console(file=out, width=200))
+    assert "F1 (macro)" in out.getvalue() and "binary" not in out.getvalue()
 
 
 @pytest.mark.slow

@@ -77,12 +77,13 @@ def eval_adapters(
     """What was evaluated (for the table's title) and every adapter's (or ``use``'s) metrics on one split,
     keyed by adapter name.
 
-    ``data_config(known)`` turns the adapters' common training data (or None) into the data to use.
+    ``data_config(known)`` turns training data (or None) into the data to use (None: ``known`` itself).
+    It is applied to each adapter's data before they are compared, so ``--data`` settles any difference.
     """
     from lora_ft.serving.multi import common_data, evaluate_each
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
-    known = common_data(aset, names)
-    cfg = data_config(known) or known
+    cfg = common_data(aset, names, split, choose=lambda known: data_config(known) or known)
+    cfg = cfg or data_config(None)
     metrics = evaluate_each(aset, cfg, split, names, batch_size=batch_size, device=device, progress=True)
     return f"adapters on {aset.base_name}", metrics

@@ -51,7 +51,10 @@ def eval_(
             "--data", "-d", help="Data to evaluate on (as data.name); default: the run's, else rt-sentences."
         ),
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="train | validation | test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option("--split", help="train | validation | test (no test split: validation, with a note)."),
+    ] = "test",
     text_column: Annotated[
         str | None, typer.Option("--text-column", help="Sentence column of --data.")
     ] = None,
@@ -66,10 +69,11 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Accuracy, F1 and loss of a run, adapter or model directory on one data split.
+    """Accuracy, F1 (binary or macro) and loss of a run, adapter or model directory on one data split.
 
     With `--adapter NAME=DIR` (repeated), RUN_OR_MODEL is the base model and the table has one row
-    per adapter, all on the same split (`--json`: one object keyed by adapter name).
+    per adapter, all on the same split (`--json`: one object keyed by adapter name). `--data` applies to
+    every adapter; without it, their runs' data must agree in what decides the split's rows.
 
     Examples:
 

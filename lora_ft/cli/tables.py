@@ -19,14 +19,17 @@ def _fmt(value: float | None, spec: str = ".4f", suffix: str = "") -> str:
 
 
 def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:
-    """The final table of ``lora-ft train``: accuracy, F1, loss per split; cost of the run."""
+    """The final table of ``lora-ft train``: accuracy, F1 (binary or macro), loss per split; cost of the run."""
+    from lora_ft.data.metrics import f1_average, f1_heading  # numpy: not for --help
+
     table = Table(title=f"{metrics['method']} on {metrics['model']} — {out}", show_header=True)
     table.add_column("metric")
     splits = [s for s in ("validation", "test") if metrics.get(s)]
     for split in splits:
         table.add_column(split, justify="right")
-    for key in ("accuracy", "f1", "loss"):
-        table.add_row(key, *[_fmt(metrics[s].get(key)) for s in splits])
+    average = f1_average(len(metrics["label_names"])) if metrics.get("label_names") else None
+    for key, name in (("accuracy", "accuracy"), ("f1", f1_heading([average])), ("loss", "loss")):
+        table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
     console.print(table)
     cost = Table(show_header=False, box=None)
     cost.add_column(style="bold")
@@ -102,12 +105,15 @@ def print_savings(savings, console: Console) -> None:
 def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
     """The ``lora-ft eval`` table: one row per adapter (``metrics`` keyed by name), or one row for the one
     model ``what`` names (keyed by None); all rows are on the same split of the same data."""
+    from lora_ft.data.metrics import f1_heading  # numpy: not for --help
+
     first = next(iter(metrics.values()))
     table = Table(title=f"{what}: {first['split']} split of {first['data']}")
     named = any(name is not None for name in metrics)
     if named:
         table.add_column("adapter", justify="left")
-    for column in ("samples", "accuracy", "F1", "loss"):
+    f1 = f1_heading(m.get("f1_average") for m in metrics.values())
+    for column in ("samples", "accuracy", f1, "loss"):
         table.add_column(column, justify="right")
     for name, m in metrics.items():
         cells = [str(m["samples"]), *(f"{m[key]:.4f}" for key in ("accuracy", "f1", "loss"))]

@@ -13,6 +13,7 @@ from typing import Any
 from lora_ft import fmt
 from lora_ft.compare.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 from lora_ft.compare.results import VARIANTS, Comparison, RunResult, describe_variant, read_log, train_method
+from lora_ft.data.metrics import f1_heading
 from lora_ft.fsutil import write_atomic
 
 REPORT_FILE = "report.md"
@@ -58,7 +59,8 @@ def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     splits = [s for s in ("validation", "test") if any(r.get(s) for r in rows)]
     headers = ["method", "status", "learning rate"]
     short = {"validation": "val", "test": "test"}
-    headers += [f"{short[s]} {m}" for s in splits for m in ("acc", "F1", "loss")]
+    f1 = f1_heading(r.get("f1_average") for r in rows)
+    headers += [f"{short[s]} {m}" for s in splits for m in ("acc", f1, "loss")]
     cells = []
     for row in rows:
         line = [row["label"], _status(row), f"{row['learning_rate']:.1e}" if "learning_rate" in row else "—"]

@@ -70,6 +70,9 @@ class DataConfig:
     name: str = "rt-sentences"  # built-in name, hub name (glue/sst2, rotten_tomatoes), file or directory
     text_column: str = "sentence"
     label_column: str = "label"
+    # Names of integer labels 0..K-1, in id order (checked against the data when it is read);
+    # null: a data directory's labels.json, else "0", "1", ...
+    label_names: list[str] | None = None
     train_split: str = "train"
     validation_split: str = "validation"
     test_split: str | None = "test"

@@ -7,6 +7,9 @@ header not counted) and the column: nothing is dropped silently, so the same dat
 evaluation set in every tool (and an empty label cell does not become a class of its own). A split
 whose labels are all -1 (GLUE's unlabelled test sets) is not used as a test split. A single local
 file is the train split, with 10% carved out (seed 42) as validation.
+
+Integer labels are named, in order of precedence, by ``data.label_names``, a directory's
+``labels.json`` (index = label id), or their ids (``"0"``, ``"1"``).
 """
 
 from __future__ import annotations
@@ -17,12 +20,31 @@ from dataclasses import dataclass
 import datasets
 
 from lora_ft.config import DataConfig
+from lora_ft.data.labels import check_label_names
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
 from lora_ft.errors import LoraFtError
 
 CARVE_FRACTION, CARVE_SEED = 0.1, 42
 SAMPLE_SEED = 42  # fixed, not the training seed: every seed and method sees the same capped sample
 UNLABELLED = -1
+# What decides the rows and labels of every split: the source, its columns, the label names, and which
+# splits exist (the train split fixes the label names; validation is carved from train when absent).
+# Not max_length: evaluation truncates as each model was trained (its own data.max_length).
+_ROWS_SETTINGS = (
+    "name",
+    "text_column",
+    "label_column",
+    "label_names",
+    "train_split",
+    "validation_split",
+    "test_split",
+)
+
+
+def split_settings(split: str) -> tuple[str, ...]:
+    """The ``DataConfig`` fields that decide the rows of ``split``: two configs equal in these fields give
+    the same ``split`` (``max_train_samples`` caps train only, ``max_eval_samples`` the others)."""
+    return (*_ROWS_SETTINGS, "max_train_samples" if split == "train" else "max_eval_samples")
 
 
 @dataclass
@@ -97,16 +119,55 @@ def _integral(labels: list, where: str) -> list[int]:
     return out
 
 
-def _label_names(feature, train_labels: list, where: str, hint: list[str] | None) -> list[str]:
-    """Names of the label ids, fixed by the train split: ClassLabel, labels.json, sorted strings or 0..K-1."""
-    if isinstance(feature, datasets.ClassLabel):
+def _configured_names(cfg: DataConfig, raw: RawSplits, where: str, named: bool) -> list[str] | None:
+    """``data.label_names``, checked against the data's own names; None when not set.
+
+    Raises:
+        LoraFtError: malformed names, labels that are names already, or a ``labels.json`` that disagrees.
+    """
+    if cfg.label_names is None:
+        return None
+    given = check_label_names(cfg.label_names, "data.label_names")
+    if named:
+        raise LoraFtError(
+            f"data.label_names names integer labels, but the labels of {where} are names already; "
+            "remove data.label_names"
+        )
+    if raw.label_names is not None and raw.label_names != given:
+        raise LoraFtError(
+            f"data.label_names ({', '.join(given)}) and {raw.source}/labels.json "
+            f"({', '.join(raw.label_names)}) disagree; give the names in one place"
+        )
+    return given
+
+
+def _label_names(feature, train_labels: list, where: str, raw: RawSplits, cfg: DataConfig) -> list[str]:
+    """Names of the label ids, fixed by the train split: ClassLabel, data.label_names, labels.json,
+    sorted strings or 0..K-1.
+
+    Raises:
+        LoraFtError: see ``_configured_names``; ``data.label_names`` whose count is not the number of
+            integer labels in the train split.
+    """
+    classes = isinstance(feature, datasets.ClassLabel)
+    strings = not classes and any(isinstance(v, str) for v in train_labels)
+    configured = _configured_names(cfg, raw, where, classes or strings)
+    if classes:
         return list(feature.names)
-    if hint is not None:
-        return hint
-    if any(isinstance(v, str) for v in train_labels):
+    if configured is None and raw.label_names is not None:
+        return raw.label_names
+    if strings:
         return sorted({str(v) for v in train_labels})
-    ids = set(_integral(train_labels, where)) - {UNLABELLED}
-    return [str(i) for i in range(len(ids))]
+    ids = sorted(set(_integral(train_labels, where)) - {UNLABELLED})
+    if configured is None:
+        return [str(i) for i in range(len(ids))]
+    if len(configured) != len(ids):
+        count = f"{len(configured)} name{'' if len(configured) == 1 else 's'}"
+        raise LoraFtError(
+            f"data.label_names has {count} but {where} has {len(ids)} labels ({', '.join(map(str, ids))}); "
+            "give one name per label, in id order"
+        )
+    return configured
 
 
 def _label_ids(labels: list, names: list[str], where: str, by_name: bool) -> list[int] | None:
@@ -142,11 +203,13 @@ def _cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
     return ds if n is None or n >= len(ds) else ds.shuffle(seed=SAMPLE_SEED).select(range(n))
 
 
-def _labelled(columns: dict[str, datasets.Dataset], raw: RawSplits) -> tuple[dict, list[str], list[str]]:
+def _labelled(
+    columns: dict[str, datasets.Dataset], raw: RawSplits, cfg: DataConfig
+) -> tuple[dict, list[str], list[str]]:
     """Every split with label ids under the names the train split fixes; with the notes on splits dropped."""
     train = columns["train"]
     train_labels = train["label"][:]
-    names = _label_names(train.features["label"], train_labels, raw.where["train"], raw.label_names)
+    names = _label_names(train.features["label"], train_labels, raw.where["train"], raw, cfg)
     if len(names) < 2:
         raise LoraFtError(
             f"{raw.where['train']} has {len(names)} distinct label(s); a classifier needs two or more"
@@ -176,13 +239,14 @@ def load_data(cfg: DataConfig) -> LoadedData:
 
     Raises:
         LoraFtError: missing files or columns, non-UTF-8 text, empty data or sentences, labels out of
-            range or unseen in train, or a hub data set that cannot be reached.
+            range or unseen in train, ``data.label_names`` that do not fit the labels, or a hub data
+            set that cannot be reached.
     """
     raw = read_spec(cfg)
     columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     for split, ds in columns.items():
         _check_cells(ds, raw.where[split], cfg)
-    splits, names, notes = _labelled(columns, raw)
+    splits, names, notes = _labelled(columns, raw, cfg)
     if "validation" not in splits:
         if len(splits["train"]) < 2:
             raise LoraFtError(f"{raw.where['train']} has one row; need more to carve out a validation split")

@@ -10,9 +10,12 @@
 - otherwise a Hugging Face Hub data set (``glue/sst2``, ``rotten_tomatoes``), when online.
 
 Data is fingerprinted by content: the sha256 of every local file read (``LoadedData.fingerprint``).
-It keys the ``datasets`` cache, which on its own keys local files by path and mtime and so would serve
-a file corrected in place (same size, mtime kept) stale, and a run records it so that ``--resume``
-refuses data that changed underneath.
+It keys the ``datasets`` cache of local files (inside lora-ft's cache), which on its own keys local
+files by path and mtime and so would serve a file corrected in place (same size, mtime kept) stale,
+and a run records it so that ``--resume`` refuses data that changed underneath. Hub data sets live in
+Hugging Face's own datasets cache (``HF_DATASETS_CACHE``, default ``$HF_HOME/datasets``), where
+``datasets`` finds, offline too, what the user has already downloaded; each hub split is
+fingerprinted by the sha256 of its rows.
 """
 
 from __future__ import annotations
@@ -70,14 +73,14 @@ class RawSplits:
 
 
 def hf_cache() -> str:
-    """The ``datasets`` cache, inside lora-ft's own (``LORA_FT_CACHE``)."""
+    """The ``datasets`` cache of local data files, inside lora-ft's own (``LORA_FT_CACHE``)."""
     return str(assets.cache_dir("hf-datasets"))
 
 
-def cache_full(exc: BaseException, where: Path | str) -> LoraFtError:
-    """The one line for a full disk met while writing the data caches."""
+def cache_full(exc: BaseException, where: Path | str, variable: str = "LORA_FT_CACHE") -> LoraFtError:
+    """The one line for a full disk met while writing a data cache (``variable`` says where it is)."""
     return disk_full_error(
-        exc, where, "free some space, or set LORA_FT_CACHE to a directory on a disk with room"
+        exc, where, f"free some space, or set {variable} to a directory on a disk with room"
     )
 
 
@@ -97,8 +100,9 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def hub_load(path: str, config: str | None) -> datasets.DatasetDict:
-    """The one call that reaches the Hugging Face Hub (tests monkeypatch it)."""
-    return datasets.load_dataset(path, config, cache_dir=hf_cache())
+    """The one call that reaches the Hugging Face Hub, through the datasets cache the user already has
+    (``HF_DATASETS_CACHE`` / ``HF_HOME``): what is there loads offline (tests monkeypatch it)."""
+    return datasets.load_dataset(path, config)
 
 
 def hub_args(name: str) -> tuple[str, str | None]:
@@ -239,10 +243,11 @@ def _read_hub(name: str, cfg: DataConfig) -> RawSplits:
         loaded = hub_load(path, config)
     except Exception as exc:  # offline, unknown name, gated repo: all end the same way for the user
         if is_disk_full(exc):
-            raise cache_full(exc, hf_cache()) from None
+            raise cache_full(exc, datasets.config.HF_DATASETS_CACHE, "HF_DATASETS_CACHE") from None
         raise LoraFtError(
-            f"could not load data set {name!r} from the Hugging Face Hub ({_root_cause(exc)}); if offline, use a "
-            "local file or directory (data.name=path/to/train.csv) or the built-in rt-sentences"
+            f"could not load data set {name!r} from the Hugging Face Hub ({_root_cause(exc)}); offline, only "
+            "data sets already in the Hugging Face datasets cache (HF_DATASETS_CACHE) load: use one of those, "
+            "a local file or directory (data.name=path/to/train.csv) or the built-in rt-sentences"
         ) from None
     wanted = {"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split}
     if cfg.train_split not in loaded:

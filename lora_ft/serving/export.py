@@ -25,6 +25,7 @@ from transformers import AutoModelForSequenceClassification
 from lora_ft import __version__
 from lora_ft.data import assets
 from lora_ft.data.loading import load_data
+from lora_ft.data.metrics import f1_average, f1_heading
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
@@ -314,7 +315,8 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
     rows = [(s, metrics[s]) for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
     if rows:
         lines += [f"## Metrics of the training run (data: {metrics.get('data', 'unknown')})", ""]
-        lines += ["| split | accuracy | F1 | loss |", "|---|---|---|---|"]
+        f1 = f1_heading([f1_average(len(artifact.label_names))])
+        lines += [f"| split | accuracy | {f1} | loss |", "|---|---|---|---|"]
         lines += [
             f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |"
             for s, m in rows

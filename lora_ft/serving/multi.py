@@ -7,9 +7,11 @@ is built around its shared Linears, and every adapter sees the same inputs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from lora_ft.config import DataConfig, ModelConfig
+from lora_ft.data.loading import split_settings
 from lora_ft.errors import LoraFtError
 from lora_ft.lora.adapters import NAME_PATTERN, AdapterSet
 from lora_ft.lora.io import CONFIG_NAME, Adapter, read_adapter
@@ -21,7 +23,14 @@ from lora_ft.serving.artifacts import (
     _model_max_length,
     read_run,
 )
-from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, Prediction, evaluate, predict, resolve_device
+from lora_ft.serving.predict import (
+    DEFAULT_BATCH_SIZE,
+    Prediction,
+    eval_split,
+    evaluate_loaded,
+    predict,
+    resolve_device,
+)
 from lora_ft.training.layout import ADAPTER, RUN, classify
 from lora_ft.training.modeling import load_model
 
@@ -175,20 +184,34 @@ def predict_each(
     return out
 
 
-def common_data(aset: AdapterSet, names: list[str]) -> DataConfig | None:
-    """The data every adapter's run was trained on; None when none records it.
+def common_data(
+    aset: AdapterSet,
+    names: list[str],
+    split: str = "test",
+    choose: Callable[[DataConfig], DataConfig] | None = None,
+) -> DataConfig | None:
+    """The data to evaluate every adapter on: each adapter's recorded training data as ``choose`` makes
+    it (the command line's ``--data`` and columns; default: as recorded); None when none records any.
+
+    Only the settings that decide the rows of ``split`` are compared (``loading.split_settings``): runs
+    that differ in ``max_length``, or in the other splits' caps, read the same ``split``, and get the
+    first adapter's data.
 
     Raises:
-        LoraFtError: the adapters were trained on different data.
+        LoraFtError: the data differ in a setting that changes ``split``, named with each adapter's value.
     """
-    known = {name: adapter_artifact(aset, name).data for name in names}
-    recorded = {n: d for n, d in known.items() if d is not None}
-    if len({repr(d) for d in recorded.values()}) > 1:
-        listing = ", ".join(f"{n}: {d.name}" for n, d in recorded.items())
-        raise LoraFtError(
-            f"the adapters were trained on different data ({listing}); pass --data to evaluate them on the same split"
-        )
-    return next(iter(recorded.values()), None)
+    choose = choose or (lambda d: d)
+    recorded = {name: adapter_artifact(aset, name).data for name in names}
+    chosen = {name: choose(d) for name, d in recorded.items() if d is not None}
+    for key in split_settings(split):
+        values = {name: getattr(d, key) for name, d in chosen.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            listing = ", ".join(f"{'null' if v is None else v} for {n}" for n, v in values.items())
+            raise LoraFtError(
+                f"the adapters were trained on different data (data.{key}: {listing}); pass --data to "
+                f"evaluate them on the same {split} split"
+            )
+    return next(iter(chosen.values()), None)
 
 
 def evaluate_each(
@@ -201,13 +224,18 @@ def evaluate_each(
     device: str | None = None,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """Each adapter's metrics on the same split of ``data`` (default: the adapters' common data)."""
+    """Each adapter's metrics on the same split of ``data`` (default: the adapters' common data), read once."""
     names = names or aset.adapters
-    cfg = data or common_data(aset, names) or DataConfig()
+    loaded, split = eval_split(data or common_data(aset, names, split) or DataConfig(), split)
     aset.to(resolve_device(device))
     return {
-        name: evaluate(
-            adapter_artifact(aset, name), cfg, split, batch_size=batch_size, device=device, progress=progress
+        name: evaluate_loaded(
+            adapter_artifact(aset, name),
+            loaded,
+            split,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
         )
         for name in names
     }

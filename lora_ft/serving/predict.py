@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from lora_ft.config import DataConfig
-from lora_ft.data.loading import load_data
-from lora_ft.data.metrics import classification_metrics
+from lora_ft.data.loading import LoadedData, load_data
+from lora_ft.data.metrics import classification_metrics, f1_average
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import Artifact
 
@@ -197,6 +197,24 @@ def label_map(data_names: list[str], model_names: list[str]) -> np.ndarray:
     )
 
 
+def eval_split(cfg: DataConfig, split: str) -> tuple[LoadedData, str]:
+    """The data ``cfg`` names, read, and the split to evaluate: ``split``, or validation in place of a
+    test split the data does not have (a single file, a hub set with an unlabelled test), saying so.
+
+    Raises:
+        LoraFtError: unreadable data, or a missing split other than test.
+    """
+    loaded = load_data(cfg)
+    if split == "test" and split not in loaded.splits and "validation" in loaded.splits:
+        log.warning("data %s has no test split; evaluating on its validation split", loaded.source)
+        return loaded, "validation"
+    if split not in loaded.splits:
+        raise LoraFtError(
+            f"data {loaded.source} has no {split} split; splits are: {', '.join(loaded.splits)}"
+        )
+    return loaded, split
+
+
 def evaluate(
     artifact: Artifact,
     data: DataConfig | None = None,
@@ -209,20 +227,37 @@ def evaluate(
     """Accuracy, F1 and mean cross-entropy loss of ``artifact`` on one split of ``data``.
 
     ``data`` defaults to the data the model was trained on (run dirs, merged exports), else the
-    built-in ``rt-sentences``. Sentences are truncated as in training (``artifact.max_length``).
+    built-in ``rt-sentences``; a test split it lacks is replaced by its validation split (``eval_split``).
+    Sentences are truncated as in training (``artifact.max_length``).
 
     Returns:
-        ``{"split", "data", "samples", "accuracy", "f1", "loss"}``.
+        see ``evaluate_loaded``.
 
     Raises:
         LoraFtError: unreadable data, a missing split, or labels that do not fit the model.
     """
-    cfg = data or artifact.data or DataConfig()
-    loaded = load_data(cfg)
-    if split not in loaded.splits:
-        raise LoraFtError(
-            f"data {loaded.source} has no {split} split; splits are: {', '.join(loaded.splits)}"
-        )
+    loaded, split = eval_split(data or artifact.data or DataConfig(), split)
+    return evaluate_loaded(artifact, loaded, split, batch_size=batch_size, device=device, progress=progress)
+
+
+def evaluate_loaded(
+    artifact: Artifact,
+    loaded: LoadedData,
+    split: str,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """``evaluate`` on data already read (``eval_split``): several models, one read.
+
+    Returns:
+        ``{"split", "data", "samples", "accuracy", "f1", "f1_average", "loss"}``; ``f1_average`` says
+        how F1 was averaged (``metrics.f1_average``: binary or macro).
+
+    Raises:
+        LoraFtError: labels that do not fit the model.
+    """
     ds = loaded.splits[split]
     labels = label_map(loaded.label_names, artifact.label_names)[np.asarray(ds["label"][:])]
     logits = predict_logits(
@@ -240,5 +275,6 @@ def evaluate(
         "data": loaded.source,
         "samples": len(labels),
         **classification_metrics(logits, labels),
+        "f1_average": f1_average(logits.shape[-1]),
         "loss": float(loss),
     }
