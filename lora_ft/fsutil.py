@@ -136,6 +136,30 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def write_new(path: Path, data: str | bytes) -> None:
+    """Create ``path`` holding ``data`` (text as UTF-8), refused when anything is there already.
+
+    For files handed to the user to edit (a copied config): ``O_EXCL`` makes the check and the creation
+    one step, so a file of theirs, or a link, that appears in between is never replaced or followed;
+    a write that fails removes the file it created.
+
+    Raises:
+        LoraFtError: something (a file, a directory, a link) exists at ``path``.
+    """
+    try:
+        fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        raise LoraFtError(
+            f"{path} exists, and lora-ft never replaces a file it did not write: remove it or choose another name"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def refuse_links(root: Path, what: str) -> None:
     """Refuse ``root`` if it or anything under it is a symbolic link, or neither a file nor a directory
     (a FIFO that reading would wait on forever): lora-ft writes there and makes none of them.

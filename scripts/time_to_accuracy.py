@@ -145,7 +145,9 @@ def _measure(recipe: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=RECIPES, action="append", help="run only this recipe")
-    parser.add_argument("--config", default=str(ROOT / "configs/default.yaml"), help="the lora-ft recipe")
+    parser.add_argument(
+        "--config", default=str(ROOT / "lora_ft/configs/default.yaml"), help="the lora-ft recipe"
+    )
     parser.add_argument("--set", action="append", default=[], help="override for the lora-ft recipe")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=RECIPES, help=argparse.SUPPRESS)

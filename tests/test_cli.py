@@ -68,6 +68,17 @@ def test_train_bad_settings(tmp_path, tiny_bert_dir, toy_data_dir, out, args, ph
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
+def test_a_trainer_key_that_a_setting_owns_is_refused_naming_the_setting(tiny_bert_dir, toy_data_dir, out):
+    """Issue #15's example: passed through, num_train_epochs=3 would quietly win over train.epochs=1."""
+    result = invoke(
+        "train", *_common(tiny_bert_dir, toy_data_dir, out), "--set", "train.trainer.num_train_epochs=3"
+    )
+    assert_one_line_error(
+        result, "train.trainer.num_train_epochs is lora-ft's to set: use train.epochs instead"
+    )
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
 def test_train_missing_config_file(tmp_path, out):
     assert_one_line_error(
         invoke("train", str(tmp_path / "nope.yaml"), "--out", str(out)), "config file not found"

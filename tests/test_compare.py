@@ -33,6 +33,9 @@ def _cfg(model_dir: Path, data_dir: Path, *extra: str):
             "data.max_length=32",
             "lora.r=2",
             "lora.alpha=4",
+            "lora.targets=[query,value]",  # what _lora_params counts
+            # A rate of each method's own, so a row that used another method's shows.
+            "train.learning_rates={lora: 5e-4, full: 5e-5, head: 2e-3}",
             "train.epochs=1",
             "train.batch_size=8",
             "train.logging_steps=2",
@@ -118,7 +121,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     assert list(rows) == ["lora", "full", "head"]
     total = rows["full"]["total_params"]
     expected_trainable = {"lora": _lora_params(2), "full": total, "head": HIDDEN * 2 + 2}
-    rates = {"lora": 5e-4, "full": 5e-5, "head": 2e-3}  # the defaults of train.learning_rates
+    rates = {"lora": 5e-4, "full": 5e-5, "head": 2e-3}  # _cfg's train.learning_rates
     for label, row in rows.items():
         assert row["status"] == "ok" and row["seeds"] == [42] and row["failed"] == []
         assert row["learning_rate"] == rates[label]
@@ -274,7 +277,7 @@ def test_cli_passes_the_parsed_options_and_prints_one_line_errors(monkeypatch, t
 
     monkeypatch.setattr(compare_mod, "compare", fake_compare)
     runner = CliRunner()
-    config = Path(__file__).parent.parent / "configs" / "compare.yaml"
+    config = Path(__file__).parent.parent / "lora_ft" / "configs" / "compare.yaml"
     result = runner.invoke(
         app,
         ["compare", str(config), "--methods", "lora,head", "--seeds", "3", "--ranks", "2,8",
@@ -297,7 +300,7 @@ def test_cli_passes_the_parsed_options_and_prints_one_line_errors(monkeypatch, t
 
 @pytest.mark.parametrize("name", ["compare.yaml", "compare-sst2-distilbert.yaml"])
 def test_shipped_compare_configs_parse_with_a_rate_per_method(name):
-    cfg = load_config(Path(__file__).parent.parent / "configs" / name)
+    cfg = load_config(Path(__file__).parent.parent / "lora_ft" / "configs" / name)
     assert set(cfg.train.learning_rates) == {"lora", "full", "head"}
     assert cfg.train.lr_for("full") < cfg.train.lr_for("lora") < cfg.train.lr_for("head")
     assert cfg.train.eval_strategy == "steps"  # curves need several evaluations

@@ -7,16 +7,30 @@ import pytest
 from lora_ft.config import RunConfig, config_from_dict, dump_config, load_config
 from lora_ft.errors import LoraFtError
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+SHIPPED = Path(__file__).parent.parent / "lora_ft" / "configs"
+CONFIGS = sorted(SHIPPED.glob("*.yaml"))
 
 
-def test_defaults():
+def test_the_defaults_are_the_recommended_recipe():
+    """``lora-ft train`` with no config runs the tuned recipe (README, "The demo"), not q/v at 5e-4 for 3 epochs."""
     cfg = load_config()
     assert cfg.model.name == "minilm-l6"
-    assert cfg.data.name == "rt-sentences"
+    assert cfg.data.name == "rt-sentences" and cfg.data.max_length == 128
     assert cfg.lora.r == 8 and cfg.lora.alpha == 16.0
     assert cfg.lora.scaling == 2.0
-    assert cfg.train.lr_for("lora") == 5e-4 and cfg.train.lr_for("full") == 5e-5
+    assert cfg.lora.targets == "all-linear" and cfg.lora.dropout == 0.0
+    assert cfg.train.method == "lora" and cfg.train.epochs == 1.0 and cfg.train.batch_size == 32
+    assert {m: cfg.train.lr_for(m) for m in ("lora", "full", "head")} == {
+        "lora": 2e-3,
+        "full": 5e-5,
+        "head": 2e-3,
+    }
+    assert cfg.train.warmup_ratio == 0.06 and cfg.train.seed == 42
+
+
+def test_default_yaml_only_restates_the_defaults():
+    assert load_config(SHIPPED / "default.yaml") == RunConfig()
+    assert {p.name for p in CONFIGS} >= {"default.yaml", "smoke.yaml", "compare.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -52,6 +52,7 @@ def _settings(model_dir: Path, data_dir: Path, batch_size: int, *extra: str) -> 
         "lora.r=2",
         "lora.alpha=4",
         "lora.dropout=0",
+        "lora.targets=[query,value]",  # the 10 trainable tensors counted below
         "train.epochs=2",  # the second epoch checks that the ranks reshuffle like one process does
         f"train.batch_size={batch_size}",
         "train.learning_rate=5e-3",

@@ -29,6 +29,7 @@ def _cfg(model_dir, data_dir, *extra: str):
             "lora.r=2",
             "lora.alpha=4",
             "lora.dropout=0",
+            "lora.targets=[query,value]",  # the counts below are of query and value in 2 layers
             "train.epochs=1",
             "train.batch_size=8",
             "train.learning_rate=5e-3",

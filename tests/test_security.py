@@ -310,7 +310,7 @@ def test_yaml_aliases_are_refused_and_plain_yaml_loads(tmp_path):
     anchored.write_text("lora: &l {r: 4, alpha: 8}\ntrain: {trainer: {seed: 3}}\n")
     cfg = load_config(anchored)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.train.trainer) == (4, 8.0, {"seed": 3})
-    for shipped in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+    for shipped in sorted(Path(__file__).parents[1].glob("lora_ft/configs/*.yaml")):
         load_config(shipped)
 
 

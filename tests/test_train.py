@@ -17,7 +17,7 @@ from lora_ft.config import load_config
 from lora_ft.data.metrics import classification_metrics, f1_average, f1_heading
 from lora_ft.training.train import train
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parent.parent / "lora_ft" / "configs"
 
 
 def _tiny_cfg(model_dir: Path, data_dir: Path, *extra: str):

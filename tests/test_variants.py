@@ -304,7 +304,8 @@ def test_rank_pattern_saves_as_peft_keys_that_select_each_layer(tmp_path, tiny_b
 def test_config_switches_reach_the_saved_adapter(tmp_path, tiny_bert_dir, overrides, keys):
     from lora_ft.training.modeling import build_for_method, load_model
 
-    cfg = load_config(None, [f"model.name={tiny_bert_dir}", "lora.r=2", "lora.alpha=4", *overrides])
+    settings = [f"model.name={tiny_bert_dir}", "lora.r=2", "lora.alpha=4", "lora.targets=[query,value]"]
+    cfg = load_config(None, [*settings, *overrides])  # the ranks are of query and value
     loaded = load_model(cfg.model, ["neg", "pos"])
     build = build_for_method(loaded, cfg)
     trainable = {n.rsplit(".", 1)[-1] for n, p in loaded.model.named_parameters() if p.requires_grad}
@@ -423,7 +424,7 @@ def test_magnitude_without_use_dora_is_refused(tmp_path, tiny_bert_dir):
 def test_variant_methods_are_lora_runs_with_the_variant_switched_on():
     from lora_ft.compare.results import RunSpec
 
-    cfg = load_config(None, [])
+    cfg = load_config(None, ["lora.targets=[query,value]"])  # lora-all must widen the config's targets
     assert parse_methods("lora,dora,rslora,lora-all,full") == ["lora", "dora", "rslora", "lora-all", "full"]
     with pytest.raises(LoraFtError, match="lora, full, head, dora, rslora, gaussian, lora-all; got 'qlora'"):
         parse_methods("qlora")
@@ -435,7 +436,7 @@ def test_variant_methods_are_lora_runs_with_the_variant_switched_on():
     assert {r.train.method for r in runs.values()} == {"lora"}
     assert [runs[m].lora.use_dora for m in runs] == [False, True, False, False]
     assert [runs[m].lora.rslora for m in runs] == [False, False, True, False]
-    assert runs["lora-all"].lora.targets == "all-linear" and runs["lora"].lora.targets is None
+    assert runs["lora-all"].lora.targets == "all-linear" and runs["lora"].lora.targets == ["query", "value"]
 
 
 def test_compare_lora_and_dora_gives_one_row_per_method(tmp_path, tiny_bert_dir, toy_data_dir):

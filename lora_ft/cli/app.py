@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli import compare, export, inspect, predict, train
+from lora_ft.cli import compare, configs, export, inspect, predict, train
 from lora_ft.cli.options import STATE, console
 
 app = typer.Typer(
@@ -33,6 +33,13 @@ app.command()(export.merge)
 app.command("eval")(predict.eval_)
 app.command()(predict.predict)
 app.command()(inspect.inspect)
+
+# `lora-ft configs` lists (its callback, run when no subcommand is given); `show` and `cp` act on one.
+configs_app = typer.Typer(rich_markup_mode=app.rich_markup_mode)
+configs_app.callback(invoke_without_command=True)(configs.list_)
+configs_app.command()(configs.show)
+configs_app.command()(configs.cp)
+app.add_typer(configs_app, name="configs")
 
 
 @app.callback()

@@ -21,7 +21,11 @@ STATE = {"debug": False}  # set by the app's root callback before any command ru
 PROGRESS_MIN_SENTENCES = 1000
 
 ConfigArg = Annotated[
-    Path | None, typer.Argument(help="YAML run config (see configs/); omit for the built-in defaults.")
+    Path | None,
+    typer.Argument(
+        help="YAML run config, or the name of one lora-ft ships (lora-ft configs lists them); omit for the "
+        "built-in defaults, the recipe of configs/default.yaml."
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,

@@ -16,6 +16,15 @@ from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, 
 from lora_ft.cli.tables import print_run_summary, print_savings, print_targets
 from lora_ft.errors import LoraFtError
 
+PrintConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the resolved config (defaults < YAML < --set) as YAML and exit: no model or data is "
+        "loaded, nothing is written.",
+    ),
+]
+
 
 @guarded
 def train(
@@ -38,6 +47,7 @@ def train(
         ),
     ] = None,
     trust_remote_code: TrustOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Fine-tune a classifier and write a run directory.
 
@@ -52,12 +62,17 @@ def train(
         lora-ft train configs/smoke.yaml --set lora.r=4 --set train.epochs=1 --out runs/try
 
         lora-ft train --resume runs/try                 # after an interrupt, a crash or a kill
+
+        lora-ft train smoke --set lora.r=16 --print-config   # what would run; nothing does
     """
+    overrides = [*(set_ or []), *([f"train.method={method}"] if method is not None else [])]
+    if print_config:
+        typer.echo(_resolved_yaml(config, overrides, resume, trust_remote_code), nl=False)
+        return
     from lora_ft.training.callbacks import RichProgressCallback
     from lora_ft.training.distributed import is_main_process
     from lora_ft.training.train import train as run_train
 
-    overrides = [*(set_ or []), *([f"train.method={method}"] if method is not None else [])]
     cfg, out_dir = _run_config(config, overrides, out, resume, trust_remote_code)
     output = console()
     metrics = run_train(
@@ -70,6 +85,17 @@ def train(
     )
     if is_main_process():  # under torchrun every rank gets here; the summary is printed once
         print_run_summary(metrics, out_dir, output)
+
+
+def _resolved_yaml(config: Path | None, overrides: list[str], resume: Path | None, trust: bool) -> str:
+    """What ``--print-config`` prints: the config a new run would use, or the one ``resume`` would continue."""
+    from lora_ft.config import dump_config, load_config
+
+    if resume is None:
+        return dump_config(load_config(config, overrides, trust_remote_code=trust))
+    from lora_ft.training.rundir import resume_config
+
+    return dump_config(resume_config(resume, config, overrides, trust_remote_code=trust))
 
 
 def _run_config(

@@ -3,8 +3,9 @@
 Precedence: dataclass defaults < YAML file < ``--set``. Unknown keys and wrong types are errors that
 name the key; ranges are checked in ``__post_init__`` so a config object is valid once it exists.
 
-``schema`` holds the sections and their checks, ``build`` turns a mapping into them, ``yaml_io``
-reads and writes YAML and applies the command line. This layer sits below data, training, serving
+``schema`` holds the sections and their checks (their defaults the recommended recipe), ``build``
+turns a mapping into them, ``yaml_io`` reads and writes YAML and applies the command line, ``shipped``
+knows the configs that ship in the package (``lora_ft/configs/*.yaml``). This layer sits below data, training, serving
 and compare, which all read it, and loads no torch.
 """
 

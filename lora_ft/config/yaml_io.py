@@ -1,5 +1,6 @@
 """Config files and the command line: YAML read with 1.2 booleans and no aliases, ``--set key=value``
-overrides, ``load_config`` (defaults < YAML < ``--set``) and the YAML a run saves as ``config.yaml``.
+overrides, ``load_config`` (defaults < YAML < ``--set``) and the YAML a run saves as ``config.yaml``
+(and ``lora-ft train --print-config`` prints).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import yaml
 
 from lora_ft.config.build import config_from_dict
 from lora_ft.config.schema import RunConfig
+from lora_ft.config.shipped import resolve_config_path
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.fsutil import read_record
 
@@ -91,7 +93,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise LoraFtError(
-            f"config file not found: {p} (run without a config for the defaults, or see configs/)"
+            f"config file not found: {p} (run without a config for the defaults; lora-ft configs lists "
+            "the shipped ones, which a name like smoke or configs/smoke.yaml finds)"
         )
     try:
         data = _yaml_load(read_record(p, "config file"))
@@ -123,7 +126,8 @@ def command_line_trust(overrides: list[str], flag: bool = False) -> bool | None:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, trust_remote_code: bool = False
 ) -> RunConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated.
+    """Defaults, then the YAML file at ``path`` (if any; a name finds a shipped config, see
+    ``shipped.resolve_config_path``), then ``overrides``; validated.
 
     ``model.trust_remote_code`` is on only when the command line grants it (``trust_remote_code``,
     or an override setting it true); a file that sets it true without that grant is refused.
@@ -133,6 +137,7 @@ def load_config(
             or a file setting ``model.trust_remote_code: true`` that the command line does not grant.
     """
     overrides = list(overrides or [])
+    path = resolve_config_path(path) if path is not None else None
     data = read_yaml(path) if path is not None else {}
     granted = command_line_trust(overrides, trust_remote_code)
     if granted is None and _trust_in(data) is True:
