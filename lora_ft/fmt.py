@@ -1,6 +1,7 @@
 """Number formatting shared by the terminal tables, the compare report and the plots: parameter counts
-(``22.71M``, ``74.5K``) and sizes in powers of two (``16.1 MiB``; the compare report spells them ``KB``,
-``MB``, ``GB``), one spelling each, so the same quantity reads the same wherever it is printed."""
+(``22.71M``, ``74.5K``), sizes in powers of two (``16.1 MiB``; the compare report spells them ``KB``,
+``MB``, ``GB``) and durations (``0:00:41``), one spelling each, so the same quantity reads the same
+wherever it is printed."""
 
 from __future__ import annotations
 
@@ -31,3 +32,10 @@ def size(n_bytes: float, *, iec: bool = True) -> str:
         if n_bytes >= scale:
             return f"{n_bytes / scale:.1f} {prefix}{'i' if iec else ''}B"
     return f"{n_bytes:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    """A time span as ``H:MM:SS`` (``0:00:41``, ``12:03:09``), rounded to the second; negative spans are 0."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli.options import ConfigArg, SetOpt, TrustOpt, console, guarded
+from lora_ft.cli.options import ConfigArg, SetOpt, TrustOpt, console, flag, guarded
 from lora_ft.errors import LoraFtError
 
 
@@ -47,7 +47,7 @@ def compare(
     set_: SetOpt = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Retrain runs that already finished in --out instead of reusing them."),
+        flag("--force", help="Retrain runs that already finished in --out instead of reusing them."),
     ] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
@@ -69,7 +69,7 @@ def compare(
 
         lora-ft compare configs/smoke.yaml --ranks 1,2,4,8,16 --set train.epochs=2 --force
     """
-    from lora_ft.compare.display import CompareProgress, print_comparison
+    from lora_ft.compare.display import compare_progress, print_comparison
     from lora_ft.compare.runner import compare as run_compare
     from lora_ft.compare.runner import parse_methods, parse_ranks
     from lora_ft.config import load_config
@@ -80,7 +80,7 @@ def compare(
     out_dir = out or Path("runs") / f"compare-{Path(config).stem if config else 'default'}"
     command = _command_line(config, method_list, seeds, rank_list, out_dir, set_, trust_remote_code)
     output = console()
-    with CompareProgress(output) as progress:
+    with compare_progress(output) as progress:
         result = run_compare(
             cfg,
             out_dir,

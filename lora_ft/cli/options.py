@@ -1,6 +1,7 @@
 """What every command shares: the options that mean the same everywhere (``ConfigArg``, ``SetOpt``,
-``TrustOpt``, ``ForceOpt``, the serving options of ``eval``/``predict``), ``guarded`` (any error as
-one line and an exit code), the ``--debug`` switch it reads, and the rich console the output goes to."""
+``TrustOpt``, ``ForceOpt``, the serving options of ``eval``/``predict``), ``flag`` for on/off options and
+the command classes that show ``--help`` as one, ``guarded`` (any error as one line and an exit code),
+the ``--debug`` switch it reads, and the rich console the output goes to."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from lora_ft.errors import LoraFtError, first_line
 
@@ -19,6 +21,34 @@ log = logging.getLogger("lora_ft")
 STATE = {"debug": False}  # set by the app's root callback before any command runs
 # Below this many sentences a progress bar would only flicker.
 PROGRESS_MIN_SENTENCES = 1000
+# The width of stdout when it is a file or a pipe: more than any table we print, so that none is cut to
+# rich's 80-column default ("5.0e-…"). Tables take their natural width; nothing pads to this.
+PIPED_WIDTH = 1000
+
+
+def flag(*names: str, help: str, **options):
+    """An on/off option: given or not, no value. Typer's help would show such an option's type, ``<bool>``,
+    as if it took one; an empty metavar leaves the type column blank. ``options`` go to ``typer.Option``."""
+    return typer.Option(*names, help=help, metavar="", **options)
+
+
+class _HelpIsAFlag:
+    """``--help`` shown as the flag it is, like ``flag``'s options (Typer's own shows ``<bool>``)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_HelpIsAFlag, TyperCommand):
+    """Each lora-ft command (``app.command(cls=Command)``)."""
+
+
+class Group(_HelpIsAFlag, TyperGroup):
+    """The lora-ft app (``typer.Typer(cls=Group)``)."""
+
 
 ConfigArg = Annotated[
     Path | None,
@@ -37,15 +67,13 @@ SetOpt = Annotated[
 ]
 TrustOpt = Annotated[
     bool,
-    typer.Option(
+    flag(
         "--trust-remote-code",
         help="Run the Python a model directory ships (auto_map in its config.json). Only this command line "
         "grants it: a config file, a saved run or an adapter never does.",
     ),
 ]
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Replace --out if it exists and is an output lora-ft wrote.")
-]
+ForceOpt = Annotated[bool, flag("--force", help="Replace --out if it exists and is an output lora-ft wrote.")]
 SourceArg = Annotated[
     str,
     typer.Argument(
@@ -74,10 +102,14 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when availa
 
 def console(stderr: bool = False):
     """The rich console commands print to (stdout, or stderr for logs), soft-wrapped so that piped
-    output keeps its lines whole."""
+    output keeps its lines whole; stdout that is not a terminal is ``PIPED_WIDTH`` wide, so tables keep
+    every number whole. Logs keep rich's width: their handler pads each line to it."""
     from rich.console import Console  # rich's console is only needed once a command runs, not for --help
 
-    return Console(stderr=stderr, soft_wrap=True)
+    out = Console(stderr=stderr, soft_wrap=True)
+    if not stderr and not out.is_terminal:
+        out.width = PIPED_WIDTH
+    return out
 
 
 def guarded(fn):

@@ -29,6 +29,7 @@ from lora_ft.cli.options import (
     TrustOpt,
     UseOpt,
     console,
+    flag,
     guarded,
 )
 from lora_ft.cli.tables import prediction_line, print_eval
@@ -66,7 +67,7 @@ def eval_(
     use: UseOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the metrics as one JSON object.")] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Accuracy, F1 (binary or macro) and loss of a run, adapter or model directory on one data split.
@@ -161,7 +162,7 @@ def predict(
     ] = None,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="One JSON object per line: text, label, probability, probabilities."),
+        flag("--json", help="One JSON object per line: text, label, probability, probabilities."),
     ] = False,
     base: BaseOpt = None,
     adapter: AdapterOpt = None,

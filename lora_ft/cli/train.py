@@ -12,13 +12,13 @@ from typing import Annotated
 
 import typer
 
-from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, guarded
+from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, flag, guarded
 from lora_ft.cli.tables import print_run_summary, print_savings, print_targets
 from lora_ft.errors import LoraFtError
 
 PrintConfigOpt = Annotated[
     bool,
-    typer.Option(
+    flag(
         "--print-config",
         help="Print the resolved config (defaults < YAML < --set) as YAML and exit: no model or data is "
         "loaded, nothing is written.",
@@ -35,7 +35,11 @@ def train(
     set_: SetOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Run directory (default runs/<config>-<method>-<time>)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (default runs/CONFIG-METHOD-TIME, CONFIG the config file name or default).",
+        ),
     ] = None,
     force: ForceOpt = False,
     resume: Annotated[
@@ -69,19 +73,20 @@ def train(
     if print_config:
         typer.echo(_resolved_yaml(config, overrides, resume, trust_remote_code), nl=False)
         return
-    from lora_ft.training.callbacks import RichProgressCallback
+    from lora_ft.training.callbacks import LineProgressCallback, RichProgressCallback
     from lora_ft.training.distributed import is_main_process
     from lora_ft.training.train import train as run_train
 
     cfg, out_dir = _run_config(config, overrides, out, resume, trust_remote_code)
     output = console()
+    # Not a terminal (nohup, CI, a pipe): a live bar would be drawn once, at the end; a line per log instead.
+    progress = (
+        RichProgressCallback(output, cfg.train.method)
+        if output.is_terminal
+        else LineProgressCallback(output.print)
+    )
     metrics = run_train(
-        cfg,
-        out_dir,
-        force=force,
-        resume=resume is not None,
-        callbacks=[RichProgressCallback(output, cfg.train.method)],
-        notify=output.print,
+        cfg, out_dir, force=force, resume=resume is not None, callbacks=[progress], notify=output.print
     )
     if is_main_process():  # under torchrun every rank gets here; the summary is printed once
         print_run_summary(metrics, out_dir, output)
@@ -129,9 +134,7 @@ def targets(
         ),
     ] = None,
     r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank for the parameter counts.")] = 8,
-    all_rows: Annotated[
-        bool, typer.Option("--all", help="List every Linear, not only the wrapped ones.")
-    ] = False,
+    all_rows: Annotated[bool, flag("--all", help="List every Linear, not only the wrapped ones.")] = False,
     ranks: Annotated[
         str | None,
         typer.Option(
@@ -179,7 +182,7 @@ def targets(
 @guarded
 def fetch(
     names: Annotated[list[str] | None, typer.Argument(help="Asset names (default: all built-ins).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
+    force: Annotated[bool, flag("--force", help="Download and prepare again.")] = False,
     source: Annotated[
         Path | None,
         typer.Option(

@@ -1,5 +1,5 @@
-"""What ``lora-ft compare`` shows on the terminal: a live progress bar per run while it trains, then the
-report's tables (``report.tables``) as rich tables and one line per failed run."""
+"""What ``lora-ft compare`` shows: a live progress bar per run while it trains (on a terminal; plain lines
+elsewhere), then the report's tables (``report.tables``) as rich tables and one line per failed run."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def print_comparison(c: Comparison, console) -> None:
     for r in c.failed:
         console.print(f"[red]{r.spec.name} failed[/red]: {r.error}", markup=True, highlight=False)
     console.print(f"wrote {c.out / REPORT_FILE}, {c.out / RESULTS_FILE} and the plots", highlight=False)
+
+
+def compare_progress(console) -> CompareProgress | CompareLines:
+    """Live bars on a terminal; elsewhere (nohup, CI, a pipe), where bars are drawn once at the end, lines."""
+    return CompareProgress(console) if console.is_terminal else CompareLines(console)
 
 
 class CompareProgress:
@@ -67,9 +72,45 @@ class CompareProgress:
 
     def run_finished(self, result: RunResult) -> None:
         if result.ok:
-            acc = result.metrics["validation"]["accuracy"]
-            status = f"{'reused' if result.reused else 'done'}: val acc {acc:.4f}"
             total = result.metrics["global_steps"]
-            self.progress.update(self.task, total=total, completed=total, status=status)
+            self.progress.update(self.task, total=total, completed=total, status=_outcome(result))
         else:
-            self.progress.update(self.task, total=1, completed=0, status=f"[red]failed: {result.error}")
+            self.progress.update(self.task, total=1, completed=0, status=f"[red]{_outcome(result)}")
+
+
+class CompareLines:
+    """One plain line per run's start, logged loss, evaluation and outcome: ``[1/3] lora-seed42: step 4/24
+    loss 0.6931``. The steps between logs print nothing, so a long run's output stays readable."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.name = ""
+
+    def __enter__(self) -> CompareLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"{self.name}: {text}", markup=False, highlight=False)
+
+    def run_started(self, spec: RunSpec, index: int, total: int, reused: bool) -> None:
+        self.name = f"[{index + 1}/{total}] {spec.name}"
+        self._line("reused (metrics.json present)" if reused else "starting")
+
+    def run_event(self, event: dict[str, Any]) -> None:
+        where = f"step {event['step']}/{event['max_steps']}"
+        if "loss" in event:
+            self._line(f"{where}  loss {event['loss']:.4f}")
+        if "eval_accuracy" in event:
+            self._line(f"{where}  val acc {event['eval_accuracy']:.4f}")
+
+    def run_finished(self, result: RunResult) -> None:
+        self._line(_outcome(result))
+
+
+def _outcome(result: RunResult) -> str:
+    if not result.ok:
+        return f"failed: {result.error}"
+    return f"{'reused' if result.reused else 'done'}: val acc {result.metrics['validation']['accuracy']:.4f}"

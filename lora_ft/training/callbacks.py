@@ -1,10 +1,12 @@
-"""Trainer callbacks: a JSONL log, honest memory accounting, a rich progress bar, stop-on-signal and stop-on-NaN."""
+"""Trainer callbacks: a JSONL log, honest memory accounting, progress (a rich bar on a terminal, plain lines
+elsewhere), stop-on-signal and stop-on-NaN."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback
 
+from lora_ft import fmt
 from lora_ft.finite import diverged
 from lora_ft.fsutil import open_own
 from lora_ft.training.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
@@ -117,6 +120,67 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, status=self.status)
             self.progress.stop()
             self.progress = None
+
+
+class LineProgressCallback(TrainerCallback):
+    """One plain line per logging step and per evaluation, for output that is not a terminal (nohup, CI,
+    SLURM, a pipe), where a live bar is drawn once, at the end:
+
+        step 8/24  epoch 0.33  loss 0.6931  lr 4.80e-04  85.3 samples/s  eta 0:00:41
+        step 8/24  epoch 0.33  eval  loss 0.6925  accuracy 0.5000  f1 0.3333
+
+    samples/s: the samples of the optimisation steps since the previous line (global batch x steps) over
+    their time, evaluations taken out; eta: the remaining steps at this process's mean time per step so
+    far, evaluations included, as the remaining ones will be. Main process only.
+    """
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+        self.begin: tuple[float, int] | None = None  # (time.monotonic(), global step) at train begin
+        self.last: tuple[float, int] | None = None  # the same at the previous loss line
+        self.eval_seconds = 0.0  # spent evaluating since the previous loss line
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin = self.last = (time.monotonic(), state.global_step)
+        self.eval_seconds = 0.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or self.begin is None:
+            return
+        where = f"step {state.global_step}/{state.max_steps}  epoch {state.epoch or 0:.2f}"
+        split = next((k.removesuffix("_runtime") for k in logs if k.endswith("_runtime")), None)
+        if "loss" in logs:
+            now = time.monotonic()
+            lr = f"  lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else ""
+            speed, eta = self._samples_per_second(args, state, now), self._eta(state, now)
+            self.write(f"{where}  loss {logs['loss']:.4f}{lr}  {speed}  eta {eta}")
+        elif split == "train":  # the Trainer's summary when training ends
+            self.write(f"{where}  done in {fmt.duration(logs['train_runtime'])}")
+        elif split is not None:  # an evaluation: eval_* during training, validation_*/test_* after it
+            self.eval_seconds += logs[f"{split}_runtime"]
+            values = "  ".join(
+                f"{key} {logs[f'{split}_{key}']:.4f}"
+                for key in ("loss", "accuracy", "f1")
+                if f"{split}_{key}" in logs
+            )
+            self.write(f"{where}  {split}  {values}")
+
+    def _samples_per_second(self, args, state, now: float) -> str:
+        last_time, last_step = self.last
+        seconds = now - last_time - self.eval_seconds
+        steps = state.global_step - last_step
+        self.last, self.eval_seconds = (now, state.global_step), 0.0
+        if seconds <= 0 or steps <= 0:
+            return "— samples/s"
+        batch = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return f"{steps * batch / seconds:.1f} samples/s"
+
+    def _eta(self, state, now: float) -> str:
+        begin_time, begin_step = self.begin
+        done = state.global_step - begin_step
+        if done <= 0:
+            return "—"
+        return fmt.duration((now - begin_time) / done * (state.max_steps - state.global_step))
 
 
 class StopOnNonFinite(TrainerCallback):
