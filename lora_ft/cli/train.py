@@ -73,23 +73,25 @@ def train(
     if print_config:
         typer.echo(_resolved_yaml(config, overrides, resume, trust_remote_code), nl=False)
         return
-    from lora_ft.training.callbacks import LineProgressCallback, RichProgressCallback
     from lora_ft.training.distributed import is_main_process
     from lora_ft.training.train import train as run_train
 
     cfg, out_dir = _run_config(config, overrides, out, resume, trust_remote_code)
     output = console()
-    # Not a terminal (nohup, CI, a pipe): a live bar would be drawn once, at the end; a line per log instead.
-    progress = (
-        RichProgressCallback(output, cfg.train.method)
-        if output.is_terminal
-        else LineProgressCallback(output.print)
-    )
+    progress = _progress(output, cfg.train.method)
     metrics = run_train(
         cfg, out_dir, force=force, resume=resume is not None, callbacks=[progress], notify=output.print
     )
     if is_main_process():  # under torchrun every rank gets here; the summary is printed once
         print_run_summary(metrics, out_dir, output)
+
+
+def _progress(output, method: str):
+    """A live bar on a terminal; elsewhere (nohup, CI, a pipe) a bar would be drawn once, at the end, so a
+    plain line per log and evaluation instead."""
+    from lora_ft.training.callbacks import LineProgressCallback, RichProgressCallback
+
+    return RichProgressCallback(output, method) if output.is_terminal else LineProgressCallback(output.print)
 
 
 def _resolved_yaml(config: Path | None, overrides: list[str], resume: Path | None, trust: bool) -> str:
