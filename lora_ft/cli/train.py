@@ -132,7 +132,8 @@ def targets(
         typer.Option(
             "--targets",
             "-t",
-            help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's).",
+            help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's query/value; "
+            "train's own default is all-linear).",
         ),
     ] = None,
     r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank for the parameter counts.")] = 8,
