@@ -143,6 +143,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
             row["ship_mb"]["mean"] / rows["full"]["ship_mb"]["mean"]
         )
     assert rows["full"]["vs_full"] == {key: 1.0 for key in COSTS}
+    assert {row["majority_accuracy"] for row in rows.values()} == {0.5}  # toy validation: 8 of each label
     assert rows["lora"]["ship_mb"]["mean"] < rows["full"]["ship_mb"]["mean"]
 
     saved = json.loads((out / "results.json").read_text())
@@ -169,6 +170,36 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     print_comparison(result, console)
     text = console.file.getvalue()
     assert "Quality" in text and "Cost" in text and "optimizer state" in text
+
+
+def _plot_row(label: str, method: str, params: int, accuracy: float, **extra) -> dict:
+    return {
+        "label": label, "method": method, "rank": None, "status": "ok", "trainable_params": params,
+        "validation": {"accuracy": {"mean": accuracy, "std": None}}, **extra,
+    }  # fmt: skip
+
+
+def test_accuracy_vs_params_draws_the_majority_baseline_and_labels_every_point():
+    from lora_ft.compare.plots import accuracy_vs_params_figure
+
+    rows = [
+        _plot_row("full", "full", 4_400_000, 0.85, majority_accuracy=0.6),
+        # head-only and a LoRA run that learned nothing: both on the baseline, side by side
+        _plot_row("head", "head", 770, 0.6, majority_accuracy=0.6),
+        _plot_row("lora", "lora", 800, 0.6, majority_accuracy=0.6),
+        {"label": "dora", "method": "dora", "rank": None, "status": "failed"},
+    ]
+    (ax,) = accuracy_vs_params_figure(rows).axes
+    texts = {t.get_text(): t for t in ax.texts}
+    assert texts.keys() == {"full", "head", "lora"}  # every point labelled, the failed run has none
+    assert texts["head"].xy == (770, 0.6) and texts["lora"].xy == (800, 0.6)
+    assert texts["head"].xyann != texts["lora"].xyann  # their labels do not cover each other
+    baseline = [line for line in ax.get_lines() if list(line.get_ydata()) == [0.6, 0.6]]
+    assert len(baseline) == 1 and baseline[0].get_label() == "majority class (0.600)"
+    assert "majority class (0.600)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+    (old,) = accuracy_vs_params_figure([_plot_row("lora", "lora", 800, 0.6)]).axes  # runs without counts
+    assert [line for line in old.get_lines() if len(line.get_ydata()) == 2] == []
 
 
 def test_a_failing_method_is_a_failed_row_and_the_others_are_kept(tmp_path, tiny_bert_dir, toy_data_dir):

@@ -125,3 +125,54 @@ def test_saved_config_round_trips_with_versions_record():
     data = yaml.safe_load(dump_config(cfg, {"versions": {"torch": "x"}}))
     assert data["versions"] == {"torch": "x"}
     assert config_from_dict(data) == cfg
+
+
+BEST_STEPS = ["train.load_best_model=true", "train.eval_strategy=steps", "train.save_strategy=steps"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrase"),
+    [
+        (["train.metric_for_best=precision"], "train.metric_for_best must be one of accuracy, f1, loss, got 'precision'"),
+        (["train.early_stopping_patience=0"], "train.early_stopping_patience must be >= 1, got 0"),
+        (
+            ["train.early_stopping_patience=2", "train.eval_strategy=no"],
+            "train.early_stopping_patience needs evaluations to compare: set train.eval_strategy to steps or epoch",
+        ),
+        (
+            ["train.load_best_model=true", "train.eval_strategy=no", "train.save_strategy=no"],
+            "train.load_best_model needs evaluations to compare",
+        ),
+        (
+            ["train.load_best_model=true", "train.save_strategy=no"],
+            "set train.save_strategy to train.eval_strategy (epoch), got no",
+        ),
+        (
+            [*BEST_STEPS, "train.eval_steps=4", "train.save_steps=6"],
+            "set train.save_steps to a multiple of the 4 steps between evaluations, got 6",
+        ),
+        (BEST_STEPS, "a multiple of the 25 steps between evaluations, got None"),  # eval_steps: logging_steps
+    ],
+)  # fmt: skip
+def test_best_checkpoint_settings_are_refused_in_our_words_before_the_trainer(overrides, phrase):
+    with pytest.raises(LoraFtError) as err:
+        load_config(None, overrides)
+    assert phrase in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_best_checkpoint_settings_map_onto_the_training_arguments(tmp_path):
+    from lora_ft.training.arguments import training_arguments
+
+    best = training_arguments(
+        load_config(None, [*BEST_STEPS, "train.save_steps=50", "train.metric_for_best=accuracy"]),
+        "lora",
+        tmp_path,
+    )
+    assert best.load_best_model_at_end and best.metric_for_best_model == "accuracy" and best.greater_is_better
+    assert best.restore_callback_states_from_checkpoint  # a resume continues early stopping's count
+    stopping = training_arguments(load_config(None, ["train.early_stopping_patience=3"]), "lora", tmp_path)
+    assert not stopping.load_best_model_at_end
+    assert stopping.metric_for_best_model == "loss" and stopping.greater_is_better is False
+    # Neither: no metric, so the Trainer keeps no "best" checkpoint from rotation.
+    assert training_arguments(load_config(None), "lora", tmp_path).metric_for_best_model is None

@@ -347,13 +347,13 @@ def off_epoch_ref(toy, tmp_path_factory) -> tuple[Path, dict]:
 
 
 class CrashInEvaluation(TrainerCallback):
-    """A crash (or kill) in the evaluation at step 9 whose metrics carry ``prefix``."""
+    """A crash (or kill) in the evaluation at ``step`` whose metrics carry ``prefix``."""
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, prefix: str, step: int = 9):
+        self.prefix, self.step = prefix, step
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.global_step == 9 and f"{self.prefix}_loss" in metrics:
+        if state.global_step == self.step and f"{self.prefix}_loss" in metrics:
             raise ValueError(f"killed in the {self.prefix} evaluation")
 
 
@@ -477,6 +477,14 @@ def test_a_missing_optimizer_or_scheduler_with_no_intact_checkpoint_is_refused(t
             "train.trainer.learning_rate is lora-ft's to set: use train.learning_rate",
         ),
         ("train.trainer.save_only_model=true", "train.trainer.save_only_model cannot be used"),
+        (
+            "train.trainer.load_best_model_at_end=true",
+            "train.trainer.load_best_model_at_end is lora-ft's to set: use train.load_best_model",
+        ),
+        (
+            "train.trainer.restore_callback_states_from_checkpoint=false",
+            "train.trainer.restore_callback_states_from_checkpoint is lora-ft's to set: use --resume",
+        ),
     ],
 )
 def test_trainer_settings_that_would_break_resume_are_refused_before_anything_is_written(
@@ -486,3 +494,50 @@ def test_trainer_settings_that_would_break_resume_are_refused_before_anything_is
         train(toy.cfg("train.max_steps=2", setting.format(tmp=tmp_path)), tmp_path / "run")
     assert str(info.value).startswith(phrase), str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+BEST = [
+    "train.eval_strategy=steps", "train.eval_steps=2", "train.save_strategy=steps", "train.save_steps=2",
+    "train.load_best_model=true", "train.metric_for_best=accuracy", "train.early_stopping_patience=2",
+]  # fmt: skip
+
+
+def _evals(run: Path) -> list[dict]:
+    return [line for line in _log(run) if "eval_loss" in line]
+
+
+def test_a_resume_continues_early_stopping_and_keeps_the_same_best_checkpoint(tmp_path, toy):
+    cfg = toy.cfg(*BEST)
+    ref = tmp_path / "ref"
+    ref_metrics = train(cfg, ref)
+    assert ref_metrics["stopped_early"] and ref_metrics["best_step"] < ref_metrics["global_steps"] < 12
+    # Interrupted after the first evaluation that did not improve: the checkpoint holds a count of 1,
+    # and a resume counting from 0 again would train past the step the run stopped at.
+    best = 0.0
+    for line in _evals(ref):
+        if line["eval_accuracy"] <= best:
+            break
+        best = line["eval_accuracy"]
+    assert line["step"] < ref_metrics["global_steps"]
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out, callbacks=[SignalAt(line["step"] + 1)])
+    metrics = train(cfg, out, resume=True)
+    assert metrics["resumed_from_steps"] == [line["step"] + 1]
+    for key in ("best_step", "best_metric", "stopped_early"):
+        assert metrics[key] == ref_metrics[key], key
+    _assert_same_run(ref, out, ref_metrics, metrics)
+
+
+def test_killed_in_the_final_evaluation_the_resume_counts_it_towards_the_best_checkpoint(tmp_path, toy):
+    # metric_for_best: loss; at this rate the validation loss still falls in the second epoch
+    cfg = toy.cfg("train.learning_rate=2e-3", "train.save_strategy=epoch", "train.load_best_model=true")
+    ref = tmp_path / "ref"
+    ref_metrics = train(cfg, ref)
+    assert ref_metrics["best_step"] == 12  # the final evaluation is the best: the one a resume must run
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="killed"):
+        train(cfg, out, callbacks=[CrashInEvaluation("eval", step=12)])
+    metrics = train(cfg, out, resume=True)
+    assert metrics["resumed_from_steps"] == [12] and metrics["best_step"] == 12
+    _assert_same_run(ref, out, ref_metrics, metrics)

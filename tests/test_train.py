@@ -11,6 +11,8 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from lora_ft.cli.tables import print_run_summary
 from lora_ft.config import load_config
@@ -163,3 +165,75 @@ def test_existing_out_needs_force(tmp_path, tiny_bert_dir, toy_data_dir):
     second = train(cfg, out, force=True)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(second)) != {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "toy-data"]  # no temporary or old dir left
+
+
+class LastStep(TrainerCallback):
+    """The trainable tensors as the last training step left them (before any best checkpoint is loaded)."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.tensors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def as_adapter_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Trainable parameter names as adapter_model.safetensors spells them (PEFT's prefix, ``.weight``)."""
+    return {
+        f"base_model.model.{n}" + (".weight" if n.endswith(("lora_A", "lora_B")) else ""): t
+        for n, t in tensors.items()
+    }
+
+
+BEST = [
+    "train.epochs=2", "train.eval_strategy=steps", "train.eval_steps=2", "train.save_strategy=steps",
+    "train.save_steps=2", "train.load_best_model=true", "train.metric_for_best=accuracy",
+    "train.early_stopping_patience=2",
+]  # fmt: skip
+
+
+def test_the_best_checkpoint_is_published_and_early_stopping_is_recorded(
+    tmp_path, tiny_bert_dir, toy_data_dir
+):
+    last = LastStep()
+    out = tmp_path / "run"
+    metrics = train(_tiny_cfg(tiny_bert_dir, toy_data_dir, *BEST), out, callbacks=[last])
+    evals = [
+        line for line in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval_loss" in line
+    ]
+    accuracies = [e["eval_accuracy"] for e in evals]
+    best = evals[accuracies.index(max(accuracies))]  # the first of equals: a tie is no improvement
+    # Stopped before its 12 steps, after two evaluations in a row that did not beat the best.
+    assert metrics["stopped_early"] is True and metrics["global_steps"] == evals[-1]["step"] < 12
+    assert max(accuracies[-2:]) <= best["eval_accuracy"] and best["step"] < metrics["global_steps"]
+    assert metrics["best_step"] == best["step"] and metrics["best_metric"] == best["eval_accuracy"]
+    assert metrics["validation"] == {k: best[f"eval_{k}"] for k in ("accuracy", "f1", "loss")}
+    assert json.loads((out / "metrics.json").read_text())["best_step"] == best["step"]
+
+    kept = out / "checkpoints" / f"checkpoint-{best['step']}"
+    # save_total_limit 1: the newest checkpoint, and the best one beside it
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {
+        kept.name,
+        f"checkpoint-{metrics['global_steps']}",
+    }
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    expected = as_adapter_keys(load_file(str(kept / "trainable.safetensors")))
+    assert adapter.keys() == expected.keys()
+    for key in adapter:
+        assert torch.equal(adapter[key], expected[key]), key
+    at_last = as_adapter_keys(last.tensors)  # the weights of the last step, which were not kept
+    assert any(not torch.equal(adapter[k], at_last[k]) for k in adapter)
+
+
+def test_without_the_settings_the_last_step_is_published_and_nothing_stopped_early(
+    tmp_path, tiny_bert_dir, toy_data_dir
+):
+    last = LastStep()
+    metrics = train(_tiny_cfg(tiny_bert_dir, toy_data_dir), tmp_path / "run", callbacks=[last])
+    assert (
+        metrics["best_step"] is None and metrics["best_metric"] is None and metrics["stopped_early"] is False
+    )
+    adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    at_last = as_adapter_keys(last.tensors)
+    assert all(torch.equal(adapter[k], at_last[k]) for k in adapter)
+    assert metrics["validation_label_counts"] == [8, 8]  # toy_rows(16): alternating labels

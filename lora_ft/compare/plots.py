@@ -5,11 +5,13 @@ Figures come from the one figure helper (``lora_ft.figures``: an Agg canvas, PNG
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from lora_ft import fmt
@@ -107,24 +109,39 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
     return save_png(fig, path)
 
 
-def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Validation accuracy (± std over seeds) against trainable parameters on a log axis."""
+def accuracy_vs_params_figure(rows: list[dict[str, Any]]) -> Figure:
+    """Validation accuracy (± std over seeds) against trainable parameters on a log axis, each point
+    labelled, over the majority-class baseline: a model that learned nothing sits on that line."""
     fig, ax = _figure(6.4, 4.4)
     palette = colors(rows)
-    for row in rows:
-        if row["status"] == "failed":
-            continue
-        acc = row["validation"]["accuracy"]
+    drawn = [row for row in rows if row["status"] != "failed"]
+    placed: list[tuple[float, float]] = []
+    for row in drawn:
+        x, acc = row["trainable_params"], row["validation"]["accuracy"]
         ax.errorbar(
-            row["trainable_params"],
+            x,
             acc["mean"],
             yerr=acc["std"] or 0,
             fmt="o",
             ms=7,
             capsize=4,
             color=palette[row["label"]],
-            label=f"{row['label']} ({fmt.count(row['trainable_params'], digits=1)})",
+            label=f"{row['label']} ({fmt.count(x, digits=1)})",
         )
+        # Labels of points that (nearly) coincide are stacked, so one never hides another.
+        near = sum(abs(math.log10(x / px)) < 0.15 and abs(acc["mean"] - py) < 0.02 for px, py in placed)
+        placed.append((x, acc["mean"]))
+        ax.annotate(
+            row["label"],
+            (x, acc["mean"]),
+            textcoords="offset points",
+            xytext=(9, 3 - 11 * near),
+            fontsize="small",
+            color=palette[row["label"]],
+        )
+    baseline = next((r["majority_accuracy"] for r in drawn if r.get("majority_accuracy") is not None), None)
+    if baseline is not None:
+        ax.axhline(baseline, ls=":", lw=1.2, color="black", label=f"majority class ({baseline:.3f})")
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.2)
     ax.set(
@@ -135,7 +152,12 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     if ax.has_data():
         ax.legend(title="method (trainable)", fontsize="small", loc="best")
-    return save_png(fig, path)
+    return fig
+
+
+def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``accuracy_vs_params_figure`` as a PNG at ``path``."""
+    return save_png(accuracy_vs_params_figure(rows), path)
 
 
 def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_ft.config import RunConfig
-from lora_ft.data.metrics import f1_average
+from lora_ft.data.metrics import f1_average, majority_accuracy
 from lora_ft.training.layout import ADAPTER_DIR, LOG_FILE, MODEL_DIR
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
@@ -191,6 +191,10 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         ship_dir=_ship_dir(done[0].run_dir).name,
         ship_mb=aggregate([dir_size_mb(_ship_dir(r.run_dir)) for r in done]),
         f1_average=f1_average(len(first["label_names"])) if first.get("label_names") else None,
+        # Every run of a comparison evaluates on the same split; None for a run from before lora-ft recorded it.
+        majority_accuracy=majority_accuracy(first["validation_label_counts"])
+        if first.get("validation_label_counts")
+        else None,
     )
     for split in ("validation", "test"):
         if all(r.metrics.get(split) for r in done):

@@ -21,6 +21,8 @@ METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
+# What every evaluation reports (data/metrics.py, plus the Trainer's loss): what train.metric_for_best may name.
+BEST_METRICS = ("accuracy", "f1", "loss")
 # What numpy's seeding accepts (torch's takes more): transformers.set_seed seeds both.
 MAX_SEED = 2**32 - 1
 
@@ -178,6 +180,10 @@ class TrainConfig:
     save_strategy: str = "epoch"
     save_steps: int | None = None
     save_total_limit: int = 1
+    # Stop after this many evaluations in a row that do not improve metric_for_best; null: never.
+    early_stopping_patience: int | None = None
+    load_best_model: bool = False  # publish the checkpoint with the best metric_for_best, not the last step
+    metric_for_best: str = "loss"  # accuracy, f1 or loss on the validation split; loss: lower is better
     threads: int | None = None  # torch intra-op threads; null: one per physical core
     # Further TrainingArguments fields passed through unchanged (fsdp, deepspeed, ...).
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -232,6 +238,39 @@ class TrainConfig:
             self.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {self.save_total_limit}"
         )
         _check(self.threads is None or self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+        self._check_best()
+
+    def _check_best(self) -> None:
+        """Early stopping and the best checkpoint, checked as ``TrainingArguments`` would, in our words."""
+        _check(
+            self.metric_for_best in BEST_METRICS,
+            f"train.metric_for_best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}",
+        )
+        patience = self.early_stopping_patience
+        _check(
+            patience is None or patience >= 1, f"train.early_stopping_patience must be >= 1, got {patience}"
+        )
+        for key, on in (
+            ("early_stopping_patience", patience is not None),
+            ("load_best_model", self.load_best_model),
+        ):
+            _check(
+                not on or self.eval_strategy != "no",
+                f"train.{key} needs evaluations to compare: set train.eval_strategy to steps or epoch",
+            )
+        if not self.load_best_model:
+            return
+        _check(
+            self.save_strategy == self.eval_strategy,
+            "train.load_best_model needs a checkpoint at every evaluation: set train.save_strategy to "
+            f"train.eval_strategy ({self.eval_strategy}), got {self.save_strategy}",
+        )
+        every = self.eval_steps or self.logging_steps  # the Trainer evaluates every logging_steps by default
+        _check(
+            self.eval_strategy != "steps" or (self.save_steps is not None and self.save_steps % every == 0),
+            "train.load_best_model needs a checkpoint at every evaluation: set train.save_steps to a multiple "
+            f"of the {every} steps between evaluations, got {self.save_steps}",
+        )
 
     def lr_for(self, method: str) -> float:
         if self.learning_rate is not None:

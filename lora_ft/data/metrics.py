@@ -46,6 +46,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"accuracy": accuracy, "f1": f1}
 
 
+def label_counts(labels, num_labels: int) -> list[int]:
+    """How many of ``labels`` (ids) fall in each of the ``num_labels`` classes."""
+    return np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=num_labels).tolist()
+
+
+def majority_accuracy(counts: list[int]) -> float:
+    """The accuracy of always predicting the most frequent class: what a model that learned nothing scores."""
+    return max(counts) / sum(counts)
+
+
 def compute_metrics(eval_pred) -> dict[str, float]:
     """The ``Trainer``'s ``compute_metrics``: ``classification_metrics`` of an ``EvalPrediction``."""
     logits, labels = eval_pred.predictions, eval_pred.label_ids

@@ -44,6 +44,11 @@ OWNED_ARGUMENTS = {
     "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit",
     "train_sampling_strategy": "train.group_by_length",
+    "load_best_model_at_end": "train.load_best_model",
+    "metric_for_best_model": "train.metric_for_best",
+    "greater_is_better": "train.metric_for_best",
+    # Off, a resume would count early stopping's evaluations without improvement from zero again.
+    "restore_callback_states_from_checkpoint": "--resume (which restores them)",
 }
 # Arguments under which no checkpoint resumes exactly, and why.
 UNRESUMABLE_ARGUMENTS = {
@@ -97,6 +102,7 @@ def _check_trainer_keys(trainer: dict[str, Any]) -> None:
 
 def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path) -> dict[str, Any]:
     """The arguments lora-ft sets from its own settings (``OWNED_ARGUMENTS``) and fixed choices."""
+    tracks_best = t.load_best_model or t.early_stopping_patience is not None
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
@@ -121,6 +127,11 @@ def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path) -> dict[str, An
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        load_best_model_at_end=t.load_best_model,
+        # Set only when used: with a metric the Trainer tracks the best checkpoint and keeps it from rotation.
+        metric_for_best_model=t.metric_for_best if tracks_best else None,
+        greater_is_better=t.metric_for_best != "loss",
+        restore_callback_states_from_checkpoint=True,
         length_column_name="length",
         label_names=["labels"],
         report_to="none",

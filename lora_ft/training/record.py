@@ -11,10 +11,13 @@ from typing import Any
 import datasets
 import torch
 import transformers
+from transformers import EarlyStoppingCallback
 
 from lora_ft import __version__
 from lora_ft.config import DATA_FINGERPRINT, RunConfig
+from lora_ft.data.metrics import label_counts
 from lora_ft.training.callbacks import MemoryCallback
+from lora_ft.training.checkpoint import checkpoint_step
 from lora_ft.training.prepare import Prepared
 from lora_ft.training.resources import peak_rss_mb
 
@@ -37,9 +40,9 @@ def _evaluate(trainer, dataset, prefix: str) -> dict[str, float]:
     return {k: float(raw[f"{prefix}_{k}"]) for k in _EVAL_KEYS if f"{prefix}_{k}" in raw}
 
 
-def _final_validation(trainer) -> dict[str, float] | None:
-    """The validation metrics the Trainer already computed at the last step (end of the last epoch)."""
-    step = trainer.state.global_step
+def _final_validation(trainer, step: int) -> dict[str, float] | None:
+    """The validation metrics the Trainer already computed at ``step``: the last one (the end of the
+    last epoch), or the best checkpoint's, whose weights the model holds after training."""
     for entry in reversed(trainer.state.log_history):
         if entry.get("step") == step and "eval_loss" in entry:
             return {k: float(entry[f"eval_{k}"]) for k in _EVAL_KEYS if f"eval_{k}" in entry}
@@ -50,8 +53,12 @@ def run_metrics(
     p: Prepared, cfg: RunConfig, method: str, trainer, result, memory: MemoryCallback
 ) -> dict[str, Any]:
     """metrics.json of the run ``trainer`` has just trained (``result`` is what ``train()`` returned)."""
+    best = _best(trainer)
+    kept = trainer.state.global_step if best["best_step"] is None else best["best_step"]
     # Evaluating the same weights on the same split twice would cost a whole validation pass.
-    validation = _final_validation(trainer) or _evaluate(trainer, p.tokenized["validation"], "validation")
+    validation = _final_validation(trainer, kept) or _evaluate(
+        trainer, p.tokenized["validation"], "validation"
+    )
     test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
     tm = result.metrics
     t = cfg.train
@@ -71,6 +78,7 @@ def run_metrics(
         "train_samples": len(p.tokenized["train"]),
         "epochs": float(t.epochs),
         "global_steps": int(trainer.state.global_step),
+        **best,
         "resumed_from_steps": (trainer.resume_record or {}).get("resumed_from", []),
         "learning_rate": t.lr_for(method),
         "batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, trainer.args.world_size),
@@ -83,6 +91,8 @@ def run_metrics(
         "train_memory_mb": memory.train_memory_mb,
         "rss_before_train_mb": memory.before_mb,
         "label_names": p.data.label_names,
+        # The majority-class baseline of the validation accuracy (compare's plot draws it).
+        "validation_label_counts": label_counts(p.tokenized["validation"]["labels"], len(p.data.label_names)),
         "head": p.build.head,
     }
     if method == "lora":
@@ -90,6 +100,21 @@ def run_metrics(
     if memory.cuda_peak_mb is not None:
         metrics["cuda_peak_memory_mb"] = memory.cuda_peak_mb
     return metrics
+
+
+def _best(trainer) -> dict[str, Any]:
+    """The checkpoint train.load_best_model kept (its step and metric_for_best), and whether early
+    stopping ended the run before its budget."""
+    state, kept = trainer.state, trainer.loaded_best
+    # Taken out: it would warn at the test evaluation after training, which has no eval_ metric to watch.
+    stopper = trainer.pop_callback(EarlyStoppingCallback)
+    return {
+        "best_step": checkpoint_step(kept) if kept is not None else None,
+        "best_metric": float(state.best_metric) if kept is not None else None,
+        "stopped_early": stopper is not None
+        and state.global_step < state.max_steps
+        and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience,
+    }
 
 
 def _lora_settings(cfg: RunConfig, targets: list[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, TrainingArguments
 
 from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
 from lora_ft.data.assets import hub_id_of, with_absolute_paths
@@ -180,7 +180,11 @@ def _train_into(
     if main and notify is not None:
         notify(_batch_line(cfg, args.world_size))
     memory = MemoryCallback()
-    trainer = _trainer(p, args, run, [memory, *(callbacks or [])], signals, config_text if main else None)
+    patience = cfg.train.early_stopping_patience
+    stopping = [EarlyStoppingCallback(patience)] if patience is not None else []
+    trainer = _trainer(
+        p, args, run, [memory, *stopping, *(callbacks or [])], signals, config_text if main else None
+    )
     with memory_hint(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.data.max_length):
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
         if signals.signum is not None:

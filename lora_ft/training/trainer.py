@@ -16,6 +16,8 @@ Private Trainer members this module touches (tests/test_dependencies.py checks e
   _load_from_checkpoint: the resume path loads weights only from full-model or PEFT files; ours are
     trainable.safetensors, loaded with exact key and shape checks.
   _load_best_model: load_best_model_at_end reads the same kind of files, for the best checkpoint.
+  _determine_best_metric: the training loop's own choice of the best checkpoint, for the evaluation a
+    resume runs first (the interrupted run's last; see _ResumePolicy), which the loop never sees.
   _get_train_sampler: the sampler built before accelerate prepares the DataLoader, wrapped to remember
     each epoch's RNG (a DataLoader replaced later would already be accelerate's seedable sampler).
   _tr_loss, _total_loss_scalar, _globalstep_last_logged, _initial_global_step: the training loop's loss
@@ -109,6 +111,7 @@ class CheckpointTrainer(Trainer):
         self._sampler: EpochReplaySampler | None = None
         self._segment_start = time.time()
         self._staged: dict[str, torch.Tensor] | None = None  # the checkpoint's tensors, while it is written
+        self.loaded_best: Path | None = None  # the checkpoint load_best_model_at_end put into the model
         self.add_callback(_ResumePolicy(self))
 
     @property
@@ -127,7 +130,8 @@ class CheckpointTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # The Trainer checks the budget only after a step: resumed from the checkpoint of the last step
         # (killed in the final evaluation or while writing the outputs), it would train one step more.
-        if self.state.global_step >= self.state.max_steps:
+        # Stopped before the first step of a resumed segment (see _ResumePolicy): no batch either.
+        if self.state.global_step >= self.state.max_steps or self.control.should_training_stop:
             return [], None
         return super().get_batch_samples(epoch_iterator, num_batches, device)
 
@@ -229,12 +233,28 @@ class CheckpointTrainer(Trainer):
         record["resumed_from"] = [*record.get("resumed_from", []), record["step"]]
         self.resume_record = record
 
+    def _evaluate_at_resume(self) -> None:
+        """The evaluation the interrupted run did not finish at the step resumed at, counted towards
+        the best checkpoint as the loop's evaluations are; that step's checkpoint is the one resumed from."""
+        metrics = self.evaluate()
+        if (
+            self._determine_best_metric(metrics, trial=None)
+            and self.state.best_global_step == self.state.global_step
+        ):
+            step = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.state.best_model_checkpoint = str(step)
+
     def _load_best_model(self) -> None:
-        best = Path(self.state.best_model_checkpoint) / TRAINABLE_NAME
+        self.loaded_best = Path(self.state.best_model_checkpoint)
+        best = self.loaded_best / TRAINABLE_NAME
         if best.is_file():
             load_trainable(self.model, best)
         else:
             super()._load_best_model()
+        # Next the Trainer deletes every other checkpoint in place under save_total_limit 1, the last
+        # one included, even when a signal stopped the run: its resume would start from the best one.
+        # Rotation is ours (checkpoint.rotate: renamed away, never the best), so it is left nothing to see.
+        self.state.best_model_checkpoint = None
 
 
 class _ResumePolicy(TrainerCallback):
@@ -247,12 +267,13 @@ class _ResumePolicy(TrainerCallback):
     A checkpoint of the step that ends an epoch (or the run) is saved before that epoch-end
     evaluation; a run resumed from one whose trainer state does not hold the evaluation runs it
     first, as the interrupted run would have. A budget below the step resumed at is refused; a run
-    resumed at its budget trains no step and repeats no epoch end.
+    resumed at its budget, or that early stopping ends in that first evaluation, trains no step and
+    repeats no epoch end.
     """
 
     def __init__(self, trainer: CheckpointTrainer):
         self.trainer = trainer
-        self.at_budget = False
+        self.ended = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         t = self.trainer
@@ -275,9 +296,9 @@ class _ResumePolicy(TrainerCallback):
         if _evaluates_after_save(args, state) and not any(
             entry.get("step") == state.global_step and "eval_loss" in entry for entry in state.log_history
         ):
-            t.evaluate()
-        self.at_budget = state.global_step >= state.max_steps
-        if self.at_budget:  # the epoch left gets no batch (get_batch_samples) and ends at once
+            t._evaluate_at_resume()  # early stopping may end the run here, as it ended the interrupted one
+        self.ended = state.global_step >= state.max_steps or control.should_training_stop
+        if self.ended:  # the epoch left gets no batch (get_batch_samples) and ends at once
             control.should_training_stop = True
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -285,8 +306,8 @@ class _ResumePolicy(TrainerCallback):
             control.should_save = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        # Resumed at the budget: this epoch's end (its evaluation, save and log) was the interrupted run's.
-        if self.at_budget:
+        # Ended where it resumed: this epoch's end (its evaluation, save and log) was the interrupted run's.
+        if self.ended:
             control.should_evaluate = control.should_save = control.should_log = False
 
 
