@@ -5,6 +5,8 @@ wherever it is printed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 _COUNT_UNITS = ((1e9, "B"), (1e6, "M"))
 _SIZE_UNITS = ((2**30, "G"), (2**20, "M"), (2**10, "K"))
 
@@ -39,3 +41,10 @@ def duration(seconds: float) -> str:
     total = max(0, round(seconds))
     hours, rest = divmod(total, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def f1_heading(averages: Iterable[str | None]) -> str:
+    """The heading of an F1 column whose rows were averaged as ``averages`` (``f1_average``'s, None where
+    a record does not say): ``F1 (binary)``, ``F1 (macro)``, or both named when the rows mix them."""
+    known = sorted({a for a in averages if a is not None})
+    return f"F1 ({' / '.join(known)})" if known else "F1"

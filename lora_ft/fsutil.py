@@ -41,10 +41,29 @@ def publishable_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
     as readable as any directory they create (0755 under the usual umask 022).
     """
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
+    return umask
+
+
+def give_default_modes(root: Path) -> None:
+    """Give every regular file under ``root`` the mode ``open()`` would have (0644 under umask 022).
+
+    safetensors writes through a private temporary, so ``adapter_model.safetensors`` and
+    ``model.safetensors`` arrive 0600 while the files beside them are 0644: on a shared machine a
+    teammate could read the config but not the weights. Links are neither followed nor changed.
+    """
+    mode = 0o666 & ~_umask()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                path.chmod(mode)
 
 
 @contextlib.contextmanager

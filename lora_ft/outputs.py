@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import move_into_place, read_json_record, write_json
+from lora_ft.fsutil import give_default_modes, move_into_place, read_json_record, write_json
 
 MARKER_NAME = ".lora-ft-output.json"
 MARKER_MAX_BYTES = 1 << 20
@@ -284,6 +284,7 @@ def publish_dir(tmp: Path, out: Path, kind: str, force: bool) -> None:
     last moment (put back if the rename fails), then deleted.
     """
     check_output_dir(out, force)
+    give_default_modes(tmp)
     write_marker(tmp, kind, _tree(tmp))
     old = None
     if out.exists():

@@ -4,6 +4,7 @@ evaluation of an adapter and its export, and bad input as one-line errors with n
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,36 @@ def test_run_adapter_and_its_export_evaluate_identically(tmp_path, run_dir):
     assert json.loads(result.stdout)["accuracy"] == from_run["accuracy"]
 
 
+def default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_run_adapter_dir_travels_with_card_tokenizer_and_readable_weights(run_dir):
+    adapter = run_dir / "adapter"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = (adapter / "README.md").read_text()
+    assert f"| test | {metrics['test']['accuracy']:.4f} |" in card and "from peft import PeftModel" in card
+    assert (adapter / "tokenizer_config.json").is_file()
+    modes = {
+        p.relative_to(run_dir).as_posix(): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()
+    }
+    assert modes["adapter/adapter_model.safetensors"] == default_mode(), modes
+    assert set(modes.values()) == {default_mode()}, modes
+
+
+def test_merged_export_files_get_the_mode_open_gives(tmp_path, tiny_bert_dir):
+    make_adapter(tiny_bert_dir, tmp_path / "adapter")
+    old = os.umask(0o027)
+    try:
+        export_merged(tmp_path / "adapter", tmp_path / "merged")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "merged").iterdir()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes
+
+
 def test_head_method_run_evaluates_through_its_model_dir(tmp_path, tiny_distilbert_dir, data_dir):
     from lora_ft.training.train import train
 
@@ -153,6 +184,7 @@ def test_head_method_run_evaluates_through_its_model_dir(tmp_path, tiny_distilbe
     artifact = load_artifact(tmp_path / "run")
     assert artifact.kind == "model" and artifact.data.name == str(data_dir)
     assert evaluate(artifact)["accuracy"] == metrics["test"]["accuracy"]
+    assert (tmp_path / "run" / "model" / "model.safetensors").stat().st_mode & 0o777 == default_mode()
     with pytest.raises(LoraFtError, match="nothing to merge"):
         export_merged(tmp_path / "run", tmp_path / "merged")
 

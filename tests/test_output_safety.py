@@ -252,10 +252,19 @@ def test_inspect_replaces_a_report_it_wrote_and_train_a_run_holding_one(run, tmp
         check_output_dir(out, force=True)
 
 
+def as_legacy_run(run: Path, dest: Path) -> None:
+    """A copy of ``run`` as lora-ft wrote runs before the marker: no marker, and adapter/ holding only
+    the config and the weights (no model card, no tokenizer files)."""
+    shutil.copytree(run, dest, symlinks=True)
+    (dest / MARKER_NAME).unlink()
+    for path in (dest / "adapter").iterdir():
+        if path.name not in ("adapter_config.json", "adapter_model.safetensors"):
+            path.unlink()
+
+
 def test_outputs_from_before_the_marker_are_recognised_by_their_exact_layout(run, tmp_path):
     legacy_run = tmp_path / "run"
-    shutil.copytree(run, legacy_run, symlinks=True)
-    (legacy_run / MARKER_NAME).unlink()
+    as_legacy_run(run, legacy_run)
     shutil.copytree(DOCS / "inspect-demo", legacy_run / "inspect")
     report = tmp_path / "report"
     shutil.copytree(DOCS / "inspect-demo", report)
@@ -275,8 +284,7 @@ def test_a_directory_borrowing_a_legacy_runs_names_is_not_replaced(run, tmp_path
     """The legacy layout goes down to every file: a run's names at the top (config.yaml, metrics.json,
     model/) with someone else's files below them are not a run, and --force deletes none of it."""
     legacy_run = tmp_path / "run"
-    shutil.copytree(run, legacy_run, symlinks=True)
-    (legacy_run / MARKER_NAME).unlink()
+    as_legacy_run(run, legacy_run)
     ckpt = legacy_run / "checkpoints" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     for name in ("trainable.safetensors", "optimizer.pt", "rng_state.pth", "resume.json"):

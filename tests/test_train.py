@@ -16,7 +16,8 @@ from transformers import TrainerCallback
 
 from lora_ft.cli.tables import print_run_summary
 from lora_ft.config import load_config
-from lora_ft.data.metrics import classification_metrics, f1_average, f1_heading
+from lora_ft.data.metrics import classification_metrics, f1_average
+from lora_ft.fmt import f1_heading
 from lora_ft.training.train import train
 
 CONFIGS = Path(__file__).parent.parent / "lora_ft" / "configs"

@@ -20,7 +20,8 @@ def _fmt(value: float | None, spec: str = ".4f", suffix: str = "") -> str:
 
 def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:
     """The final table of ``lora-ft train``: accuracy, F1 (binary or macro), loss per split; cost of the run."""
-    from lora_ft.data.metrics import f1_average, f1_heading  # numpy: not for --help
+    from lora_ft.data.metrics import f1_average  # numpy: not for --help
+    from lora_ft.fmt import f1_heading
 
     table = Table(title=f"{metrics['method']} on {metrics['model']} — {out}", show_header=True)
     table.add_column("metric")
@@ -105,7 +106,7 @@ def print_savings(savings, console: Console) -> None:
 def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
     """The ``lora-ft eval`` table: one row per adapter (``metrics`` keyed by name), or one row for the one
     model ``what`` names (keyed by None); all rows are on the same split of the same data."""
-    from lora_ft.data.metrics import f1_heading  # numpy: not for --help
+    from lora_ft.fmt import f1_heading
 
     first = next(iter(metrics.values()))
     table = Table(title=f"{what}: {first['split']} split of {first['data']}")

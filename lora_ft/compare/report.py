@@ -13,7 +13,7 @@ from typing import Any
 from lora_ft import fmt
 from lora_ft.compare.plots import plot_accuracy_vs_params, plot_accuracy_vs_rank, plot_curves
 from lora_ft.compare.results import VARIANTS, Comparison, RunResult, describe_variant, read_log, train_method
-from lora_ft.data.metrics import f1_heading
+from lora_ft.fmt import f1_heading
 from lora_ft.fsutil import write_atomic
 
 REPORT_FILE = "report.md"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 
@@ -11,13 +9,6 @@ def f1_average(num_labels: int) -> str:
     """How ``classification_metrics`` averages F1 over ``num_labels`` classes: ``"binary"`` (the positive
     class's, for two) or ``"macro"``."""
     return "binary" if num_labels == 2 else "macro"
-
-
-def f1_heading(averages: Iterable[str | None]) -> str:
-    """The heading of an F1 column whose rows were averaged as ``averages`` (``f1_average``'s, None where
-    a record does not say): ``F1 (binary)``, ``F1 (macro)``, or both named when the rows mix them."""
-    known = sorted({a for a in averages if a is not None})
-    return f"F1 ({' / '.join(known)})" if known else "F1"
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

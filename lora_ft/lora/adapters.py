@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lora_ft.errors import LoraFtError
-from lora_ft.lora.apply import apply_adapter, check_adapter
+from lora_ft.lora.apply import apply_adapter, check_adapter, check_cut
 from lora_ft.lora.io import Adapter, read_adapter
 from lora_ft.lora.targets import is_under
 
@@ -243,13 +243,7 @@ class AdapterSet:
 
     def _check_fits(self, name: str, adapter: Adapter) -> None:
         base = self.base_name or type(self.model).__name__
-        cut = (adapter.model_settings or {}).get("num_layers")
-        layers = getattr(self.model.config, "num_hidden_layers", None)
-        if cut is not None and layers is not None and cut != layers:
-            raise LoraFtError(
-                f"adapter {name!r} ({adapter.path}) was made on a base cut to {cut} layers, but base {base} "
-                f"has {layers}; load the base with num_layers={cut}"
-            )
+        check_cut(self.model, adapter, f"adapter {name!r} ({adapter.path})", base)
         if adapter.num_labels is not None and adapter.num_labels != self.num_labels:
             raise LoraFtError(
                 f"adapter {name!r} ({adapter.path}) has {adapter.num_labels} labels but the base's head has "

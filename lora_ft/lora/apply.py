@@ -1,7 +1,7 @@
 """Put an ``Adapter`` read from disk into a plain model: check that it fits, then wrap and load it.
 
-``check_adapter`` touches nothing and names the first module that does not fit (another base model,
-another number of labels); ``apply_adapter`` wraps the adapter's modules with ``inject_lora`` and
+``check_adapter`` touches nothing and names the first thing that does not fit (another layer cut,
+``check_cut``; another base model; another number of labels); ``apply_adapter`` wraps the adapter's modules with ``inject_lora`` and
 loads its tensors through ``inject.load_lora_state_dict``, the one path by which LoRA tensors enter
 wrapped layers.
 """
@@ -16,13 +16,33 @@ from lora_ft.lora.io import Adapter
 from lora_ft.lora.layer import LoRALinear
 
 
-def check_adapter(model: nn.Module, adapter: Adapter) -> None:
-    """Check that ``adapter`` fits ``model`` (module names, Linear shapes, head parameters), touching nothing.
+def check_cut(model: nn.Module, adapter: Adapter, who: str, base: str) -> None:
+    """Refuse an adapter trained on a base cut to its first N layers (``model.num_layers``) for a base
+    with another layer count: its modules would all be found, and the uncut layers would silently
+    change every output.
 
     Raises:
-        LoraFtError: naming the first module that is missing or has another shape, which means the
-            adapter was made for a different base model (or another number of labels).
+        LoraFtError: naming ``who`` (the adapter), the cut, ``base`` and its layer count.
     """
+    cut = adapter.num_layers
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if cut is not None and layers is not None and cut != layers:
+        raise LoraFtError(
+            f"{who} was made on a base cut to {cut} layers, but base {base} has {layers}; load the base "
+            f"with num_layers={cut} (model.num_layers, as the run that made it)"
+        )
+
+
+def check_adapter(model: nn.Module, adapter: Adapter) -> None:
+    """Check that ``adapter`` fits ``model`` (layer count, module names, Linear shapes, head parameters),
+    touching nothing.
+
+    Raises:
+        LoraFtError: a layer cut that differs from ``model``'s (``check_cut``), or the first module that
+            is missing or has another shape, which means the adapter was made for a different base
+            model (or another number of labels).
+    """
+    check_cut(model, adapter, f"adapter {adapter.path}", adapter.base_model or type(model).__name__)
     modules = dict(model.named_modules())
     where = f"adapter {adapter.path} (base {adapter.base_model or 'not recorded'})"
     for module, (a, b) in adapter.lora.items():

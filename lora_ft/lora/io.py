@@ -6,10 +6,12 @@ Layout (PEFT ``save_pretrained`` for LoRA, checked against PEFT itself in tests/
                                base_model.model.<module>.lora_B.weight  (out, r)
                                base_model.model.<module>.lora_magnitude_vector  (out,), DoRA only
                                base_model.model.<head module>.<param>   (fully trained head)
+Beside them: ``README.md`` (a model card, ``card``) and the base's tokenizer files, as PEFT users expect.
 We add our own records where PEFT ignores them: the safetensors header carries the scaling each
 update was trained with, so an ``adapter_config.json`` edited afterwards (a different ``lora_alpha``)
 is caught instead of silently changing the model; it also carries the label names and the settings
-the base model was built with (a layer cut, a revision). ``saving`` writes this format; ``apply``
+the base model was built with (a layer cut, a revision); a layer cut is also ``CUT_KEY`` in
+``adapter_config.json``, so it is seen without our header. ``saving`` writes this format; ``apply``
 puts an ``Adapter`` into a model.
 """
 
@@ -27,12 +29,13 @@ from safetensors import SafetensorError, safe_open
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.finite import is_finite_number, is_within, require_finite
 from lora_ft.fsutil import read_json_record
-from lora_ft.lora.peft_config import check_config
+from lora_ft.lora.peft_config import CUT_KEY, check_config
 from lora_ft.lora.scaling import lora_scaling
 from lora_ft.lora.targets import pattern_value
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
 PREFIX = "base_model.model."
 META_SCALING = "lora_ft.scaling"  # JSON {module: scaling} in the safetensors header
 META_LABELS = "lora_ft.label_names"
@@ -62,6 +65,12 @@ class Adapter:
     @property
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")
+
+    @property
+    def num_layers(self) -> int | None:
+        """The layer cut the adapter was trained on (``model.num_layers``), or None for a whole base."""
+        cut = self.config.get(CUT_KEY)
+        return cut if cut is not None else (self.model_settings or {}).get("num_layers")
 
     @property
     def num_labels(self) -> int | None:

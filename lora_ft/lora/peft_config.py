@@ -18,6 +18,10 @@ from lora_ft.finite import is_finite_number
 
 log = logging.getLogger("lora_ft")
 
+# Our record of a layer cut (model.num_layers): the adapter fits only a base cut the same way. PEFT
+# ignores the key, with a warning that names it.
+CUT_KEY = "lora_ft_num_layers"
+
 # Keys of adapter_config.json that lora-ft understands. Others (newer PEFT fields) are ignored, with a
 # warning when they are set: PEFT writes every field of its config, and null means the feature is off.
 _KNOWN_KEYS = {
@@ -27,6 +31,7 @@ _KNOWN_KEYS = {
     "auto_mapping", "peft_version", "exclude_modules", "layer_replication", "megatron_config", "megatron_core",
     "loftq_config", "eva_config", "corda_config", "lora_bias", "target_parameters", "trainable_token_indices",
     "use_qalora", "qalora_group_size", "alora_invocation_tokens", "arrow_config", "ensure_weight_tying",
+    CUT_KEY,
 }  # fmt: skip
 # Known keys that, when set, make the adapter compute something LoRALinear does not.
 _UNSUPPORTED = {
@@ -106,6 +111,9 @@ def _check_values(config: dict[str, Any], cfg_path: Path) -> None:
     dropout = config.get("lora_dropout")
     if dropout is not None and not (is_finite_number(dropout) and 0 <= dropout < 1):
         raise LoraFtError(f"{cfg_path}: lora_dropout must be a number in [0, 1), got {dropout!r}")
+    cut = config.get(CUT_KEY)
+    if cut is not None and not _is_rank(cut):
+        raise LoraFtError(f"{cfg_path}: {CUT_KEY} must be an integer >= 1 (a layer count), got {cut!r}")
     for key in ("use_rslora", "use_dora"):
         if config.get(key) is not None and not isinstance(config[key], bool):
             raise LoraFtError(f"{cfg_path}: {key} must be true or false, got {config[key]!r}")

@@ -2,8 +2,9 @@
 
 ``adapter_config.json`` says what PEFT needs to rebuild the adapter: the most common rank and alpha
 with ``rank_pattern``/``alpha_pattern`` for the others, and target and head names short enough for
-PEFT's suffix rules to select exactly the modules we wrapped. The safetensors header adds our records
-(``io.META_*``): the scaling each update was trained with, the label names, the base's settings.
+PEFT's suffix rules to select exactly the modules we wrapped, and a layer cut (``CUT_KEY``). The
+safetensors header adds our records (``io.META_*``): the scaling each update was trained with, the label
+names, the base's settings. Beside them, what PEFT users expect: a model card and the tokenizer.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from torch import nn
 
 from lora_ft.errors import LoraFtError
 from lora_ft.finite import require_finite
-from lora_ft.fsutil import move_into_place, staging_dir
+from lora_ft.fsutil import give_default_modes, move_into_place, staging_dir
+from lora_ft.lora.card import adapter_card
 from lora_ft.lora.inject import lora_layers
 from lora_ft.lora.io import (
+    CARD_NAME,
     CONFIG_NAME,
     MAGNITUDE,
     META_LABELS,
@@ -31,6 +34,7 @@ from lora_ft.lora.io import (
     WEIGHTS_NAME,
 )
 from lora_ft.lora.layer import LoRALinear
+from lora_ft.lora.peft_config import CUT_KEY
 from lora_ft.lora.targets import resolve_head
 
 
@@ -43,14 +47,19 @@ def save_adapter(
     label_names: list[str] | None = None,
     init: str | None = None,
     model_settings: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    metrics: dict[str, Any] | None = None,
+    local_base: str | None = None,
 ) -> Path:
     """Write ``model``'s LoRA layers and head modules to ``out_dir`` (PEFT format), atomically.
 
     ``base_model_name_or_path`` is recorded as given: for a built-in base (``minilm-l6``) pass its hub
     id, so PEFT users online get the same weights; ``model_settings`` keep the name lora-ft loads it
-    by. ``init`` (default: the layers' own) is recorded as ``init_lora_weights``. The files are
-    written to a temporary sibling directory that is renamed into place, so a crash leaves either no
-    adapter or a complete one.
+    by, and their ``num_layers`` (a layer cut) is also written to ``adapter_config.json``. ``init``
+    (default: the layers' own) is recorded as ``init_lora_weights``. ``README.md`` is a model card
+    (``card.adapter_card``: ``metrics`` and ``local_base`` go into it); ``tokenizer`` is saved beside
+    it. The files are written to a temporary sibling directory that is renamed into place, so a crash
+    leaves either no adapter or a complete one, with the permissions ``open`` gives.
 
     Raises:
         LoraFtError: the model has no LoRA layers, ``out_dir`` already exists, the weights are not
@@ -66,19 +75,40 @@ def save_adapter(
     head = resolve_head(model, head)
     tensors = _adapter_tensors(model, layers, head)
     require_finite(tensors, f"refusing to write the adapter {out}, its weights are not finite")
-    config = _adapter_config(model, layers, head, base_model_name_or_path, init)
-    metadata = {"format": "pt", META_SCALING: json.dumps({n: layer.scaling for n, layer in layers.items()})}
-    if label_names is not None:
-        metadata[META_LABELS] = json.dumps(list(label_names))
-    if model_settings is not None:
-        metadata[META_MODEL] = json.dumps(model_settings)
+    cut = (model_settings or {}).get("num_layers")
+    config = _adapter_config(model, layers, head, base_model_name_or_path, init, cut)
+    card = adapter_card(
+        config,
+        label_names=label_names,
+        num_layers=cut,
+        metrics=metrics,
+        local_base=local_base,
+        with_tokenizer=tokenizer is not None,
+    )
+    metadata = _metadata(layers, label_names, model_settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, f".{out.name}.", ".tmp") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        give_default_modes(tmp)
         move_into_place(tmp, out)
     return out
+
+
+def _metadata(
+    layers: dict[str, LoRALinear], label_names: list[str] | None, model_settings: dict[str, Any] | None
+) -> dict[str, str]:
+    """The safetensors header's records (``io.META_*``)."""
+    metadata = {"format": "pt", META_SCALING: json.dumps({n: layer.scaling for n, layer in layers.items()})}
+    if label_names is not None:
+        metadata[META_LABELS] = json.dumps(list(label_names))
+    if model_settings is not None:
+        metadata[META_MODEL] = json.dumps(model_settings)
+    return metadata
 
 
 def _adapter_tensors(
@@ -99,9 +129,15 @@ def _adapter_tensors(
 
 
 def _adapter_config(
-    model: nn.Module, layers: dict[str, LoRALinear], head: list[str], base: str, init: str | None
+    model: nn.Module,
+    layers: dict[str, LoRALinear],
+    head: list[str],
+    base: str,
+    init: str | None,
+    cut: int | None,
 ) -> dict[str, Any]:
-    """``adapter_config.json``: the most common rank and alpha, the others as PEFT's patterns."""
+    """``adapter_config.json``: the most common rank and alpha, the others as PEFT's patterns, and the
+    layer cut ``cut`` (``CUT_KEY``) when the base was cut."""
     r = Counter(layer.r for layer in layers.values()).most_common(1)[0][0]
     alpha = Counter(layer.alpha for layer in layers.values()).most_common(1)[0][0]
     first = next(iter(layers.values()))
@@ -114,7 +150,7 @@ def _adapter_config(
                 f"the model mixes LoRA layers with and without {what}, which PEFT's config cannot express"
             )
     init = init or first.init
-    return {
+    config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
         "base_model_name_or_path": base,
@@ -132,6 +168,7 @@ def _adapter_config(
         "inference_mode": True,
         "use_dora": first.use_dora,
     }
+    return config if cut is None else config | {CUT_KEY: cut}
 
 
 def _short_targets(model: nn.Module, wrapped: list[str]) -> list[str]:

@@ -167,7 +167,7 @@ def _base_config(
             )
         cfg = ModelConfig(
             name=name or base,
-            num_layers=settings.get("num_layers"),
+            num_layers=adapter.num_layers,
             revision=settings.get("revision") or adapter.config.get("revision"),
         )
     if base is not None:

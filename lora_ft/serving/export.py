@@ -25,11 +25,12 @@ from transformers import AutoModelForSequenceClassification
 from lora_ft import __version__
 from lora_ft.data import assets
 from lora_ft.data.loading import load_data
-from lora_ft.data.metrics import f1_average, f1_heading
+from lora_ft.data.metrics import f1_average
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
 from lora_ft.fsutil import staging_dir
+from lora_ft.lora.card import metrics_lines, render_card
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
@@ -276,10 +277,6 @@ def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "—"
-
-
 def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, Any]) -> str:
     """A short README.md: what the model is, its labels, the run's metrics and the merge figures."""
     base = provenance["base_model"]
@@ -288,13 +285,6 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
     ad = provenance["adapter"]
     labels = ", ".join(f"{i} = {name}" for i, name in enumerate(artifact.label_names))
     lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-classification",
-        f"base_model: {base}",
-        "tags: [lora, lora-ft, merged]",
-        "---",
-        "",
         f"# {report.out.name}",
         "",
         f"A `{type(artifact.model).__name__}`: the {'DoRA' if ad['use_dora'] else 'LoRA'} adapter of "
@@ -311,17 +301,7 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
         "```",
         "",
     ]
-    metrics = artifact.metrics or {}
-    rows = [(s, metrics[s]) for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
-    if rows:
-        lines += [f"## Metrics of the training run (data: {metrics.get('data', 'unknown')})", ""]
-        f1 = f1_heading([f1_average(len(artifact.label_names))])
-        lines += [f"| split | accuracy | {f1} | loss |", "|---|---|---|---|"]
-        lines += [
-            f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |"
-            for s, m in rows
-        ]
-        lines.append("")
+    lines += metrics_lines(artifact.metrics, f1_average(len(artifact.label_names)))
     lines += [
         "## Merge verification",
         "",
@@ -339,4 +319,4 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
             f"agree on {d['agreement']:.1%}{acc}.",
         ]
     lines += ["", f"Provenance in `{PROVENANCE_NAME}`."]
-    return "\n".join(lines) + "\n"
+    return render_card(lines, base=base, library_name="transformers", tags=["lora", "lora-ft", "merged"])

@@ -98,7 +98,7 @@ def load_adapter_set(
         )
     found = {name: _locate(name, path) for name, path in adapters.items()}
     read = {name: read_adapter(adir) for name, (adir, _) in found.items()}
-    cuts = {name: (a.model_settings or {}).get("num_layers") for name, a in read.items()}
+    cuts = {name: a.num_layers for name, a in read.items()}
     if len(set(cuts.values())) > 1:
         listing = ", ".join(f"{n}: {c or 'all'}" for n, c in cuts.items())
         raise LoraFtError(f"the adapters were made on bases cut to different layer counts ({listing})")

@@ -15,7 +15,7 @@ from transformers import EarlyStoppingCallback
 
 from lora_ft import __version__
 from lora_ft.config import DATA_FINGERPRINT, RunConfig
-from lora_ft.data.metrics import label_counts
+from lora_ft.data.metrics import f1_average, label_counts
 from lora_ft.training.callbacks import MemoryCallback
 from lora_ft.training.checkpoint import checkpoint_step
 from lora_ft.training.prepare import Prepared
@@ -91,6 +91,7 @@ def run_metrics(
         "train_memory_mb": memory.train_memory_mb,
         "rss_before_train_mb": memory.before_mb,
         "label_names": p.data.label_names,
+        "f1_average": f1_average(len(p.data.label_names)),
         # The majority-class baseline of the validation accuracy (compare's plot draws it).
         "validation_label_counts": label_counts(p.tokenized["validation"]["labels"], len(p.data.label_names)),
         "head": p.build.head,

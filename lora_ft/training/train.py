@@ -193,7 +193,7 @@ def _train_into(
         metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
     require_finite_metrics(metrics, "refusing to publish the run (its model's outputs are not finite)")
     if trainer.is_world_process_zero():
-        _save_outputs(p, run.partial, cfg.train.method)
+        _save_outputs(p, run.partial, cfg.train.method, metrics)
         write_json(run.partial / METRICS_FILE, metrics)
         if cfg.train.save_strategy == "no":  # the last-step and interrupt checkpoints were insurance
             shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -258,8 +258,9 @@ def _batch_line(cfg: RunConfig, world_size: int) -> str:
     )
 
 
-def _save_outputs(p: Prepared, tmp: Path, method: str) -> None:
-    """The trained weights into the run directory ``tmp``: the adapter (lora), else the whole model."""
+def _save_outputs(p: Prepared, tmp: Path, method: str, metrics: dict[str, Any]) -> None:
+    """The trained weights into the run directory ``tmp``: the adapter (lora, with the tokenizer and a
+    model card of ``metrics``), else the whole model."""
     model = p.loaded.model
     if method == "lora":
         save_adapter(
@@ -275,6 +276,9 @@ def _save_outputs(p: Prepared, tmp: Path, method: str) -> None:
                 "num_layers": p.cfg.model.num_layers,
                 "revision": p.cfg.model.revision,
             },
+            tokenizer=p.loaded.tokenizer,
+            metrics=metrics,
+            local_base=p.loaded.path if Path(p.loaded.path).is_dir() else None,
         )
     else:
         require_finite(model.state_dict(), f"refusing to write the model to {tmp / MODEL_DIR}")
