@@ -18,6 +18,11 @@ METHODS = ("lora", "full", "head")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
+# The experiment trackers train.report_to may name (each an extra: pip install 'lora-ft[tensorboard]').
+TRACKERS = ("tensorboard", "mlflow", "trackio")
+# Settings that say where a run is reported, not what it trains: a resume or a reused comparison run
+# may differ in them.
+TRACKING_KEYS = frozenset({"train.report_to", "train.run_name", "train.project"})
 # What numpy's seeding accepts (torch's takes more): transformers.set_seed seeds both.
 MAX_SEED = 2**32 - 1
 
@@ -170,6 +175,10 @@ class TrainConfig:
     save_steps: int | None = None
     save_total_limit: int = 1
     threads: int | None = None  # torch intra-op threads; null: one per physical core
+    # Experiment trackers (TRACKERS): a list, or one name; []: none.
+    report_to: Union[list[str], str] = field(default_factory=list)  # noqa: UP007 - read by the config parser
+    run_name: str | None = None  # the run's name in the trackers; null: the run directory's name
+    project: str | None = None  # MLflow experiment / trackio project; null: "lora-ft"
     # Further TrainingArguments fields passed through unchanged (fsdp, deepspeed, ...).
     trainer: dict[str, Any] = field(default_factory=dict)
 
@@ -223,6 +232,24 @@ class TrainConfig:
             self.save_total_limit >= 1, f"train.save_total_limit must be >= 1, got {self.save_total_limit}"
         )
         _check(self.threads is None or self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+        self._check_tracking()
+
+    def _check_tracking(self) -> None:
+        """``report_to`` as a list of known trackers, each once; names that are not blank."""
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        for tracker in self.report_to:
+            _check(
+                tracker in TRACKERS,
+                f"train.report_to takes a list of {', '.join(TRACKERS)} ([] for none), got {tracker!r}",
+            )
+        _check(
+            len(set(self.report_to)) == len(self.report_to),
+            f"train.report_to names a tracker twice: {self.report_to}",
+        )
+        for key in ("run_name", "project"):
+            value = getattr(self, key)
+            _check(value is None or bool(value.strip()), f"train.{key} is empty; give a name, or null")
 
     def lr_for(self, method: str) -> float:
         if self.learning_rate is not None:
