@@ -22,7 +22,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
-DEV = [Requirement(r) for r in PROJECT["optional-dependencies"]["dev"]]
+# Every extra (dev, and the trackers: tensorboard, mlflow, trackio) is checked where it is installed.
+EXTRAS = [Requirement(r) for group in PROJECT["optional-dependencies"].values() for r in group]
 
 TRAINER_MODULE = ROOT / "lora_ft" / "training" / "trainer.py"
 # CheckpointTrainer overrides these private methods: the Trainer calls them with its own arguments.
@@ -56,11 +57,11 @@ def test_python_meets_requires_python():
     assert floor.contains(platform.python_version()), f"Python {platform.python_version()} is not {floor}"
 
 
-@pytest.mark.parametrize("req", RUNTIME + DEV, ids=str)
+@pytest.mark.parametrize("req", RUNTIME + EXTRAS, ids=str)
 def test_installed_version_meets_the_floor(req):
     have = _installed(req)
-    if have is None and req in DEV:
-        pytest.skip(f"{req.name} (dev extra) is not installed")
+    if have is None and req in EXTRAS:
+        pytest.skip(f"{req.name} (an extra) is not installed")
     assert have is not None, f"{req.name} is not installed (pyproject.toml requires {req})"
     assert req.specifier.contains(have, prereleases=True), (
         f"installed {req.name} {have} does not satisfy {req}"

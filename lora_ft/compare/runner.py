@@ -25,7 +25,7 @@ from pathlib import Path
 from lora_ft.compare.process import Emit, run_in_subprocess
 from lora_ft.compare.report import write_report
 from lora_ft.compare.results import VARIANTS, Comparison, RunResult, RunSpec, summarize, train_method
-from lora_ft.config import METHODS, RunConfig, config_from_dict, dump_config, read_yaml
+from lora_ft.config import METHODS, TRACKING_KEYS, RunConfig, config_from_dict, dump_config, read_yaml
 from lora_ft.data.assets import with_absolute_paths
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import write_atomic
@@ -75,12 +75,18 @@ def plan_runs(methods: list[str], seeds: list[int], ranks: list[int] | None = No
     return specs
 
 
-def run_config(cfg: RunConfig, spec: RunSpec) -> RunConfig:
+def run_config(cfg: RunConfig, spec: RunSpec, project: str | None = None) -> RunConfig:
     """``cfg`` for one run. A rank sweep keeps the config's alpha/r (the scaling, LoRA §4.1) so one
-    learning rate serves every rank; with rsLoRA the scaling alpha/sqrt(r) is already rank-stable."""
+    learning rate serves every rank; with rsLoRA the scaling alpha/sqrt(r) is already rank-stable.
+
+    The trackers see the run as ``spec.name`` (variant-seed) in the experiment ``train.project``, or
+    else ``project`` (the comparison directory's name), so one comparison's runs sit together.
+    """
     run = copy.deepcopy(cfg)
     run.train.method = train_method(spec.method)
     run.train.seed = spec.seed
+    run.train.run_name = spec.name
+    run.train.project = cfg.train.project or project
     for key, value in VARIANTS.get(spec.method, {}).items():
         setattr(run.lora, key, value)
     if spec.rank is not None:
@@ -91,14 +97,15 @@ def run_config(cfg: RunConfig, spec: RunSpec) -> RunConfig:
 
 
 def _check_reusable(cfg: RunConfig, run_dir: Path) -> None:
-    """A finished run is reused only if it was trained with exactly the config this comparison asks for."""
+    """A finished run is reused only if it was trained with exactly the config this comparison asks for
+    (where it was reported, ``TRACKING_KEYS``, aside: a moved comparison keeps its runs)."""
     saved = config_from_dict(read_yaml(run_dir / CONFIG_FILE), trust_remote_code=cfg.model.trust_remote_code)
     saved, wanted = with_absolute_paths(saved).to_dict(), with_absolute_paths(cfg).to_dict()
     changed = [
         f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
         for section, values in wanted.items()
         for key, value in values.items()
-        if saved[section][key] != value
+        if saved[section][key] != value and f"{section}.{key}" not in TRACKING_KEYS
     ]
     if changed:
         raise LoraFtError(
@@ -136,7 +143,7 @@ def compare(
     specs = plan_runs(methods, [cfg.train.seed + i for i in range(seeds)], ranks)
     check_comparison_dir(out)
     runs = out / "runs"
-    configs = {spec: run_config(cfg, spec) for spec in specs}
+    configs = {spec: run_config(cfg, spec, out.resolve().name) for spec in specs}
     reuse = {spec: not force and (runs / spec.name / METRICS_FILE).is_file() for spec in specs}
     for spec in specs:
         if reuse[spec]:

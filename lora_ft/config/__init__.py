@@ -12,12 +12,23 @@ and compare, which all read it, and loads no torch.
 from __future__ import annotations
 
 from lora_ft.config.build import DATA_FINGERPRINT, config_from_dict
-from lora_ft.config.schema import METHODS, DataConfig, LoRAConfig, ModelConfig, RunConfig, TrainConfig
+from lora_ft.config.schema import (
+    METHODS,
+    TRACKERS,
+    TRACKING_KEYS,
+    DataConfig,
+    LoRAConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from lora_ft.config.yaml_io import apply_overrides, command_line_trust, dump_config, load_config, read_yaml
 
 __all__ = [
     "DATA_FINGERPRINT",
     "METHODS",
+    "TRACKERS",
+    "TRACKING_KEYS",
     "DataConfig",
     "LoRAConfig",
     "ModelConfig",

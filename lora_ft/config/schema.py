@@ -23,6 +23,11 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
 # What every evaluation reports (data/metrics.py, plus the Trainer's loss): what train.metric_for_best may name.
 BEST_METRICS = ("accuracy", "f1", "loss")
+# The experiment trackers train.report_to may name (each an extra: pip install 'lora-ft[tensorboard]').
+TRACKERS = ("tensorboard", "mlflow", "trackio")
+# Settings that say where a run is reported, not what it trains: a resume or a reused comparison run
+# may differ in them.
+TRACKING_KEYS = frozenset({"train.report_to", "train.run_name", "train.project"})
 # What numpy's seeding accepts (torch's takes more): transformers.set_seed seeds both.
 MAX_SEED = 2**32 - 1
 
@@ -185,6 +190,10 @@ class TrainConfig:
     load_best_model: bool = False  # publish the checkpoint with the best metric_for_best, not the last step
     metric_for_best: str = "loss"  # accuracy, f1 or loss on the validation split; loss: lower is better
     threads: int | None = None  # torch intra-op threads; null: one per physical core
+    # Experiment trackers (TRACKERS): a list, or one name; []: none.
+    report_to: Union[list[str], str] = field(default_factory=list)  # noqa: UP007 - read by the config parser
+    run_name: str | None = None  # the run's name in the trackers; null: the run directory's name
+    project: str | None = None  # MLflow experiment / trackio project; null: "lora-ft"
     # Further TrainingArguments fields passed through unchanged (fsdp, deepspeed, ...).
     trainer: dict[str, Any] = field(default_factory=dict)
 
@@ -239,6 +248,7 @@ class TrainConfig:
         )
         _check(self.threads is None or self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
         self._check_best()
+        self._check_tracking()
 
     def _check_best(self) -> None:
         """Early stopping and the best checkpoint, checked as ``TrainingArguments`` would, in our words."""
@@ -271,6 +281,23 @@ class TrainConfig:
             "train.load_best_model needs a checkpoint at every evaluation: set train.save_steps to a multiple "
             f"of the {every} steps between evaluations, got {self.save_steps}",
         )
+
+    def _check_tracking(self) -> None:
+        """``report_to`` as a list of known trackers, each once; names that are not blank."""
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        for tracker in self.report_to:
+            _check(
+                tracker in TRACKERS,
+                f"train.report_to takes a list of {', '.join(TRACKERS)} ([] for none), got {tracker!r}",
+            )
+        _check(
+            len(set(self.report_to)) == len(self.report_to),
+            f"train.report_to names a tracker twice: {self.report_to}",
+        )
+        for key in ("run_name", "project"):
+            value = getattr(self, key)
+            _check(value is None or bool(value.strip()), f"train.{key} is empty; give a name, or null")
 
     def lr_for(self, method: str) -> float:
         if self.learning_rate is not None:

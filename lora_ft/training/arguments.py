@@ -18,6 +18,7 @@ from lora_ft.config import RunConfig, TrainConfig
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.distributed import launched_world_size
 from lora_ft.training.precision import check_supported
+from lora_ft.training.tracking import DEFAULT_PROJECT, require_trackers
 
 # The TrainingArguments that lora-ft sets from its own settings (named here for the error): set again
 # under train.trainer they would quietly win over the setting, or point the checkpoints elsewhere.
@@ -49,6 +50,9 @@ OWNED_ARGUMENTS = {
     "greater_is_better": "train.metric_for_best",
     # Off, a resume would count early stopping's evaluations without improvement from zero again.
     "restore_callback_states_from_checkpoint": "--resume (which restores them)",
+    "report_to": "train.report_to",
+    "run_name": "train.run_name",
+    "project": "train.project",
 }
 # Arguments under which no checkpoint resumes exactly, and why.
 UNRESUMABLE_ARGUMENTS = {
@@ -57,19 +61,24 @@ UNRESUMABLE_ARGUMENTS = {
 }
 
 
-def training_arguments(cfg: RunConfig, method: str, output_dir: Path) -> TrainingArguments:
-    """The ``TrainingArguments`` of ``cfg`` training ``method`` with checkpoints in ``output_dir``.
+def training_arguments(
+    cfg: RunConfig, method: str, output_dir: Path, run_name: str | None = None
+) -> TrainingArguments:
+    """The ``TrainingArguments`` of ``cfg`` training ``method`` with checkpoints in ``output_dir``;
+    ``run_name`` names the run in the trackers unless ``train.run_name`` does.
 
     Raises:
         LoraFtError: ``train.trainer`` sets an argument lora-ft owns, one that breaks exact resume, or
-            one ``TrainingArguments`` does not take; the precision or FSDP needs a GPU this machine
-            lacks; or the launched processes did not all join the Trainer's process group.
+            one ``TrainingArguments`` does not take; a tracker of ``train.report_to`` is not installed;
+            the precision or FSDP needs a GPU this machine lacks; or the launched processes did not all
+            join the Trainer's process group.
     """
     t = cfg.train
     check_supported(t.precision)
     _check_trainer_keys(t.trainer)
+    require_trackers(t.report_to)
     launched = launched_world_size()
-    kwargs = {**_owned_kwargs(t, method, output_dir), **_device_kwargs(t, launched)}
+    kwargs = {**_owned_kwargs(t, method, output_dir, run_name), **_device_kwargs(t, launched)}
     unknown = set(t.trainer) - set(inspect.signature(TrainingArguments.__init__).parameters)
     if unknown:
         raise LoraFtError(
@@ -100,7 +109,7 @@ def _check_trainer_keys(trainer: dict[str, Any]) -> None:
             )
 
 
-def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path) -> dict[str, Any]:
+def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path, run_name: str | None) -> dict[str, Any]:
     """The arguments lora-ft sets from its own settings (``OWNED_ARGUMENTS``) and fixed choices."""
     tracks_best = t.load_best_model or t.early_stopping_patience is not None
     return dict(
@@ -134,7 +143,9 @@ def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path) -> dict[str, An
         restore_callback_states_from_checkpoint=True,
         length_column_name="length",
         label_names=["labels"],
-        report_to="none",
+        report_to=list(t.report_to),
+        run_name=t.run_name or run_name,
+        project=t.project or DEFAULT_PROJECT,
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -19,6 +19,7 @@ LOG_FILE = "log.jsonl"  # one line per logging step / eval
 ADAPTER_DIR = "adapter"  # PEFT-format adapter (lora method)
 MODEL_DIR = "model"  # full weights (full/head methods), save_pretrained format
 CHECKPOINTS_DIR = "checkpoints"  # resumable Trainer checkpoints
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (train.report_to: [tensorboard])
 LOCK_FILE = ".lock"  # in the in-progress directory only: held by the process training into it
 MODEL_CONFIG = "config.json"  # what makes a directory a Hugging Face model (transformers' CONFIG_NAME)
 

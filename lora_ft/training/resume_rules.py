@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lora_ft.config import RunConfig
+from lora_ft.config import TRACKING_KEYS, RunConfig
 from lora_ft.data.assets import with_absolute_paths
 
 # What a resume may change: the budget, and how often to log, evaluate and save. Anything else
 # (model, adapter, data, optimiser, seed, batch) would continue the checkpoint as another experiment.
 # model.trust_remote_code is a permission, granted by each command line anew, never by the saved config.
-RESUMABLE_CHANGES = frozenset(
+# Where the run is reported (TRACKING_KEYS) does not change what it trains.
+RESUMABLE_CHANGES = TRACKING_KEYS | frozenset(
     {
         "model.trust_remote_code",
         "train.epochs",
@@ -34,12 +35,13 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 1e-3}`` for ``{"train": {"lr": 1e-3}}``: nested mappings to dotted keys."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
+            flat.update(flatten(value, path + "."))
         else:
             flat[path] = value
     return flat
@@ -47,7 +49,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` for every setting that differs, local paths compared absolute."""
-    a, b = _flatten(with_absolute_paths(old).to_dict()), _flatten(with_absolute_paths(new).to_dict())
+    a, b = flatten(with_absolute_paths(old).to_dict()), flatten(with_absolute_paths(new).to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -38,12 +38,20 @@ from lora_ft.training.callbacks import (
     StopOnSignal,
 )
 from lora_ft.training.distributed import check_same_on_all_ranks, from_main, seeded_fingerprint
-from lora_ft.training.layout import ADAPTER_DIR, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR
+from lora_ft.training.layout import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    TENSORBOARD_DIR,
+)
 from lora_ft.training.precision import prepare_model, resolve_precision
 from lora_ft.training.prepare import Prepared, prepare
 from lora_ft.training.record import library_versions, run_metrics
 from lora_ft.training.rundir import RunDir
 from lora_ft.training.signals import StopSignals
+from lora_ft.training.tracking import track
 from lora_ft.training.trainer import CheckpointTrainer
 
 
@@ -84,7 +92,7 @@ def train(
     _check_target(run, cfg, force, resume)
     cfg = with_absolute_paths(cfg)  # what config.yaml saves
     # Under torchrun / accelerate launch, building the arguments joins the process group.
-    args = training_arguments(cfg, cfg.train.method, run.checkpoints)
+    args = training_arguments(cfg, cfg.train.method, run.checkpoints, run_name=run.out.name)
     run = _main_process_run(run, args)
     with StopSignals() as signals:
         try:
@@ -185,13 +193,15 @@ def _train_into(
     trainer = _trainer(
         p, args, run, [memory, *stopping, *(callbacks or [])], signals, config_text if main else None
     )
-    with memory_hint(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.data.max_length):
-        result = trainer.train(resume_from_checkpoint=str(start) if start else None)
-        if signals.signum is not None:
-            raise run.interrupted(signals.signum, trainer.state.max_steps)
-        metrics = run_metrics(p, cfg, cfg.train.method, trainer, result, memory)
-        metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
-    require_finite_metrics(metrics, "refusing to publish the run (its model's outputs are not finite)")
+    with track(trainer, cfg, run.partial / TENSORBOARD_DIR) as trackers:
+        with memory_hint(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.data.max_length):
+            result = trainer.train(resume_from_checkpoint=str(start) if start else None)
+            if signals.signum is not None:
+                raise run.interrupted(signals.signum, trainer.state.max_steps)
+            metrics = run_metrics(p, cfg, cfg.train.method, trainer, result, memory)
+            metrics["seeded_weights_sha256"] = fingerprint  # same seed, same start, on any process count
+        require_finite_metrics(metrics, "refusing to publish the run (its model's outputs are not finite)")
+        trackers.metrics = metrics
     if trainer.is_world_process_zero():
         _save_outputs(p, run.partial, cfg.train.method, metrics)
         write_json(run.partial / METRICS_FILE, metrics)
