@@ -315,7 +315,7 @@ def test_full_model_outputs_refuse_non_finite_weights(tmp_path, ws, value):
     with pytest.raises(
         LoraFtError, match=r"refusing to write the model to .*model: classifier\.bias holds 1 "
     ):
-        _save_outputs(p, tmp_path / "run", "full")
+        _save_outputs(p, tmp_path / "run", "full", {})
     assert not (tmp_path / "run").exists()
 
 

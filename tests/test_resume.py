@@ -208,7 +208,7 @@ def test_resume_refuses_a_changed_model_and_allows_a_longer_budget(tmp_path, toy
         train(cfg, out, callbacks=[SignalAt(2, signal.SIGTERM)])
     for change, phrase in [
         ("lora.r=4", "lora.r (2 -> 4)"),
-        ("lora.targets=[query]", "lora.targets (None -> ['query'])"),
+        ("lora.targets=[query]", "lora.targets ('all-linear' -> ['query'])"),
         ("train.method=full", "train.method ('lora' -> 'full')"),
         ("train.seed=1", "train.seed (42 -> 1)"),
     ]:

@@ -113,7 +113,7 @@ def test_final_metrics_keep_the_finite_numbers_of_metrics_json():
     }
     params = run_params(load_config(None, ["lora.targets=[query, value]"]))
     assert params["lora.r"] == 8 and params["lora.targets"] == '["query", "value"]'
-    assert params["train.learning_rates.lora"] == 5e-4 and params["model.revision"] is None
+    assert params["train.learning_rates.lora"] == 2e-3 and params["model.revision"] is None
 
 
 def test_tensorboard_event_files_hold_the_curves_config_and_final_metrics(
