@@ -11,11 +11,13 @@ import csv
 import dataclasses
 import io
 import os
+import signal
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from lora_ft.data import assets
 from lora_ft.data.assets import prepare
@@ -88,6 +90,39 @@ def toy_rows(n: int, offset: int = 0) -> list[tuple[str, int]]:
         else:
             rows.append((f"{NEGATIVE[j % len(NEGATIVE)]} {j}", 0))
     return rows
+
+
+def small_data(root: Path, train: int = 16) -> Path:
+    """``root/data`` with a ``train`` toy rows training split and an 8-row validation split."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    write_split(data / "train.csv", toy_rows(train))
+    write_split(data / "validation.csv", toy_rows(8, 100))
+    return data
+
+
+class SignalAt(TrainerCallback):
+    """Send ``signum`` to this process ``times`` times at the end of step ``step``."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT, times: int = 1):
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(TrainerCallback):
+    """Raise ``error`` (default: a ValueError) at the end of step ``step``: a run that crashes mid-way."""
+
+    def __init__(self, step: int, error: Exception | None = None):
+        self.step = step
+        self.error = error if error is not None else ValueError("a bug in someone's callback")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise self.error
 
 
 @pytest.fixture()

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from lora_ft.cli.app import app
 from lora_ft.config import ModelConfig, dump_config, load_config
 
-from .conftest import assert_one_line_error, toy_rows, write_split
+from .conftest import assert_one_line_error, small_data, toy_rows, write_split
 
 
 @dataclass
@@ -335,11 +335,7 @@ ROWS = [
 @pytest.fixture()
 def ws(tmp_path, tiny_bert_dir) -> Ws:
     root = tmp_path / "ws"
-    data = root / "data"
-    data.mkdir(parents=True)
-    write_split(data / "train.csv", toy_rows(16))
-    write_split(data / "validation.csv", toy_rows(8, 100))
-    return Ws(root=root, model=tiny_bert_dir, data=data)
+    return Ws(root=root, model=tiny_bert_dir, data=small_data(root))
 
 
 def test_the_matrix_is_at_least_30_distinct_inputs_over_every_command(ws):

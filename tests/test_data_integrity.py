@@ -8,13 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 from pathlib import Path
 
 import datasets
 import pytest
 import yaml
-from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
@@ -25,7 +23,7 @@ from lora_ft.errors import LoraFtError
 from lora_ft.training.signals import TrainingInterrupted
 from lora_ft.training.train import train
 
-from .conftest import assert_one_line_error, toy_rows, write_split
+from .conftest import SignalAt, assert_one_line_error, small_data, toy_rows, write_split
 from .test_bad_inputs import file_size_limit
 
 
@@ -96,21 +94,8 @@ def test_a_builtin_is_fingerprinted_by_its_name_not_the_cache_path():
 # --- resume on changed data, absolute paths -----------------------------------------------------
 
 
-class SignalAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def _toy(root: Path) -> Path:
-    data = root / "data"
-    data.mkdir()
-    write_split(data / "train.csv", toy_rows(24))
-    write_split(data / "validation.csv", toy_rows(8, 100))
-    return data
+    return small_data(root, train=24)
 
 
 SETTINGS = ["data.max_length=16", "lora.r=2", "train.epochs=1", "train.batch_size=8", "train.threads=1"]

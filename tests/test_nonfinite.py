@@ -34,7 +34,7 @@ from lora_ft.serving.export import Probe, verify_merge
 from lora_ft.serving.predict import predict_logits
 from lora_ft.training.callbacks import StopOnNonFinite
 
-from .conftest import assert_one_line_error, toy_rows, write_split
+from .conftest import CrashAt, assert_one_line_error, small_data
 from .test_adapter_io import TARGETS, base_model, make_adapter
 from .test_bad_inputs import FLOAT_KEYS
 
@@ -102,10 +102,7 @@ def test_lora_linear_refuses_a_non_finite_alpha(value):
 
 @pytest.fixture()
 def ws(tmp_path, tiny_bert_dir) -> SimpleNamespace:
-    data = tmp_path / "data"
-    data.mkdir()
-    write_split(data / "train.csv", toy_rows(16))
-    write_split(data / "validation.csv", toy_rows(8, 100))
+    data = small_data(tmp_path)
     return SimpleNamespace(root=tmp_path, model=tiny_bert_dir, data=data, out=tmp_path / "runs" / "r")
 
 
@@ -199,15 +196,6 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(ws, value):
     ]  # no .checkpoint-4.partial either
 
 
-class _CrashAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError("crash")
-
-
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_a_resume_skips_a_checkpoint_holding_non_finite_weights(ws, caplog, value):
     """A checkpoint of NaN weights (an older lora-ft saved a diverged run's) is damaged: the resume falls
@@ -222,7 +210,7 @@ def test_a_resume_skips_a_checkpoint_holding_non_finite_weights(ws, caplog, valu
          "train.save_steps=2", "train.save_total_limit=2"],
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="crash"):
-        train(cfg, ws.out, callbacks=[_CrashAt(5)])
+        train(cfg, ws.out, callbacks=[CrashAt(5, RuntimeError("crash"))])
     newest = ws.root / "runs" / ".r.partial" / "checkpoints" / "checkpoint-4"
     tensors = load_file(str(newest / "trainable.safetensors"))
     name = next(n for n in tensors if "lora_B" in n)

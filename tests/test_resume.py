@@ -28,7 +28,7 @@ from lora_ft.training.checkpoint import install, last_checkpoint, rotate, tidy_c
 from lora_ft.training.signals import TrainingInterrupted
 from lora_ft.training.train import train
 
-from .conftest import toy_rows, write_split
+from .conftest import CrashAt, SignalAt, toy_rows, write_split
 
 
 def _timing(key: str) -> bool:
@@ -45,18 +45,6 @@ RUN_SETTINGS = [
 
 def _cfg(model_dir: Path, data_dir: Path, *extra: str):
     return load_config(None, [f"model.name={model_dir}", f"data.name={data_dir}", *RUN_SETTINGS, *extra])
-
-
-class SignalAt(TrainerCallback):
-    """Send ``signum`` to this process ``times`` times at the end of step ``step``."""
-
-    def __init__(self, step: int, signum: int = signal.SIGINT, times: int = 1):
-        self.step, self.signum, self.times = step, signum, times
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            for _ in range(self.times):
-                os.kill(os.getpid(), self.signum)
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -179,15 +167,6 @@ def test_second_signal_and_death_mid_save_keep_the_last_good_checkpoint(tmp_path
     assert metrics["resumed_from_steps"] == [4, 6]
     _assert_same_run(ref, out, ref_metrics, metrics)  # the checkpoint cadence does not change the result
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12"]
-
-
-class CrashAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise ValueError("a bug in someone's callback")
 
 
 def test_a_crash_keeps_the_last_checkpoint_and_says_so(tmp_path, toy, caplog):

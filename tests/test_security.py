@@ -26,8 +26,7 @@ from lora_ft.fsutil import MAX_RECORD_BYTES, open_own, write_atomic
 from lora_ft.training.signals import TrainingInterrupted
 from lora_ft.training.train import train
 
-from .conftest import assert_one_line_error, toy_rows, write_split
-from .test_data_integrity import SignalAt
+from .conftest import SignalAt, assert_one_line_error, small_data, toy_rows, write_split
 
 runner = CliRunner()
 
@@ -74,10 +73,7 @@ def remote_code_model(root: Path, source: Path, model_type: str = "bert") -> tup
 
 @pytest.fixture()
 def ws(tmp_path, tiny_bert_dir) -> Ws:
-    data = tmp_path / "data"
-    data.mkdir()
-    write_split(data / "train.csv", toy_rows(16))
-    write_split(data / "validation.csv", toy_rows(8, 100))
+    data = small_data(tmp_path)
     model, marker = remote_code_model(tmp_path, tiny_bert_dir)
     return Ws(tmp_path, model, marker, data)
 
