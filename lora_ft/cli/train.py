@@ -71,7 +71,9 @@ def train(
     """
     overrides = [*(set_ or []), *([f"train.method={method}"] if method is not None else [])]
     if print_config:
-        typer.echo(_resolved_yaml(config, overrides, resume, trust_remote_code), nl=False)
+        from lora_ft.config import dump_config
+
+        typer.echo(dump_config(_resolved_config(config, overrides, resume, trust_remote_code)), nl=False)
         return
     from lora_ft.training.distributed import is_main_process
     from lora_ft.training.train import train as run_train
@@ -94,32 +96,31 @@ def _progress(output, method: str):
     return RichProgressCallback(output, method) if output.is_terminal else LineProgressCallback(output.print)
 
 
-def _resolved_yaml(config: Path | None, overrides: list[str], resume: Path | None, trust: bool) -> str:
-    """What ``--print-config`` prints: the config a new run would use, or the one ``resume`` would continue."""
-    from lora_ft.config import dump_config, load_config
+def _resolved_config(config: Path | None, overrides: list[str], resume: Path | None, trust: bool):
+    """The config ``train`` runs: a new run's (defaults < YAML < --set), or the one ``resume`` continues."""
+    from lora_ft.config import load_config
 
     if resume is None:
-        return dump_config(load_config(config, overrides, trust_remote_code=trust))
-    from lora_ft.training.rundir import resume_config
+        return load_config(config, overrides, trust_remote_code=trust)
+    from lora_ft.training.rundir import resume_config  # torch: only a resume reads a run
 
-    return dump_config(resume_config(resume, config, overrides, trust_remote_code=trust))
+    return resume_config(resume, config, overrides, trust_remote_code=trust)
 
 
 def _run_config(
     config: Path | None, overrides: list[str], out: Path | None, resume: Path | None, trust: bool
 ):
     """The resolved config and the run directory of ``train``: a new run's, or the one ``resume`` continues."""
-    from lora_ft.config import load_config
-    from lora_ft.training.rundir import resume_config, resume_target
+    from lora_ft.training.rundir import resume_target
     from lora_ft.training.train import default_run_dir
 
     if resume is None:
-        cfg = load_config(config, overrides, trust_remote_code=trust)
+        cfg = _resolved_config(config, overrides, None, trust)
         return cfg, out or default_run_dir(config, cfg.train.method)
     out_dir = resume_target(resume)
     if out is not None and out != out_dir:
         raise LoraFtError(f"--resume {resume} continues {out_dir}; drop --out {out} (or make it the same)")
-    return resume_config(out_dir, config, overrides, trust_remote_code=trust), out_dir
+    return _resolved_config(config, overrides, out_dir, trust), out_dir
 
 
 @guarded
