@@ -18,6 +18,9 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora.scaling import lora_scaling
 
 METHODS = ("lora", "full", "head")
+# What a model predicts, with Hugging Face's names (config.problem_type picks the Trainer's loss);
+# data/task.py is the idea's home, these are the names a config may give.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
@@ -79,7 +82,14 @@ class DataConfig:
 
     name: str = "rt-sentences"  # built-in name, hub name (glue/sst2, rotten_tomatoes), file or directory
     text_column: str = "sentence"
+    # The second text of a pair task (GLUE's MRPC, MNLI, ...): tokenized as the model's pair encoding.
+    # null: single texts.
+    text_pair_column: str | None = None
     label_column: str = "label"
+    # single_label_classification, multi_label_classification (labels: a list per row, or a string
+    # split on label_separator) or regression (float labels, one output).
+    problem_type: str = "single_label_classification"
+    label_separator: str | None = None  # multi-label labels given as one string: "fire;flood"
     # Names of integer labels 0..K-1, in id order (checked against the data when it is read);
     # null: a data directory's labels.json, else "0", "1", ...
     label_names: list[str] | None = None
@@ -94,6 +104,19 @@ class DataConfig:
         _check_finite(self, "data")
         _check(
             bool(self.name), "data.name is empty; give a built-in name (rt-sentences), a hub name or a path"
+        )
+        _check(
+            self.problem_type in PROBLEM_TYPES,
+            f"data.problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {self.problem_type!r}",
+        )
+        _check(
+            self.label_separator is None or self.problem_type == PROBLEM_TYPES[1],
+            "data.label_separator splits multi-label labels; set data.problem_type: multi_label_classification "
+            "or remove it",
+        )
+        _check(
+            self.label_separator is None or bool(self.label_separator),
+            "data.label_separator is empty; give the character between labels (e.g. ';') or null",
         )
         _check(self.max_length >= 8, f"data.max_length must be >= 8 tokens, got {self.max_length}")
         for key in ("max_train_samples", "max_eval_samples"):

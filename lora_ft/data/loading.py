@@ -33,7 +33,10 @@ UNLABELLED = -1
 _ROWS_SETTINGS = (
     "name",
     "text_column",
+    "text_pair_column",
     "label_column",
+    "problem_type",
+    "label_separator",
     "label_names",
     "train_split",
     "validation_split",
