@@ -22,6 +22,7 @@ import datasets
 from lora_ft.config import DataConfig
 from lora_ft.data.labels import check_label_names
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 
 CARVE_FRACTION, CARVE_SEED = 0.1, 42
@@ -59,6 +60,7 @@ class LoadedData:
             (``ClassLabel`` with ``label_names``).
         label_names: index -> name.
         source: human-readable origin, with notes on carved-out or unused splits.
+        task: what is predicted (problem type, label names, pairs, primary metric): data/task.py.
         fingerprint: what was read -> the sha256 of its content: each local file by absolute path, a
             built-in's files as ``<name>/<file>``, a hub split as ``<name>[<split>]``.
     """
@@ -67,6 +69,7 @@ class LoadedData:
     label_names: list[str]
     source: str
     fingerprint: dict[str, str]
+    task: Task
 
     @property
     def num_labels(self) -> int:
@@ -262,4 +265,5 @@ def load_data(cfg: DataConfig) -> LoadedData:
             splits[split] = _cap(splits[split], cfg.max_eval_samples)
     source = raw.source + (f" ({'; '.join(notes)})" if notes else "")
     ordered = datasets.DatasetDict({split: splits[split] for split in SPLITS if split in splits})
-    return LoadedData(ordered, names, source, raw.fingerprint)
+    task = Task(cfg.problem_type, tuple(names), cfg.text_pair_column is not None, "", cfg.name)
+    return LoadedData(ordered, names, source, raw.fingerprint, task)
