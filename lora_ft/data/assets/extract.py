@@ -1,5 +1,6 @@
 """Safe extraction of the pinned archives: only the members asked for, and never a path or link that
-leaves the target directory, a device or a FIFO (checked before anything is written)."""
+leaves the target directory, a device, a FIFO, or more bytes than ``max_bytes`` (a decompression bomb)
+in all; all checked before anything is written."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from lora_ft.errors import LoraFtError
+
+# The most a selection may unpack to: the largest built-in (the minilm-l6 model directory) is 91 MB.
+# Members' declared sizes are what tarfile and zipfile write, so the sum bounds what reaches the disk.
+MAX_EXTRACT_BYTES = 1 << 30
 
 
 def _selected(name: str, prefix: str) -> bool:
@@ -27,7 +32,18 @@ def _inside(root: Path, path: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-def safe_extract_tar(archive: Path, dest: Path, prefix: str = "") -> list[Path]:
+def _check_size(archive: Path, sizes: list[int], max_bytes: int) -> None:
+    total = sum(sizes)
+    if total > max_bytes:
+        raise LoraFtError(
+            f"refusing to extract {archive.name}: its members would unpack to {total} bytes, over the "
+            f"{max_bytes}-byte limit; is it the right file?"
+        )
+
+
+def safe_extract_tar(
+    archive: Path, dest: Path, prefix: str = "", max_bytes: int = MAX_EXTRACT_BYTES
+) -> list[Path]:
     """Extract the members of a tar archive named ``prefix`` or under ``prefix/`` (all if empty) into ``dest``.
 
     Returns:
@@ -57,13 +73,16 @@ def safe_extract_tar(archive: Path, dest: Path, prefix: str = "") -> list[Path]:
                 raise LoraFtError(
                     f"refusing to extract {archive.name}: link {m.name!r} -> {m.linkname!r} points outside the target"
                 )
+        _check_size(archive, [m.size for m in members], max_bytes)
         # The "data" filter (PEP 706) re-checks all of the above and drops setuid/permission bits.
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(dest, members=members, **extra)
     return [dest / m.name for m in members]
 
 
-def safe_extract_zip(archive: Path, dest: Path, prefix: str = "") -> list[Path]:
+def safe_extract_zip(
+    archive: Path, dest: Path, prefix: str = "", max_bytes: int = MAX_EXTRACT_BYTES
+) -> list[Path]:
     """Extract the members of a zip (or wheel) named ``prefix`` or under ``prefix/`` into ``dest``.
 
     Symlink members are refused outright: zipfile would write them as small text files anyway.
@@ -72,7 +91,8 @@ def safe_extract_zip(archive: Path, dest: Path, prefix: str = "") -> list[Path]:
         The extracted paths, in archive order.
 
     Raises:
-        LoraFtError: a selected member has an absolute path, a ``..`` component or is a symlink.
+        LoraFtError: a selected member has an absolute path, a ``..`` component or is a symlink, or the
+            selection is over ``max_bytes``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as zf:
@@ -87,4 +107,5 @@ def safe_extract_zip(archive: Path, dest: Path, prefix: str = "") -> list[Path]:
                 raise LoraFtError(
                     f"refusing to extract {archive.name}: member {info.filename!r} escapes the target"
                 )
+        _check_size(archive, [info.file_size for info in members], max_bytes)
         return [Path(zf.extract(info, dest)) for info in members]

