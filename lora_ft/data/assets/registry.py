@@ -87,35 +87,34 @@ BUILTIN_DATA: dict[str, Asset] = {
     ),
     "rt-ratings": Asset(
         name="rt-ratings",
-        description="the rt-sentences sentences and splits, their mean human rating (-4..4) as a regression "
-        "target (label column rating)",
+        description="the rt-sentences sentences and splits, each with its mean human rating (-4..4)",
         prepare=prepare_rt_ratings,
         **VADER,
     ),
     "vader-sentiment": Asset(
         name="vader-sentiment",
         description="23,703 human-rated tweets, Amazon, NYT and movie sentences (Hutto & Gilbert 2014), "
-        "mean rating (-4..4) as a regression target (label column score)",
+        "each with its mean rating (-4..4)",
         prepare=functools.partial(prepare_vader, "vader-sentiment"),
         **VADER,
     ),
     "vader-sentiment-domain": Asset(
         name="vader-sentiment-domain",
-        description="the vader-sentiment texts, their source as a 4-class label (label column domain)",
+        description="the vader-sentiment texts, each with which of the 4 sets it comes from",
         prepare=functools.partial(prepare_vader, "vader-sentiment-domain"),
         **VADER,
     ),
     "disaster-response": Asset(
         name="disaster-response",
-        description="26,054 disaster messages, 34 aid categories as a multi-label target (label column "
-        "categories), the file's own split",
+        description="26,054 disaster messages, each with which of 34 aid categories it concerns; the "
+        "file's own split",
         prepare=functools.partial(prepare_disaster, "disaster-response"),
         **DISASTER,
     ),
     "disaster-response-genre": Asset(
         name="disaster-response-genre",
-        description="the disaster messages, their genre (direct, news, social) as a 3-class label (label "
-        "column genre)",
+        description="26,246 disaster messages, each with its genre (direct, news, social); the file's own "
+        "split",
         prepare=functools.partial(prepare_disaster, "disaster-response-genre"),
         **DISASTER,
     ),

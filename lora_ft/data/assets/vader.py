@@ -30,6 +30,7 @@ VADER_SOURCES = {
     "nyt_editorials": "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
     "movie_reviews": "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
 }
+VADER_MAX_SCORE = 4  # the raters' scale is -4..4
 VADER_SPLIT_SEED = 1234
 VADER_HELD_OUT = {"validation": 0.1, "test": 0.1}  # of each domain's rows, whole groups at a time
 
@@ -77,7 +78,8 @@ def parse_scores(text: str, domain: str) -> list[dict]:
     """Rows of a ``*_GroundTruth.txt`` (``id<TAB>score<TAB>text``, CRLF), every one kept, in file order.
 
     Raises:
-        LoraFtError: a line that is not three tab-separated fields with a finite score, or an empty text.
+        LoraFtError: a line that is not three tab-separated fields, a score outside [-4, 4] (NaN and Inf
+            included), or an empty text.
     """
     rows = []
     for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): see parse_ground_truth
@@ -89,9 +91,11 @@ def parse_scores(text: str, domain: str) -> list[dict]:
             source_id, score, sentence = parts[0], float(parts[1]), parts[2]
         except (IndexError, ValueError):
             score, sentence = float("nan"), ""
-        if not np.isfinite(score) or not sentence.strip() or not source_id:
+        # Written so that NaN fails too: a comparison with NaN is False.
+        if not (-VADER_MAX_SCORE <= score <= VADER_MAX_SCORE) or not sentence.strip() or not source_id:
             raise LoraFtError(
-                f"{domain} ground-truth line {lineno} is not 'id<TAB>score<TAB>text': {line[:60]!r}"
+                f"{domain} ground-truth line {lineno} is not 'id<TAB>score<TAB>text' with a score in "
+                f"[-{VADER_MAX_SCORE}, {VADER_MAX_SCORE}]: {line[:60]!r}"
             )
         rows.append({"id": f"{domain}/{source_id}", "sentence": sentence, "score": score, "domain": domain})
     return rows
