@@ -24,7 +24,7 @@ from lora_ft.data.presets import PRESETS, Preset
 from lora_ft.data.task import METRIC_KEYS, REGRESSION_LABELS, Task
 from lora_ft.errors import LoraFtError
 
-from .conftest import ground_truth, tar_bytes
+from .conftest import assert_one_line_error, ground_truth, tar_bytes
 
 SPLITS = ("train", "validation", "test")
 NEW_SETS = (
@@ -345,6 +345,9 @@ def test_fetch_list_shows_each_data_sets_task_and_downloads_nothing(cache, monke
     ]
     assert any("regression on column 'rating', primary metric pearson" in line for line in lines)
     assert lines[0].startswith("minilm-l6") and not (cache / "downloads").exists()
+    assert_one_line_error(
+        CliRunner().invoke(app, ["fetch", "--list", "rt-ratings"]), "--list takes no asset names"
+    )
 
 
 # --- the real data sets -------------------------------------------------------------------------

@@ -218,6 +218,8 @@ def fetch(
     from lora_ft.data import assets
 
     if list_:
+        if names or force or source is not None:
+            raise LoraFtError("--list takes no asset names, --force or --from: lora-ft fetch --list")
         _list_builtins()
         return
     wanted = list(names or [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATA])

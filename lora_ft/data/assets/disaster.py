@@ -3,7 +3,8 @@
 
 ``disaster-response`` is multi-label: each message's categories (the category columns that are 1),
 without the categories that cannot be learned from its train split (never 1 there). Rows whose
-categories are not all 0/1 (``related`` is 2 on 193 untranslated messages) are left out of it.
+categories are not all 0/1 (``related`` is 2 on 193 untranslated messages, one with no text) are
+left out of it.
 ``disaster-response-genre`` is the 3-class ``genre`` (direct, news, social) of every message. Both
 leave out the messages with no text. Only the CSV is extracted: the sdist's pickled model and
 sqlite database are never unpacked.
