@@ -64,6 +64,7 @@ def inject_lora(
     alpha: float,
     dropout: float = 0.0,
     init: str = "kaiming",
+    init_std: float | None = None,
     rslora: bool = False,
     use_dora: bool = False,
     rank_pattern: dict[str, int] | None = None,
@@ -97,6 +98,7 @@ def inject_lora(
             alpha=pattern_value(alpha_pattern, name, alpha),
             dropout=dropout,
             init=init,
+            init_std=init_std,
             rslora=rslora,
         )
         _set_module(model, name, layer)

@@ -127,6 +127,7 @@ def _lora_settings(cfg: RunConfig, targets: list[str]) -> dict[str, Any]:
         "rslora": lora.rslora,
         "use_dora": lora.use_dora,
         "init": lora.init,
+        "init_std": lora.init_std,
         "rank_pattern": lora.rank_pattern,
         "alpha_pattern": lora.alpha_pattern,
         "targets": targets,
