@@ -80,7 +80,7 @@ def test_rslora_scaling():
         (["lora.init=gaussian", "lora.init_std=-0.01"], "lora.init_std must be > 0, got -0.01"),
         (["lora.init=gaussian", "lora.init_std=nan"], "lora.init_std must be a finite number, got nan"),
         (["lora.init=gaussian", "lora.init_std=inf"], "lora.init_std must be a finite number, got inf"),
-        (["lora.init_std=0.01"], "lora.init_std sets the gaussian init's std, but lora.init is kaiming"),
+        (["lora.init_std=0.01"], "lora.init_std is for lora.init=gaussian, not kaiming"),
         (["lora.targets=[]"], "lora.targets is an empty list"),
         (["lora.rank=8"], "unknown config key 'lora.rank'"),
         (["lora.alhpa=8"], "did you mean 'alpha'?"),

@@ -140,8 +140,7 @@ class LoRAConfig:
     # end"). null: the model type's default (BERT query/value, DistilBERT q_lin/v_lin).
     targets: Union[list[str], str, None] = "all-linear"  # noqa: UP007 - the config parser reads this annotation
     init: str = "kaiming"  # or "gaussian"
-    # The gaussian init's std for lora_A; null: PEFT's 1/r. The LoRA tutorials use 0.01.
-    init_std: float | None = None
+    init_std: float | None = None  # the gaussian init's std for lora_A; null: PEFT's 1/r (tutorials: 0.01)
     rslora: bool = False  # scaling alpha / sqrt(r) (rsLoRA) instead of alpha / r
     use_dora: bool = False  # DoRA: a trainable magnitude per output feature beside the low-rank direction
     # Another r / alpha for some modules, PEFT's rank_pattern / alpha_pattern: {regex: value}, where the
@@ -159,13 +158,9 @@ class LoRAConfig:
         _check(
             self.init in ("kaiming", "gaussian"), f"lora.init must be kaiming or gaussian, got {self.init!r}"
         )
-        if self.init_std is not None:
-            _check(self.init_std > 0, f"lora.init_std must be > 0, got {self.init_std}")
-            _check(
-                self.init == "gaussian",
-                f"lora.init_std sets the gaussian init's std, but lora.init is {self.init}; "
-                "set lora.init=gaussian or drop lora.init_std",
-            )
+        std, gaussian = self.init_std, self.init == "gaussian"
+        _check(std is None or std > 0, f"lora.init_std must be > 0, got {std}")
+        _check(std is None or gaussian, f"lora.init_std is for lora.init=gaussian, not {self.init}")
         if isinstance(self.targets, list):
             _check(
                 len(self.targets) > 0, "lora.targets is an empty list; name modules, or null for the default"
