@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     # The update's spectrum, with the same Spectrum that inspect uses: k non-zero singular values.
     _, s = lora_ft.dense_svd(delta)
     spectrum = lora_ft.Spectrum(s, base_norm=float(base.weight.detach().norm()))
-    print(f"hidden update: rank {spectrum.numerical_rank}, singular values {np.round(s[: k + 1], 3).tolist()}")
+    print(
+        f"hidden update: rank {spectrum.numerical_rank}, singular values {np.round(s[: k + 1], 3).tolist()}"
+    )
     print(f"energy in the top 1..{k} directions: {np.round(spectrum.energy()[:k], 3).tolist()}")
 
     # LoRA at r = 1 .. 2k on the one frozen base (a fresh copy per rank); alpha = r keeps scaling 1.

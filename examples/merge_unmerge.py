@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
         lora_ft.merge_lora(model)  # idempotent: the second call changes nothing
         merged = model(x)
         print(f"merged vs unmerged outputs:       {gap(merged, adapted):.2e}")
-        print(f"merged W vs W0 + B@A*scaling:     {gap(model[0].base.weight, w0 + model[0].delta_weight()):.2e}")
+        print(
+            f"merged W vs W0 + B@A*scaling:     {gap(model[0].base.weight, w0 + model[0].delta_weight()):.2e}"
+        )
         lora_ft.unmerge_lora(model)
         w_back = gap(model[0].base.weight, w0)
         print(f"unmerge(merge(W)) vs W:           {w_back:.2e}")
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         lora_ft.merge_and_unload(model)
         unloaded = model(x)
     same_keys = set(model.state_dict()) == set(original.state_dict())
-    print(f"after merge_and_unload: LoRA layers left {len(lora_ft.lora_layers(model))}, keys as the original: {same_keys}")
+    print(
+        f"after merge_and_unload: LoRA layers left {len(lora_ft.lora_layers(model))}, keys as the original: {same_keys}"
+    )
     print(f"unloaded vs adapted outputs:      {gap(unloaded, adapted):.2e}")
     return {
         "adapted_vs_base": gap(adapted, base_out),

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")]
     out = {}
-    print(f"{'model':<14}{'base params':>16}{'r':>5}{'LoRA params':>14}{'% of model':>12}{'adapter':>11}{'fp32 model':>11}")
+    print(
+        f"{'model':<14}{'base params':>16}{'r':>5}{'LoRA params':>14}{'% of model':>12}{'adapter':>11}{'fp32 model':>11}"
+    )
     for name in args.models.split(","):
         s = table(name, ranks)
         for cost in s.ranks:

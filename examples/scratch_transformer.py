@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     untouched = all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     print(f"frozen weights bit-identical after training: {untouched}")
     acc = accuracy(model, x_val, y_val)
-    print(f"validation accuracy {acc:.3f} (chance {max(y_val.float().mean().item(), 1 - y_val.float().mean().item()):.3f})")
+    print(
+        f"validation accuracy {acc:.3f} (chance {max(y_val.float().mean().item(), 1 - y_val.float().mean().item()):.3f})"
+    )
 
     with torch.no_grad():
         wrapped_logits = model(x_val)
@@ -153,7 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"the adapter moved the logits by up to {moved:.3f} from the base's")
     plain = not lora_ft.lora_layers(model) and isinstance(model.blocks[0].attn.Wq, nn.Linear)
     print(f"merged: no LoRA layers left: {plain}; max |merged - unmerged| logit difference {diff:.2e}")
-    return {"accuracy": acc, "max_diff": diff, "moved": moved, "frozen_untouched": untouched, "plain_after_merge": plain}
+    return {
+        "accuracy": acc,
+        "max_diff": diff,
+        "moved": moved,
+        "frozen_untouched": untouched,
+        "plain_after_merge": plain,
+    }
 
 
 if __name__ == "__main__":
