@@ -74,9 +74,21 @@ def inject_lora(
 ) -> InjectionReport:
     """Wrap the target Linears in place, freeze everything, then unfreeze every LoRA layer and ``head``.
 
+    ``targets``: exact module names or dotted suffixes (``"query"``, ``"attn.Wq"``), a regex (full
+    match on the module name), a list of them, ``"all-linear"`` (every Linear outside the head), or
+    None for the model type's default (BERT query/value, ...). Each match becomes a ``LoRALinear``
+    (``use_dora``: ``DoRALinear``) of rank ``r``, scaling ``alpha / r``; ``init``/``init_std``/``dropout``
+    as in ``LoRALinear``. ``head`` names modules that train fully (the classifier).
+
     With ``exclude_head`` the spec never selects Linears inside the head (they already train fully).
     ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha``, as in PEFT (see
     ``pattern_value``).
+
+    Example::
+
+        report = inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])
+        report.wrapped  # [WrappedInfo("blocks.0.attn.Wq", 64, 64, 8, 1024), ...]
+        report.trainable_params, report.total_params
 
     Raises:
         LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head; a
@@ -145,20 +157,34 @@ def _lora_params(layer: LoRALinear) -> list[nn.Parameter]:
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """``{module name: layer}`` for every ``LoRALinear`` (and ``DoRALinear``) in ``model``, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
 def merge_lora(model: nn.Module) -> None:
+    """Fold every layer's update into its base weight (``W += B @ A * scaling``), in place; idempotent.
+
+    Merged, a layer runs ``base(x)`` alone: the same outputs at the cost of a plain Linear. Example::
+
+        lora_ft.merge_lora(model)  # serve fast
+        lora_ft.unmerge_lora(model)  # back to trainable A and B beside the original W
+    """
     for layer in lora_layers(model).values():
         layer.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
+    """Take every merged update back out of its base weight (``W -= B @ A * scaling``); a no-op if unmerged."""
     for layer in lora_layers(model).values():
         layer.unmerge()
 
 
 def set_lora_disabled(model: nn.Module, disabled: bool) -> None:
+    """Switch every layer's update off (``True``: each computes ``base(x)``) or back on; no weight changes.
+
+    Example: ``set_lora_disabled(model, True)`` gives the base model's outputs from the wrapped model,
+    merged or not.
+    """
     for layer in lora_layers(model).values():
         layer.disabled = disabled
 
