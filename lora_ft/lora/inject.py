@@ -3,6 +3,17 @@
 
 Injection fails loudly (``targets.match_targets``): zero matches, a match that is not ``nn.Linear``, or
 a layer wrapped twice is a ``LoraFtError``.
+
+``inject_lora``'s ``targets``: exact module names or dotted suffixes (``"query"``, ``"attn.Wq"``), a
+regex (full match on the module name), a list of them, ``"all-linear"`` (every Linear outside the
+head), or None for the model type's default (BERT query/value, ...). Each match becomes a
+``LoRALinear`` (``use_dora``: ``DoRALinear``) of rank ``r`` scaled by ``alpha / r``; ``head`` names
+modules that train fully (the classifier). Example::
+
+    report = inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])
+    report.wrapped  # [WrappedInfo("blocks.0.attn.Wq", 64, 64, 8, 1024), ...]
+    lora_layers(model)  # {"blocks.0.attn.Wq": LoRALinear(...), ...}
+    merge_and_unload(model)  # plain nn.Linear again, the updates folded in
 """
 
 from __future__ import annotations
@@ -74,21 +85,9 @@ def inject_lora(
 ) -> InjectionReport:
     """Wrap the target Linears in place, freeze everything, then unfreeze every LoRA layer and ``head``.
 
-    ``targets``: exact module names or dotted suffixes (``"query"``, ``"attn.Wq"``), a regex (full
-    match on the module name), a list of them, ``"all-linear"`` (every Linear outside the head), or
-    None for the model type's default (BERT query/value, ...). Each match becomes a ``LoRALinear``
-    (``use_dora``: ``DoRALinear``) of rank ``r``, scaling ``alpha / r``; ``init``/``init_std``/``dropout``
-    as in ``LoRALinear``. ``head`` names modules that train fully (the classifier).
-
-    With ``exclude_head`` the spec never selects Linears inside the head (they already train fully).
-    ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha``, as in PEFT (see
-    ``pattern_value``).
-
-    Example::
-
-        report = inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])
-        report.wrapped  # [WrappedInfo("blocks.0.attn.Wq", 64, 64, 8, 1024), ...]
-        report.trainable_params, report.total_params
+    E.g. ``inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])``; ``targets``: the module's
+    docstring; ``init``/``init_std``/``dropout``: ``LoRALinear``. With ``exclude_head`` the spec never selects
+    Linears inside the head. ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha`` (PEFT).
 
     Raises:
         LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head; a
