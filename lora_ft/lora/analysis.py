@@ -140,6 +140,8 @@ def analyse(
 ) -> list[ModuleUpdate]:
     """One ``ModuleUpdate`` per module of ``adapter.lora``, in module order.
 
+    E.g. ``analyse(read_adapter(path), {"0": base[0].weight})[0].lora.effective_rank(0.9)``.
+
     Args:
         adapter: an ``adapter_io.Adapter`` (plain LoRA).
         base_weights: module -> W_0 (out, in), the base weight the adapter applies to.
