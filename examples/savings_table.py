@@ -22,12 +22,6 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {"7b": "llama2-7b", "13b": "llama2-13b", "70b": "llama2-70b"}  # examples/configs/<dir>/config.json
 
 
-def table(name: str, ranks: list[int]) -> lora_ft.lora.calculator.Savings:
-    skeleton = lora_ft.load_model_skeleton(str(HERE / "configs" / CONFIGS[name] / "config.json"))
-    # The classification head (score) trains fully in a classifier run; here only the LoRA update counts.
-    return lora_ft.savings(skeleton, ["q_proj", "v_proj"], ranks, [], name=f"Llama-2 {name.upper()}")
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="4,8,16,64", help="comma-separated LoRA ranks")
@@ -39,7 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'model':<14}{'base params':>16}{'r':>5}{'LoRA params':>14}{'% of model':>12}{'adapter':>11}{'fp32 model':>11}"
     )
     for name in args.models.split(","):
-        s = table(name, ranks)
+        skeleton = lora_ft.load_model_skeleton(str(HERE / "configs" / CONFIGS[name] / "config.json"))
+        # A classifier's head (score) trains fully in a run; the table counts the LoRA update alone.
+        s = lora_ft.savings(skeleton, ["q_proj", "v_proj"], ranks, [], name=f"Llama-2 {name.upper()}")
         for cost in s.ranks:
             print(
                 f"{s.model:<14}{s.total_params:>16,}{cost.r:>5}{cost.lora_params:>14,}"

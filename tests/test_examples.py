@@ -114,4 +114,4 @@ def test_examples_use_only_the_public_api():
         used = set(re.findall(r"^\s*(?:from|import) (lora_ft[\w.]*)", path.read_text(), flags=re.M))
         assert used <= {"lora_ft", "lora_ft.data"}, (path.name, used)
         attrs = set(re.findall(r"\blora_ft\.(\w+)", path.read_text()))
-        assert attrs <= set(lora_ft.__all__) | {"data", "lora"}, (path.name, attrs - set(lora_ft.__all__))
+        assert attrs <= set(lora_ft.__all__) | {"data"}, (path.name, attrs - set(lora_ft.__all__))
