@@ -293,3 +293,35 @@ def test_a_full_run_has_no_merged_inference_speed(tmp_path, tiny_bert_dir, toy_d
     metrics = train(_tiny_cfg(tiny_bert_dir, toy_data_dir, "train.method=head"), tmp_path / "run")
     assert metrics["inference_samples_per_second"] > 0
     assert metrics["merged_inference_samples_per_second"] is None
+
+
+def test_inference_speed_leaves_the_model_as_it_was():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from lora_ft.lora.inject import inject_lora, lora_layers
+    from lora_ft.training.inference import inference_speed
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(50, 16), nn.Linear(16, 2)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.out(self.embed(input_ids).mean(1))
+
+    torch.manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 50, (8, 6)), "labels": torch.zeros(8)} for _ in range(3)]
+    model = Toy()
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(device=torch.device("cpu")))
+    trainer.get_eval_dataloader = lambda dataset: batches
+    plain = inference_speed(trainer, None)
+    assert plain["inference_samples_per_second"] > 0 and plain["merged_inference_samples_per_second"] is None
+
+    inject_lora(model, ["out"], r=2, alpha=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speed = inference_speed(trainer, None)
+    assert speed["inference_samples_per_second"] > 0 and speed["merged_inference_samples_per_second"] > 0
+    assert not any(layer.disabled or layer.merged for layer in lora_layers(model).values())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

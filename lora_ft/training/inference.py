@@ -4,20 +4,23 @@ merged into the base weights (what ``lora-ft merge`` ships), measured the same w
 Both are timed over the first ``INFERENCE_SAMPLES`` rows of the validation split through the Trainer's
 own evaluation loader (its batch size, collator and device), forward passes only, after one warm-up
 batch: the periodic evaluations' ``eval_samples_per_second`` also count metric computation and are
-not taken for LoRA merged, so they would not compare. The merged copy is built with
-``merge_and_unload`` on a deep copy, so the trained model's weights are never touched.
+not taken for LoRA merged, so they would not compare.
+
+Merged, a layer's weight ``W + ΔW`` has ``W``'s shape and the layer computes ``base(x)`` alone, so the
+merged model's speed is measured as the model's with every update switched off (``disabled``): the
+same matmuls, without merging (which would round the base weights) or a merged copy (which would
+double the memory of a large model at the end of its run).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from lora_ft.lora.inject import lora_layers, merge_and_unload
+from lora_ft.lora.inject import lora_layers, set_lora_disabled
 
 INFERENCE_SAMPLES = 512
 
@@ -52,7 +55,11 @@ def inference_speed(trainer, dataset) -> dict[str, float | None]:
     model = trainer.model
     out = {"inference_samples_per_second": _samples_per_second(model, batches, trainer.args.device)}
     merged = None
-    if lora_layers(model):
-        merged = _samples_per_second(merge_and_unload(copy.deepcopy(model)), batches, trainer.args.device)
+    if lora_layers(model):  # after training no update is switched off, so switching back is the state
+        set_lora_disabled(model, True)
+        try:
+            merged = _samples_per_second(model, batches, trainer.args.device)
+        finally:
+            set_lora_disabled(model, False)
     out["merged_inference_samples_per_second"] = merged
     return out
