@@ -35,8 +35,8 @@ bench: assets
 	$(PY) scripts/bench.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lora_ft tests scripts
-	$(VENV)/bin/ruff format --check lora_ft tests scripts
+	$(VENV)/bin/ruff check lora_ft tests scripts examples
+	$(VENV)/bin/ruff format --check lora_ft tests scripts examples
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

@@ -195,7 +195,7 @@ def _model_labelled(ws: Ws, id2label: dict[int, str]) -> Path:
 
 # Every float setting of the config (tests/test_nonfinite.py checks this list is all of them).
 FLOAT_KEYS = (
-    "lora.alpha", "lora.dropout", "lora.alpha_pattern.query", "train.epochs", "train.learning_rate",
+    "lora.alpha", "lora.dropout", "lora.init_std", "lora.alpha_pattern.query", "train.epochs", "train.learning_rate",
     "train.learning_rates.lora", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm",
 )  # fmt: skip
 

@@ -138,6 +138,9 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
         assert row["ship_mb"]["mean"] == sum(f.stat().st_size for f in ship.rglob("*") if f.is_file()) / 2**20
         for key in ("train_seconds", "train_samples_per_second", "peak_memory_mb", "train_memory_mb"):
             assert row[key]["mean"] > 0, (label, key)
+        assert row["inference_samples_per_second"]["mean"] > 0, label
+        merged = row["merged_inference_samples_per_second"]
+        assert merged["mean"] > 0 if label == "lora" else merged == {"mean": None, "std": None, "n": 0}, label
         assert row["vs_full"]["trainable_params"] == pytest.approx(row["trainable_params"] / total)
         assert row["vs_full"]["ship_mb"] == pytest.approx(
             row["ship_mb"]["mean"] / rows["full"]["ship_mb"]["mean"]
@@ -151,6 +154,7 @@ def test_every_method_gets_a_row_with_every_column_and_valid_plots(tmp_path, tin
     assert [run["status"] for run in saved["runs"]] == ["ok", "ok", "ok"]
     report = (out / "report.md").read_text()
     for text in ("val acc", "test F1 (binary)", "learning rate", "trainable params", "samples/s", "peak RSS",
+                 "| eval samples/s | merged eval samples/s |",
                  "train memory", "optimizer state", "shipped", "8 bytes × trainable params", "| head |"):  # fmt: skip
         assert text in report, text
     assert "| full | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× |" in report

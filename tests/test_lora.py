@@ -57,6 +57,36 @@ def test_kaiming_bound_and_gaussian_std():
     assert g.mean().abs().item() < 0.01
 
 
+@pytest.mark.parametrize(("r", "std"), [(4, 0.01), (8, 0.2)])
+def test_gaussian_init_std_sets_the_std_of_a(r, std):
+    torch.manual_seed(0)
+    a = LoRALinear(nn.Linear(4096, 4), r=r, init="gaussian", init_std=std).lora_A
+    n = a.numel()
+    # The sample std of n normals has standard error std / sqrt(2n); 5 of them is a 1-in-10^6 miss,
+    # and far from 1/r (0.25, 0.125), today's std.
+    assert abs(a.std().item() - std) < 5 * std / math.sqrt(2 * n)
+    assert abs(a.mean().item()) < 5 * std / math.sqrt(n)
+
+
+def test_default_gaussian_std_is_still_one_over_r():
+    torch.manual_seed(0)
+    plain = LoRALinear(nn.Linear(64, 4), r=4, init="gaussian").lora_A
+    torch.manual_seed(0)
+    explicit = LoRALinear(nn.Linear(64, 4), r=4, init="gaussian", init_std=1 / 4).lora_A
+    assert torch.equal(plain, explicit)
+
+
+@pytest.mark.parametrize("std", [math.nan, math.inf, -math.inf, 0.0, -0.01, True, "0.01"])
+def test_bad_init_std_raises(std):
+    with pytest.raises(ValueError, match="init_std must be a finite number > 0"):
+        LoRALinear(nn.Linear(IN, OUT), init="gaussian", init_std=std)
+
+
+def test_init_std_without_gaussian_raises():
+    with pytest.raises(ValueError, match="init_std sets the gaussian init's std"):
+        LoRALinear(nn.Linear(IN, OUT), init_std=0.01)
+
+
 def test_forward_matches_formula_with_nonzero_b():
     layer = randomize_b(make())
     x = x_of(6, IN)

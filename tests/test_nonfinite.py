@@ -72,7 +72,7 @@ FLOAT_FIELDS = list(_float_fields())
 def test_the_float_settings_are_all_found_and_all_in_the_bad_input_matrix():
     names = {f"{prefix}.{name}" for _, prefix, name, _ in FLOAT_FIELDS}
     assert names == {
-        "lora.alpha", "lora.dropout", "lora.alpha_pattern", "train.epochs", "train.learning_rate",
+        "lora.alpha", "lora.dropout", "lora.init_std", "lora.alpha_pattern", "train.epochs", "train.learning_rate",
         "train.learning_rates", "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm",
     }  # fmt: skip
     assert {".".join(k.split(".")[:2]) for k in FLOAT_KEYS} == names

@@ -238,3 +238,90 @@ def test_without_the_settings_the_last_step_is_published_and_nothing_stopped_ear
     at_last = as_adapter_keys(last.tensors)
     assert all(torch.equal(adapter[k], at_last[k]) for k in adapter)
     assert metrics["validation_label_counts"] == [8, 8]  # toy_rows(16): alternating labels
+
+
+def test_evaluation_rows_pair_each_evaluation_with_the_last_train_loss():
+    from lora_ft.training.record import evaluation_rows
+
+    history = [
+        {"step": 1, "eval_loss": 0.9, "eval_accuracy": 0.5},  # before any training loss was logged
+        {"step": 2, "loss": 0.8},
+        {"step": 3, "loss": 0.7},
+        {"step": 3, "eval_loss": 0.6, "eval_accuracy": 0.75},
+        {"step": 4, "eval_loss": 0.55},  # a task without accuracy
+        {"step": 4, "train_loss": 0.75, "train_runtime": 1.0},  # the Trainer's end-of-training summary
+    ]
+    assert evaluation_rows(history) == [
+        {"step": 1, "train_loss": None, "validation_loss": 0.9, "accuracy": 0.5},
+        {"step": 3, "train_loss": 0.7, "validation_loss": 0.6, "accuracy": 0.75},
+        {"step": 4, "train_loss": 0.7, "validation_loss": 0.55, "accuracy": None},
+    ]
+
+
+def test_the_evaluation_table_and_inference_speed_reach_metrics_the_card_and_the_summary(
+    tmp_path, tiny_bert_dir, toy_data_dir
+):
+    extra = ["train.max_steps=4", "train.logging_steps=1", "train.eval_strategy=steps", "train.eval_steps=1"]
+    metrics = train(_tiny_cfg(tiny_bert_dir, toy_data_dir, *extra), tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = {line["step"]: line for line in log if "eval_loss" in line}
+    losses = {line["step"]: line["loss"] for line in log if "loss" in line}
+    assert [row["step"] for row in metrics["evaluations"]] == sorted(evals) == [1, 2, 3, 4]
+    for row in metrics["evaluations"]:
+        assert row["train_loss"] == pytest.approx(losses[row["step"]])
+        assert row["validation_loss"] == pytest.approx(evals[row["step"]]["eval_loss"])
+        assert row["accuracy"] == pytest.approx(evals[row["step"]]["eval_accuracy"])
+    assert metrics["inference_samples_per_second"] > 0 and metrics["merged_inference_samples_per_second"] > 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["evaluations"] == metrics["evaluations"]
+
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    last = metrics["evaluations"][-1]
+    assert "| step | train loss | validation loss | accuracy |" in card
+    assert (
+        f"| 4 | {last['train_loss']:.4f} | {last['validation_loss']:.4f} | {last['accuracy']:.4f} |" in card
+    )
+
+    console = Console(file=io.StringIO(), width=200)
+    print_run_summary(metrics, tmp_path / "run", console)
+    text = console.file.getvalue()
+    assert "evaluations during training" in text and "eval samples/s, merged" in text
+    assert f"{last['validation_loss']:.4f}" in text
+
+
+def test_a_full_run_has_no_merged_inference_speed(tmp_path, tiny_bert_dir, toy_data_dir):
+    metrics = train(_tiny_cfg(tiny_bert_dir, toy_data_dir, "train.method=head"), tmp_path / "run")
+    assert metrics["inference_samples_per_second"] > 0
+    assert metrics["merged_inference_samples_per_second"] is None
+
+
+def test_inference_speed_leaves_the_model_as_it_was():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from lora_ft.lora.inject import inject_lora, lora_layers
+    from lora_ft.training.inference import inference_speed
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(50, 16), nn.Linear(16, 2)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.out(self.embed(input_ids).mean(1))
+
+    torch.manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 50, (8, 6)), "labels": torch.zeros(8)} for _ in range(3)]
+    model = Toy()
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(device=torch.device("cpu")))
+    trainer.get_eval_dataloader = lambda dataset: batches
+    plain = inference_speed(trainer, None)
+    assert plain["inference_samples_per_second"] > 0 and plain["merged_inference_samples_per_second"] is None
+
+    inject_lora(model, ["out"], r=2, alpha=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speed = inference_speed(trainer, None)
+    assert speed["inference_samples_per_second"] > 0 and speed["merged_inference_samples_per_second"] > 0
+    assert not any(layer.disabled or layer.merged for layer in lora_layers(model).values())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

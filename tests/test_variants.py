@@ -452,3 +452,27 @@ def test_compare_lora_and_dora_gives_one_row_per_method(tmp_path, tiny_bert_dir,
     assert "dora = lora with lora.use_dora=true" in report
     config = json.loads((out / "runs" / "dora-seed42" / "adapter" / CONFIG_NAME).read_text())
     assert config["use_dora"] is True
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_config_init_std_reaches_every_layer(tiny_bert_dir, use_dora):
+    from lora_ft.lora.inject import lora_layers
+    from lora_ft.training.modeling import build_for_method, load_model
+
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_bert_dir}",
+            "lora.r=2",
+            "lora.init=gaussian",
+            "lora.init_std=0.01",
+            f"lora.use_dora={str(use_dora).lower()}",
+        ],
+    )
+    loaded = load_model(cfg.model, ["neg", "pos"])
+    build_for_method(loaded, cfg)
+    layers = lora_layers(loaded.model)
+    assert layers and {layer.init_std for layer in layers.values()} == {0.01}
+    a = torch.cat([layer.lora_A.flatten() for layer in layers.values()])
+    # Far below PEFT's 1/r = 0.5; the sample std of n normals has standard error std / sqrt(2n).
+    assert abs(a.std().item() - 0.01) < 5 * 0.01 / (2 * a.numel()) ** 0.5

@@ -32,6 +32,7 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     for key, name in (("accuracy", "accuracy"), ("f1", f1_heading([average])), ("loss", "loss")):
         table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
     console.print(table)
+    print_evaluations(metrics.get("evaluations") or [], console)
     cost = Table(show_header=False, box=None)
     cost.add_column(style="bold")
     cost.add_column(justify="right")
@@ -42,11 +43,28 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     )
     cost.add_row("train time", f"{metrics['train_seconds']:.1f} s")
     cost.add_row("train samples/s", f"{metrics['train_samples_per_second']:.1f}")
+    cost.add_row("eval samples/s", _fmt(metrics.get("inference_samples_per_second"), ".1f"))
+    if metrics.get("merged_inference_samples_per_second") is not None:
+        cost.add_row("eval samples/s, merged", _fmt(metrics["merged_inference_samples_per_second"], ".1f"))
     cost.add_row("peak memory (RSS)", _fmt(metrics.get("peak_memory_mb"), ".0f", " MB"))
     cost.add_row("memory added by training", _fmt(metrics.get("train_memory_mb"), ".0f", " MB"))
     if "cuda_peak_memory_mb" in metrics:
         cost.add_row("CUDA peak", _fmt(metrics["cuda_peak_memory_mb"], ".0f", " MB"))
     console.print(cost)
+
+
+def print_evaluations(rows: list[dict[str, Any]], console: Console) -> None:
+    """metrics.json's ``evaluations``: step, train loss, validation loss, accuracy per periodic evaluation."""
+    if not rows:
+        return
+    table = Table(title="evaluations during training", show_header=True)
+    for name in ("step", "train loss", "validation loss", "accuracy"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["step"]), _fmt(row["train_loss"]), _fmt(row["validation_loss"]), _fmt(row["accuracy"])
+        )
+    console.print(table)
 
 
 def print_targets(model, targets, r: int, console: Console, *, all_rows: bool = False) -> None:

@@ -73,7 +73,8 @@ def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
 
 def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     cuda = any((r.get("cuda_peak_memory_mb") or {}).get("n") for r in rows)
-    headers = ["method", "trainable params", "% of total", "train time", "samples/s", "peak RSS"]
+    headers = ["method", "trainable params", "% of total", "train time", "samples/s"]
+    headers += ["eval samples/s", "merged eval samples/s", "peak RSS"]
     headers += ["train memory", *(["CUDA peak"] if cuda else []), "optimizer state", "shipped"]
     cells = []
     for row in rows:
@@ -86,6 +87,8 @@ def cost_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             f"{row['trainable_percent']:.3g}%",
             fmt_stat(row["train_seconds"], ".1f", " s"),
             fmt_stat(row["train_samples_per_second"], ".1f"),
+            fmt_stat(row.get("inference_samples_per_second"), ".1f"),
+            fmt_stat(row.get("merged_inference_samples_per_second"), ".1f"),
             fmt_stat(row["peak_memory_mb"], ".0f", " MB"),
             fmt_stat(row["train_memory_mb"], ".0f", " MB"),
             *([fmt_stat(row["cuda_peak_memory_mb"], ".0f", " MB")] if cuda else []),

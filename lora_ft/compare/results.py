@@ -203,7 +203,14 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
             }
         else:
             row[split] = None
-    for key in ("train_seconds", "peak_memory_mb", "train_memory_mb", "cuda_peak_memory_mb"):
+    for key in (
+        "train_seconds",
+        "peak_memory_mb",
+        "train_memory_mb",
+        "cuda_peak_memory_mb",
+        "inference_samples_per_second",
+        "merged_inference_samples_per_second",
+    ):
         row[key] = aggregate([r.metrics.get(key) for r in done])
     row["train_samples_per_second"] = aggregate(
         [optimisation_throughput(r.metrics, lines) for r, lines in zip(done, logs, strict=True)]

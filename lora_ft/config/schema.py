@@ -140,6 +140,7 @@ class LoRAConfig:
     # end"). null: the model type's default (BERT query/value, DistilBERT q_lin/v_lin).
     targets: Union[list[str], str, None] = "all-linear"  # noqa: UP007 - the config parser reads this annotation
     init: str = "kaiming"  # or "gaussian"
+    init_std: float | None = None  # the gaussian init's std for lora_A; null: PEFT's 1/r (tutorials: 0.01)
     rslora: bool = False  # scaling alpha / sqrt(r) (rsLoRA) instead of alpha / r
     use_dora: bool = False  # DoRA: a trainable magnitude per output feature beside the low-rank direction
     # Another r / alpha for some modules, PEFT's rank_pattern / alpha_pattern: {regex: value}, where the
@@ -157,6 +158,9 @@ class LoRAConfig:
         _check(
             self.init in ("kaiming", "gaussian"), f"lora.init must be kaiming or gaussian, got {self.init!r}"
         )
+        std, gaussian = self.init_std, self.init == "gaussian"
+        _check(std is None or std > 0, f"lora.init_std must be > 0, got {std}")
+        _check(std is None or gaussian, f"lora.init_std is for lora.init=gaussian, not {self.init}")
         if isinstance(self.targets, list):
             _check(
                 len(self.targets) > 0, "lora.targets is an empty list; name modules, or null for the default"

@@ -65,6 +65,16 @@ class AdapterSet:
     module holds the base model's own head as loaded, so the outputs are exactly the base model's;
     ``disable(head=name)`` instead keeps adapter ``name``'s head on the plain encoder (how much of an
     adapter's effect is its LoRA layers and how much its head).
+
+    Example (``examples/two_adapters.py`` runs it)::
+
+        serving = AdapterSet(base_classifier, tokenizer, base_name="minilm-l6")
+        serving.add_adapter("sentiment", "runs/sentiment/adapter")
+        serving.add_adapter("topic", "runs/topic/adapter")
+        serving.set_adapter("topic")  # setattr on the wrapped modules' parents; no tensor copied
+        serving.model(**batch).logits
+        serving.disable()  # the base model's own outputs
+        serving.adapter_bytes("topic")  # its LoRA and head tensors alone
     """
 
     def __init__(

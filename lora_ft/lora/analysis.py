@@ -140,6 +140,8 @@ def analyse(
 ) -> list[ModuleUpdate]:
     """One ``ModuleUpdate`` per module of ``adapter.lora``, in module order.
 
+    E.g. ``analyse(read_adapter(path), {"0": base[0].weight})[0].lora.effective_rank(0.9)``.
+
     Args:
         adapter: an ``adapter_io.Adapter`` (plain LoRA).
         base_weights: module -> W_0 (out, in), the base weight the adapter applies to.
@@ -158,7 +160,7 @@ def analyse(
         a, b = adapter.lora[module]
         shape = (int(b.shape[0]), int(a.shape[1]))
         w0 = _weight(base_weights, module, shape, "the base model")
-        base_norm = float(torch.linalg.matrix_norm(w0.to(torch.float64)))
+        base_norm = float(torch.linalg.matrix_norm(w0.detach().to(torch.float64)))
         scaling = adapter_scaling(adapter, module)
         u_lora, s_lora = lora_svd(a, b, scaling)
         update = ModuleUpdate(module, shape, adapter.rank_of(module), scaling, Spectrum(s_lora, base_norm))

@@ -97,7 +97,10 @@ def safetensors_bytes(shapes: dict[str, list[int]], metadata: dict[str, str]) ->
 def savings(model: nn.Module, targets, ranks: list[int], head: list[str], *, name: str = "") -> Savings:
     """LoRA's trainable parameters and adapter size at each of ``ranks``, and the full fine-tuning references.
 
-    The model is not touched; a meta-device skeleton is enough.
+    The model is not touched; a meta-device skeleton is enough. Example::
+
+        skeleton = load_model_skeleton("examples/configs/llama2-7b/config.json")
+        savings(skeleton, ["q_proj", "v_proj"], [8], []).ranks[0].lora_params  # 4,194,304
 
     Raises:
         LoraFtError: see ``targets.match_targets``; an unknown head name.

@@ -35,6 +35,19 @@ def metrics_lines(metrics: dict[str, Any] | None, f1_average: str | None = None)
     lines += [
         f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |" for s, m in rows
     ]
+    return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [])]
+
+
+def _evaluation_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """metrics.json's ``evaluations`` (one per periodic evaluation) as a markdown table."""
+    if not rows:
+        return []
+    lines = ["### Evaluations during training", "", "| step | train loss | validation loss | accuracy |"]
+    lines.append("|---|---|---|---|")
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['validation_loss'])} | {_fmt(r['accuracy'])} |"
+        )
     return [*lines, ""]
 
 

@@ -28,8 +28,9 @@ class DoRALinear(LoRALinear):
         dropout: float = 0.0,
         init: str = "kaiming",
         rslora: bool = False,
+        init_std: float | None = None,
     ):
-        super().__init__(base, r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora)
+        super().__init__(base, r=r, alpha=alpha, dropout=dropout, init=init, rslora=rslora, init_std=init_std)
         self.lora_magnitude = nn.Parameter(
             torch.empty(self.out_features, device=base.weight.device, dtype=torch.float32)
         )

@@ -3,6 +3,17 @@
 
 Injection fails loudly (``targets.match_targets``): zero matches, a match that is not ``nn.Linear``, or
 a layer wrapped twice is a ``LoraFtError``.
+
+``inject_lora``'s ``targets``: exact module names or dotted suffixes (``"query"``, ``"attn.Wq"``), a
+regex (full match on the module name), a list of them, ``"all-linear"`` (every Linear outside the
+head), or None for the model type's default (BERT query/value, ...). Each match becomes a
+``LoRALinear`` (``use_dora``: ``DoRALinear``) of rank ``r`` scaled by ``alpha / r``; ``head`` names
+modules that train fully (the classifier). Example::
+
+    report = inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])
+    report.wrapped  # [WrappedInfo("blocks.0.attn.Wq", 64, 64, 8, 1024), ...]
+    lora_layers(model)  # {"blocks.0.attn.Wq": LoRALinear(...), ...}
+    merge_and_unload(model)  # plain nn.Linear again, the updates folded in
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ def inject_lora(
     alpha: float,
     dropout: float = 0.0,
     init: str = "kaiming",
+    init_std: float | None = None,
     rslora: bool = False,
     use_dora: bool = False,
     rank_pattern: dict[str, int] | None = None,
@@ -73,9 +85,9 @@ def inject_lora(
 ) -> InjectionReport:
     """Wrap the target Linears in place, freeze everything, then unfreeze every LoRA layer and ``head``.
 
-    With ``exclude_head`` the spec never selects Linears inside the head (they already train fully).
-    ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha``, as in PEFT (see
-    ``pattern_value``).
+    E.g. ``inject_lora(model, ["Wq", "Wv"], r=8, alpha=16, head=["classifier"])``; ``targets``: the module's
+    docstring; ``init``/``init_std``/``dropout``: ``LoRALinear``. With ``exclude_head`` the spec never selects
+    Linears inside the head. ``rank_pattern``/``alpha_pattern`` give some modules another ``r``/``alpha`` (PEFT).
 
     Raises:
         LoraFtError: see ``match_targets``; an unknown head name; a target inside a trained head; a
@@ -97,6 +109,7 @@ def inject_lora(
             alpha=pattern_value(alpha_pattern, name, alpha),
             dropout=dropout,
             init=init,
+            init_std=init_std,
             rslora=rslora,
         )
         _set_module(model, name, layer)
@@ -143,20 +156,34 @@ def _lora_params(layer: LoRALinear) -> list[nn.Parameter]:
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """``{module name: layer}`` for every ``LoRALinear`` (and ``DoRALinear``) in ``model``, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
 def merge_lora(model: nn.Module) -> None:
+    """Fold every layer's update into its base weight (``W += B @ A * scaling``), in place; idempotent.
+
+    Merged, a layer runs ``base(x)`` alone: the same outputs at the cost of a plain Linear. Example::
+
+        lora_ft.merge_lora(model)  # serve fast
+        lora_ft.unmerge_lora(model)  # back to trainable A and B beside the original W
+    """
     for layer in lora_layers(model).values():
         layer.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
+    """Take every merged update back out of its base weight (``W -= B @ A * scaling``); a no-op if unmerged."""
     for layer in lora_layers(model).values():
         layer.unmerge()
 
 
 def set_lora_disabled(model: nn.Module, disabled: bool) -> None:
+    """Switch every layer's update off (``True``: each computes ``base(x)``) or back on; no weight changes.
+
+    Example: ``set_lora_disabled(model, True)`` gives the base model's outputs from the wrapped model,
+    merged or not.
+    """
     for layer in lora_layers(model).values():
         layer.disabled = disabled
 

@@ -23,6 +23,21 @@ from lora_ft.lora.scaling import lora_scaling
 INITS = ("kaiming", "gaussian")
 
 
+def check_init_std(init: str, init_std: float | None) -> None:
+    """``init_std`` is None, or a finite number > 0 for the ``"gaussian"`` init (the one it scales).
+
+    Raises:
+        ValueError: a NaN, infinite, zero or negative std, or one given with another init.
+    """
+    if init_std is None:
+        return
+    number = not isinstance(init_std, bool) and isinstance(init_std, (int, float))
+    if not number or not math.isfinite(init_std) or init_std <= 0:
+        raise ValueError(f"LoRA init_std must be a finite number > 0, got {init_std!r}")
+    if init != "gaussian":
+        raise ValueError(f"LoRA init_std sets the gaussian init's std; it was given with init={init!r}")
+
+
 class LoRALinear(nn.Module):
     """Wrap ``base`` with a trainable rank-``r`` update; the base weights are frozen.
 
@@ -32,12 +47,20 @@ class LoRALinear(nn.Module):
         alpha: scaling numerator; the update is scaled by ``lora_scaling(alpha, r, rslora)``.
         dropout: dropout probability on the LoRA branch's input only, in ``[0, 1)``.
         init: ``"kaiming"`` (uniform, a=sqrt(5), as ``nn.Linear`` and PEFT) or ``"gaussian"``
-            (normal with std ``1/r``, PEFT's ``init_lora_weights="gaussian"``) for ``lora_A``.
+            (normal, PEFT's ``init_lora_weights="gaussian"``) for ``lora_A``.
+        init_std: the gaussian init's standard deviation; None (the default) is PEFT's ``1/r``.
+            The LoRA tutorials draw ``A ~ N(0, 0.01)``: ``init_std=0.01``. Only with ``"gaussian"``.
         rslora: use rank-stabilised scaling.
 
     Raises:
         ValueError: ``r < 1``, a NaN or infinite ``alpha``, dropout outside ``[0, 1)``, an unknown
-            ``init`` or a non-Linear base.
+            ``init``, an ``init_std`` that is not a finite number > 0 or is given without
+            ``init="gaussian"``, or a non-Linear base.
+
+    Example::
+
+        layer = LoRALinear(nn.Linear(64, 32), r=4, alpha=8)  # lora_A (4, 64), lora_B (32, 4)
+        y = layer(torch.randn(10, 64))  # (10, 32); equals base(x) until lora_B leaves zero
     """
 
     use_dora = False  # DoRALinear (lora_ft.lora.dora) says True
@@ -53,6 +76,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         init: str = "kaiming",
         rslora: bool = False,
+        init_std: float | None = None,
     ):
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -65,6 +89,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
         if init not in INITS:
             raise ValueError(f"LoRA init must be one of {', '.join(INITS)}, got {init!r}")
+        check_init_std(init, init_std)
         self.base = base
         self.in_features = base.in_features
         self.out_features = base.out_features
@@ -72,6 +97,7 @@ class LoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.rslora = rslora
         self.init = init
+        self.init_std = None if init_std is None else float(init_std)
         self.scaling = lora_scaling(self.alpha, r, rslora)
         # No dropout module at p=0: nn.Dropout(0) still costs a copy of x in training mode.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -92,7 +118,8 @@ class LoRALinear(nn.Module):
             if self.init == "kaiming":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             else:
-                nn.init.normal_(self.lora_A, std=1.0 / self.r)
+                std = 1.0 / self.r if self.init_std is None else self.init_std
+                nn.init.normal_(self.lora_A, std=std)
             self.lora_B.zero_()
 
     def delta_weight(self) -> torch.Tensor:

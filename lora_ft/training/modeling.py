@@ -230,6 +230,7 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
             alpha=cfg.lora.alpha,
             dropout=cfg.lora.dropout,
             init=cfg.lora.init,
+            init_std=cfg.lora.init_std,
             rslora=cfg.lora.rslora,
             use_dora=cfg.lora.use_dora,
             rank_pattern=cfg.lora.rank_pattern,

@@ -18,6 +18,7 @@ from lora_ft.config import DATA_FINGERPRINT, RunConfig
 from lora_ft.data.metrics import f1_average, label_counts
 from lora_ft.training.callbacks import MemoryCallback
 from lora_ft.training.checkpoint import checkpoint_step
+from lora_ft.training.inference import inference_speed
 from lora_ft.training.prepare import Prepared
 from lora_ft.training.resources import peak_rss_mb
 
@@ -49,6 +50,26 @@ def _final_validation(trainer, step: int) -> dict[str, float] | None:
     return None
 
 
+def evaluation_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per periodic evaluation: ``step``, ``train_loss`` (the last training loss logged at or
+    before it; None before the first), ``validation_loss``, ``accuracy`` (None for a task without)."""
+    rows, train_loss = [], None
+    for entry in log_history:
+        if "loss" in entry:
+            train_loss = float(entry["loss"])
+        if "eval_loss" in entry:
+            accuracy = entry.get("eval_accuracy")
+            rows.append(
+                {
+                    "step": int(entry["step"]),
+                    "train_loss": train_loss,
+                    "validation_loss": float(entry["eval_loss"]),
+                    "accuracy": None if accuracy is None else float(accuracy),
+                }
+            )
+    return rows
+
+
 def run_metrics(
     p: Prepared, cfg: RunConfig, method: str, trainer, result, memory: MemoryCallback
 ) -> dict[str, Any]:
@@ -60,6 +81,7 @@ def run_metrics(
         trainer, p.tokenized["validation"], "validation"
     )
     test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
+    speed = inference_speed(trainer, p.tokenized["validation"])
     tm = result.metrics
     t = cfg.train
     metrics: dict[str, Any] = {
@@ -75,6 +97,8 @@ def run_metrics(
         "train_seconds": float(tm.get("train_runtime", 0.0)),
         "train_samples_per_second": float(tm.get("train_samples_per_second", 0.0)),
         "train_loss": float(tm.get("train_loss", float("nan"))),
+        **speed,
+        "evaluations": evaluation_rows(trainer.state.log_history),
         "train_samples": len(p.tokenized["train"]),
         "epochs": float(t.epochs),
         "global_steps": int(trainer.state.global_step),
@@ -127,6 +151,7 @@ def _lora_settings(cfg: RunConfig, targets: list[str]) -> dict[str, Any]:
         "rslora": lora.rslora,
         "use_dora": lora.use_dora,
         "init": lora.init,
+        "init_std": lora.init_std,
         "rank_pattern": lora.rank_pattern,
         "alpha_pattern": lora.alpha_pattern,
         "targets": targets,
