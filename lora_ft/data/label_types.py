@@ -175,17 +175,18 @@ def multi_label_labels(
 
 def _score(value, row: int, where: str, column: str) -> float:
     """One regression label as a finite float32-representable float."""
+    number = value
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            number = float(value.strip())
         except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int | float):
         raise LoraFtError(
             f"label {value!r} at row {row} of {where} (column {column!r}) is not a number; regression "
             "labels are numbers (or choose another data.problem_type)"
         )
-    value = float(value)
+    value = float(number)
     if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
         raise LoraFtError(
             f"label {value} at row {row} of {where} (column {column!r}) is not a finite number (float32); "
