@@ -183,6 +183,9 @@ def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=use_safetensors,
             output_loading_info=True,
+            # A checkpoint's own head sized for another task (2 classes; the task has 3, or 1 score)
+            # starts afresh, as a head the checkpoint lacks does: it is listed as newly initialized.
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise LoraFtError(f"cannot load model {cfg.name}: {load_error(exc)}") from None
@@ -196,7 +199,14 @@ def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
             raise LoraFtError(
                 f"model.num_layers={cfg.num_layers} is not supported for {cfg.name} (it has {have})"
             )
-    newly = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
+    resized = sorted({key.rsplit(".", 1)[0] for key, *_ in info.get("mismatched_keys", ())})
+    if resized:
+        log.warning(
+            "model %s: %s sized for another number of outputs; re-initialized for %d (%s)",
+            cfg.name, ", ".join(resized), task.num_labels, task.problem_type,
+        )  # fmt: skip
+    missing = {k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())}
+    newly = sorted(missing | set(resized))
     tokenizer = load_tokenizer(path, cfg)
     return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, newly_initialized=newly)
 
