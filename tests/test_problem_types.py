@@ -4,6 +4,7 @@ train.metric_for_best naming any problem type's key."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from rich.console import Console
 from safetensors import safe_open
 
+from lora_ft.cli.tables import print_run_summary
 from lora_ft.config import DataConfig, load_config
 from lora_ft.config.schema import BEST_METRICS
 from lora_ft.data import sources
@@ -374,3 +377,24 @@ def test_the_best_checkpoint_by_mse_is_the_lowest(tmp_path, cache, tiny_bert_dir
     assert metrics["best_step"] == best and metrics["best_metric"] == pytest.approx(evals[best])
     assert metrics["validation"]["mse"] == pytest.approx(evals[best])
     assert np.isfinite(list(metrics["validation"].values())).all()
+
+
+def test_the_train_summary_shows_a_regression_runs_own_metrics():
+    split = {
+        "pearson": 0.81,
+        "spearman": 0.79,
+        "pearson_spearman_mean": 0.8,
+        "mse": 1.25,
+        "mae": 0.9,
+        "loss": 1.25,
+    }
+    metrics = {
+        "method": "lora", "model": "m", "validation": split, "test": split, "trainable_params": 10,
+        "total_params": 100, "trainable_percent": 10.0, "train_seconds": 1.0, "train_samples_per_second": 5.0,
+        "label_names": ["score"], "task": Task(REGRESSION, ("score",)).to_dict(),
+    }  # fmt: skip
+    out = io.StringIO()
+    print_run_summary(metrics, Path("runs/x"), Console(file=out, width=200))
+    text = out.getvalue()
+    assert "│ pearson_spearman_mean │     0.8000 │ 0.8000 │" in text and "│ mse " in text
+    assert "accuracy" not in text and "F1" not in text

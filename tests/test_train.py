@@ -98,7 +98,10 @@ def test_smoke_config_on_the_packaged_model_writes_every_run_file(tmp_path):
     ):  # fmt: skip
         assert key in on_disk, key
     for split in ("validation", "test"):
-        assert set(on_disk[split]) == {"accuracy", "f1", "loss"}
+        # Today's keys, and the single-label metrics of issue #13 beside them.
+        assert set(on_disk[split]) == {
+            "accuracy", "f1", "loss", "macro_f1", "matthews_correlation", "f1_accuracy_mean",
+        }  # fmt: skip
         assert 0.0 <= on_disk[split]["accuracy"] <= 1.0
     assert on_disk["train_samples"] == 256
     assert on_disk["train_memory_mb"] > 0
