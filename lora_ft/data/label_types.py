@@ -41,7 +41,7 @@ def integral(labels: list, where: str) -> list[int]:
     for i, v in enumerate(labels):
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
+        if not isinstance(v, int):
             raise LoraFtError(
                 f"label {v!r} at row {i + 1} of {where} is not an integer; labels must be all integers 0..K-1 "
                 "or all class names"

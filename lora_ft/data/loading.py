@@ -3,9 +3,10 @@ its columns, checks every cell, fixes the label names, carves a validation split
 
 Every split comes out with exactly two columns: ``sentence`` (str) and ``label``: a ``ClassLabel`` (ids
 0..K-1) for single-label classification; for multi-label a multi-hot float list and for regression a
-float (data/label_types.py reads those two; data/task.py gives the types). Empty or null sentences and labels are errors naming the file, the row (counted from 1, a csv
-header not counted) and the column: nothing is dropped silently, so the same data gives the same
-evaluation set in every tool (and an empty label cell does not become a class of its own). A split
+float (data/label_types.py reads those two; data/task.py gives the types). Empty or null sentences
+and labels are errors naming the file, the row (counted from 1, a csv header not counted) and the
+column: nothing is dropped silently, so the same data gives the same evaluation set in every tool
+(and an empty label cell does not become a class of its own). A split
 whose labels are all -1 (GLUE's unlabelled test sets) is not used as a test split. A single local
 file is the train split, with 10% carved out (seed 42) as validation.
 
