@@ -27,20 +27,9 @@ STRATEGIES = ("no", "steps", "epoch")
 # What evaluations report (data/metrics.py: data/task.py's METRIC_KEYS of every problem type, and
 # f1_accuracy_mean; plus the Trainer's loss): what train.metric_for_best may name. Which of them a run
 # has depends on its data's problem type, checked when the data is read (training/prepare.py).
-BEST_METRICS = (
-    "loss",
-    "accuracy",
-    "f1",
-    "macro_f1",
-    "matthews_correlation",
-    "f1_accuracy_mean",
-    "micro_f1",
-    "subset_accuracy",
-    "pearson",
-    "spearman",
-    "pearson_spearman_mean",
-    "mse",
-    "mae",
+BEST_METRICS = tuple(
+    "loss accuracy f1 macro_f1 matthews_correlation f1_accuracy_mean micro_f1 subset_accuracy "
+    "pearson spearman pearson_spearman_mean mse mae".split()
 )
 # The experiment trackers train.report_to may name (each an extra: pip install 'lora-ft[tensorboard]').
 TRACKERS = ("tensorboard", "mlflow", "trackio")
