@@ -50,6 +50,7 @@ def rss_bytes() -> int:
 def make_adapters(out: Path, count: int) -> dict[str, Path]:
     from lora_ft.config import ModelConfig
     from lora_ft.data.assets import hub_id_of
+    from lora_ft.data.task import Task
     from lora_ft.lora.inject import inject_lora, lora_layers
     from lora_ft.lora.saving import save_adapter
     from lora_ft.lora.targets import default_head
@@ -57,7 +58,7 @@ def make_adapters(out: Path, count: int) -> dict[str, Path]:
 
     paths = {}
     for seed, (name, targets, r) in enumerate(SPECS[:count]):
-        loaded = load_model(ModelConfig(name="minilm-l6"), ["negative", "positive"])
+        loaded = load_model(ModelConfig(name="minilm-l6"), Task.legacy(["negative", "positive"]))
         model = loaded.model
         head = default_head(model, loaded.newly_initialized)
         inject_lora(model, targets, r=r, alpha=2 * r, head=head)
@@ -105,6 +106,7 @@ def main() -> None:
 
 def bench(args: argparse.Namespace, tmp: Path) -> None:
     from lora_ft.config import ModelConfig
+    from lora_ft.data.task import Task
     from lora_ft.lora.adapters import AdapterSet
     from lora_ft.lora.inject import lora_layers
     from lora_ft.lora.io import read_adapter
@@ -117,7 +119,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     records = {name: read_adapter(path) for name, path in paths.items()}
 
     rss0 = rss_bytes()
-    loaded = load_model(ModelConfig(name="minilm-l6"), ["negative", "positive"])
+    loaded = load_model(ModelConfig(name="minilm-l6"), Task.legacy(["negative", "positive"]))
     model = loaded.model.float().eval().requires_grad_(False)
     tokenizer = loaded.tokenizer
     touch(model)

@@ -99,7 +99,7 @@ class Setup:
         t0 = time.perf_counter()
         data = load_data(cfg.data)
         t1 = time.perf_counter()
-        loaded = load_model(cfg.model, data.label_names)
+        loaded = load_model(cfg.model, data.task)
         t2 = time.perf_counter()
         tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)
         t3 = time.perf_counter()

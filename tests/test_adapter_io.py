@@ -193,9 +193,10 @@ def test_head_survives_save_and_reload(tmp_path, tiny_bert_dir):
 def test_built_in_base_is_recorded_by_hub_id_and_loaded_offline(tmp_path, minilm_dir):
     from lora_ft.config import ModelConfig
     from lora_ft.data.assets import hub_id_of
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import load_model
 
-    loaded = load_model(ModelConfig(name="minilm-l6"), ["neg", "pos"])
+    loaded = load_model(ModelConfig(name="minilm-l6"), Task.legacy(["neg", "pos"]))
     inject_lora(loaded.model, ["query"], r=2, alpha=4, head=["classifier"])
     with torch.no_grad():
         for layer in lora_layers(loaded.model).values():

@@ -144,9 +144,10 @@ def test_adapter_weights_get_the_mode_open_gives(tmp_path, tiny_bert_dir, umask)
 
 def test_readme_peft_snippet_runs_offline_against_the_cached_base(tmp_path, minilm_dir, capsys, monkeypatch):
     from lora_ft.config import ModelConfig
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import load_model
 
-    loaded = load_model(ModelConfig(name="minilm-l6"), ["negative", "positive"])
+    loaded = load_model(ModelConfig(name="minilm-l6"), Task.legacy(["negative", "positive"]))
     inject_lora(loaded.model, ["query", "value"], r=2, alpha=4, head=["classifier"])
     with torch.no_grad():
         for layer in lora_layers(loaded.model).values():

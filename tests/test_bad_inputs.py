@@ -443,6 +443,7 @@ def test_a_cuda_out_of_memory_error_names_the_setting_too(ws, monkeypatch):
 def test_pickled_weights_load_only_when_allowed_and_then_weights_only(ws, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import load_model
 
     pickled = _pickled_model(ws)
@@ -454,7 +455,9 @@ def test_pickled_weights_load_only_when_allowed_and_then_weights_only(ws, monkey
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    loaded = load_model(ModelConfig(name=str(pickled), allow_pickle=True), ["negative", "positive"])
+    loaded = load_model(
+        ModelConfig(name=str(pickled), allow_pickle=True), Task.legacy(["negative", "positive"])
+    )
     assert calls == [True]
     expected = AutoModelForSequenceClassification.from_pretrained(ws.model).state_dict()
     got = loaded.model.state_dict()
@@ -483,6 +486,7 @@ def test_a_malicious_pickle_is_refused_even_when_pickles_are_allowed(ws):
 def test_trust_remote_code_is_false_unless_asked(ws, monkeypatch):
     import transformers
 
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import load_model, load_model_skeleton
 
     seen = []
@@ -498,12 +502,12 @@ def test_trust_remote_code_is_false_unless_asked(ws, monkeypatch):
             return _real(klass, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    load_model(ModelConfig(name=str(ws.model)), ["negative", "positive"])
+    load_model(ModelConfig(name=str(ws.model)), Task.legacy(["negative", "positive"]))
     load_model_skeleton(str(ws.model))
     assert {name for name, _ in seen} == {"AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"}
     assert all(flag is False for _, flag in seen), seen
     seen.clear()
-    load_model(ModelConfig(name=str(ws.model), trust_remote_code=True), ["negative", "positive"])
+    load_model(ModelConfig(name=str(ws.model), trust_remote_code=True), Task.legacy(["negative", "positive"]))
     assert seen and all(flag is True for _, flag in seen), seen
 
 

@@ -236,6 +236,7 @@ def test_a_missing_text_names_the_column(cache, tmp_path):
 
 
 def test_a_max_length_past_the_positions_is_refused_before_any_work(cache, tmp_path, tiny_bert_dir):
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import check_max_length, load_model
 
     data = _toy(tmp_path)
@@ -249,7 +250,7 @@ def test_a_max_length_past_the_positions_is_refused_before_any_work(cache, tmp_p
         "max_position_embeddings=128); set data.max_length=128 or lower"
     )
     assert not (cache / "tokenized").exists() and set(tmp_path.iterdir()) == {cache, data}
-    check_max_length(load_model(cfg.model, ["0", "1"]), 128)  # the last position is usable
+    check_max_length(load_model(cfg.model, Task.legacy(["0", "1"])), 128)  # the last position is usable
 
 
 # --- a full disk while caching ------------------------------------------------------------------

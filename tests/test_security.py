@@ -272,13 +272,14 @@ def test_our_own_files_are_never_opened_through_a_link(ws, tmp_path):
 def test_a_model_directory_made_of_links_still_loads(tmp_path, tiny_bert_dir):
     """The Hugging Face hub cache keeps every file of a snapshot as a link into blobs/."""
     from lora_ft.config import ModelConfig
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import load_model
 
     linked = tmp_path / "snapshot"
     linked.mkdir()
     for f in tiny_bert_dir.iterdir():
         (linked / f.name).symlink_to(f)
-    loaded = load_model(ModelConfig(name=str(linked)), ["negative", "positive"])
+    loaded = load_model(ModelConfig(name=str(linked)), Task.legacy(["negative", "positive"]))
     assert loaded.model.config.num_hidden_layers == 2
 
 

@@ -98,7 +98,10 @@ def test_smoke_config_on_the_packaged_model_writes_every_run_file(tmp_path):
     ):  # fmt: skip
         assert key in on_disk, key
     for split in ("validation", "test"):
-        assert set(on_disk[split]) == {"accuracy", "f1", "loss"}
+        # Today's keys, and the single-label metrics of issue #13 beside them.
+        assert set(on_disk[split]) == {
+            "accuracy", "f1", "loss", "macro_f1", "matthews_correlation", "f1_accuracy_mean",
+        }  # fmt: skip
         assert 0.0 <= on_disk[split]["accuracy"] <= 1.0
     assert on_disk["train_samples"] == 256
     assert on_disk["train_memory_mb"] > 0
@@ -208,7 +211,8 @@ def test_the_best_checkpoint_is_published_and_early_stopping_is_recorded(
     assert metrics["stopped_early"] is True and metrics["global_steps"] == evals[-1]["step"] < 12
     assert max(accuracies[-2:]) <= best["eval_accuracy"] and best["step"] < metrics["global_steps"]
     assert metrics["best_step"] == best["step"] and metrics["best_metric"] == best["eval_accuracy"]
-    assert metrics["validation"] == {k: best[f"eval_{k}"] for k in ("accuracy", "f1", "loss")}
+    keys = ("accuracy", "f1", "loss", "macro_f1", "matthews_correlation", "f1_accuracy_mean")
+    assert metrics["validation"] == {k: best[f"eval_{k}"] for k in keys}
     assert json.loads((out / "metrics.json").read_text())["best_step"] == best["step"]
 
     kept = out / "checkpoints" / f"checkpoint-{best['step']}"

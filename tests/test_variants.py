@@ -302,11 +302,12 @@ def test_rank_pattern_saves_as_peft_keys_that_select_each_layer(tmp_path, tiny_b
     ],
 )
 def test_config_switches_reach_the_saved_adapter(tmp_path, tiny_bert_dir, overrides, keys):
+    from lora_ft.data.task import Task
     from lora_ft.training.modeling import build_for_method, load_model
 
     settings = [f"model.name={tiny_bert_dir}", "lora.r=2", "lora.alpha=4", "lora.targets=[query,value]"]
     cfg = load_config(None, [*settings, *overrides])  # the ranks are of query and value
-    loaded = load_model(cfg.model, ["neg", "pos"])
+    loaded = load_model(cfg.model, Task.legacy(["neg", "pos"]))
     build = build_for_method(loaded, cfg)
     trainable = {n.rsplit(".", 1)[-1] for n, p in loaded.model.named_parameters() if p.requires_grad}
     expected = {"lora_A", "lora_B", "weight", "bias"} | ({"lora_magnitude"} if cfg.lora.use_dora else set())

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lora_ft import fmt
+from lora_ft.data.task import SINGLE_LABEL
 from lora_ft.data.textlines import shorten
 
 
@@ -19,7 +20,8 @@ def _fmt(value: float | None, spec: str = ".4f", suffix: str = "") -> str:
 
 
 def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> None:
-    """The final table of ``lora-ft train``: accuracy, F1 (binary or macro), loss per split; cost of the run."""
+    """The final table of ``lora-ft train``: accuracy, F1 (binary or macro), loss per split (multi-label and
+    regression: their metrics and loss); cost of the run."""
     from lora_ft.data.metrics import f1_average  # numpy: not for --help
     from lora_ft.fmt import f1_heading
 
@@ -29,7 +31,10 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     for split in splits:
         table.add_column(split, justify="right")
     average = f1_average(len(metrics["label_names"])) if metrics.get("label_names") else None
-    for key, name in (("accuracy", "accuracy"), ("f1", f1_heading([average])), ("loss", "loss")):
+    rows = [("accuracy", "accuracy"), ("f1", f1_heading([average])), ("loss", "loss")]
+    if metrics.get("task", {}).get("problem_type", SINGLE_LABEL) != SINGLE_LABEL and splits:
+        rows = [(key, key) for key in metrics[splits[0]]]  # the task's metrics (data/metrics.py), then loss
+    for key, name in rows:
         table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
     console.print(table)
     print_evaluations(metrics.get("evaluations") or [], console)

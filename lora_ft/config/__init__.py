@@ -11,7 +11,7 @@ and compare, which all read it, and loads no torch.
 
 from __future__ import annotations
 
-from lora_ft.config.build import DATA_FINGERPRINT, config_from_dict
+from lora_ft.config.build import DATA_FINGERPRINT, TASK_RECORD, config_from_dict
 from lora_ft.config.schema import (
     METHODS,
     TRACKERS,
@@ -26,6 +26,7 @@ from lora_ft.config.yaml_io import apply_overrides, command_line_trust, dump_con
 
 __all__ = [
     "DATA_FINGERPRINT",
+    "TASK_RECORD",
     "METHODS",
     "TRACKERS",
     "TRACKING_KEYS",

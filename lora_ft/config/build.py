@@ -14,10 +14,12 @@ from typing import Any, Union
 from lora_ft.config.schema import RunConfig
 from lora_ft.errors import LoraFtError
 
-# Keys a saved config may carry that are records, not settings: the library versions, and the sha256 of
-# every data file the run read (``LoadedData.fingerprint``), which a resume must find unchanged.
+# Keys a saved config may carry that are records, not settings: the library versions, the sha256 of
+# every data file the run read (``LoadedData.fingerprint``), which a resume must find unchanged, and
+# the task the data gave (``Task.to_dict``).
 DATA_FINGERPRINT = "data_sha256"
-_INFORMATIONAL_KEYS = ("versions", DATA_FINGERPRINT)
+TASK_RECORD = "task"
+_INFORMATIONAL_KEYS = ("versions", DATA_FINGERPRINT, TASK_RECORD)
 
 
 def _type_name(tp: Any) -> str:

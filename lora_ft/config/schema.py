@@ -24,8 +24,13 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
-# What every evaluation reports (data/metrics.py, plus the Trainer's loss): what train.metric_for_best may name.
-BEST_METRICS = ("accuracy", "f1", "loss")
+# What evaluations report (data/metrics.py: data/task.py's METRIC_KEYS of every problem type, and
+# f1_accuracy_mean; plus the Trainer's loss): what train.metric_for_best may name. Which of them a run
+# has depends on its data's problem type, checked when the data is read (training/prepare.py).
+BEST_METRICS = tuple(
+    "loss accuracy f1 macro_f1 matthews_correlation f1_accuracy_mean micro_f1 subset_accuracy "
+    "pearson spearman pearson_spearman_mean mse mae".split()
+)
 # The experiment trackers train.report_to may name (each an extra: pip install 'lora-ft[tensorboard]').
 TRACKERS = ("tensorboard", "mlflow", "trackio")
 # Settings that say where a run is reported, not what it trains: a resume or a reused comparison run
@@ -215,7 +220,9 @@ class TrainConfig:
     # Stop after this many evaluations in a row that do not improve metric_for_best; null: never.
     early_stopping_patience: int | None = None
     load_best_model: bool = False  # publish the checkpoint with the best metric_for_best, not the last step
-    metric_for_best: str = "loss"  # accuracy, f1 or loss on the validation split; loss: lower is better
+    # A metric of the validation split (BEST_METRICS: the data's problem type decides which exist):
+    # loss, mse and mae are better lower, the rest higher.
+    metric_for_best: str = "loss"
     threads: int | None = None  # torch intra-op threads; null: one per physical core
     # Experiment trackers (TRACKERS): a list, or one name; []: none.
     report_to: Union[list[str], str] = field(default_factory=list)  # noqa: UP007 - read by the config parser

@@ -1,10 +1,12 @@
 """A data spec to validated splits: ``load_data`` reads what ``DataConfig`` names (``sources``), maps
 its columns, checks every cell, fixes the label names, carves a validation split and applies the caps.
 
-Every split comes out with exactly two columns: ``sentence`` (str) and ``label`` (``ClassLabel``, ids
-0..K-1). Empty or null sentences and labels are errors naming the file, the row (counted from 1, a csv
-header not counted) and the column: nothing is dropped silently, so the same data gives the same
-evaluation set in every tool (and an empty label cell does not become a class of its own). A split
+Every split comes out with exactly two columns: ``sentence`` (str) and ``label``: a ``ClassLabel`` (ids
+0..K-1) for single-label classification; for multi-label a multi-hot float list and for regression a
+float (data/label_types.py reads those two; data/task.py gives the types). Empty or null sentences
+and labels are errors naming the file, the row (counted from 1, a csv header not counted) and the
+column: nothing is dropped silently, so the same data gives the same evaluation set in every tool
+(and an empty label cell does not become a class of its own). A split
 whose labels are all -1 (GLUE's unlabelled test sets) is not used as a test split. A single local
 file is the train split, with 10% carved out (seed 42) as validation.
 
@@ -20,14 +22,19 @@ from dataclasses import dataclass
 import datasets
 
 from lora_ft.config import DataConfig
-from lora_ft.data.labels import check_label_names
+from lora_ft.data.label_types import (
+    UNLABELLED,
+    configured_names,
+    integral,
+    multi_label_labels,
+    regression_labels,
+)
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
-from lora_ft.data.task import Task
+from lora_ft.data.task import MULTI_LABEL, REGRESSION, Task
 from lora_ft.errors import LoraFtError
 
 CARVE_FRACTION, CARVE_SEED = 0.1, 42
 SAMPLE_SEED = 42  # fixed, not the training seed: every seed and method sees the same capped sample
-UNLABELLED = -1
 # What decides the rows and labels of every split: the source, its columns, the label names, and which
 # splits exist (the train split fixes the label names; validation is carved from train when absent).
 # Not max_length: evaluation truncates as each model was trained (its own data.max_length).
@@ -57,8 +64,8 @@ class LoadedData:
 
     Attributes:
         splits: keys among ``train``, ``validation``, ``test``; columns ``sentence`` (str) and ``label``
-            (``ClassLabel`` with ``label_names``).
-        label_names: index -> name.
+            (``ClassLabel`` with ``label_names``; multi-label: multi-hot float32 list; regression: float32).
+        label_names: index -> name (regression: ``["score"]``).
         source: human-readable origin, with notes on carved-out or unused splits.
         task: what is predicted (problem type, label names, pairs, primary metric): data/task.py.
         fingerprint: what was read -> the sha256 of its content: each local file by absolute path, a
@@ -111,60 +118,24 @@ def _check_cells(ds: datasets.Dataset, where: str, cfg: DataConfig) -> None:
             )
 
 
-def _integral(labels: list, where: str) -> list[int]:
-    out = []
-    for i, v in enumerate(labels):
-        if isinstance(v, float) and v.is_integer():  # csv readers turn an int column with gaps into floats
-            v = int(v)
-        if not isinstance(v, int):
-            raise LoraFtError(
-                f"label {v!r} at row {i + 1} of {where} is not an integer; labels must be all integers 0..K-1 "
-                "or all class names"
-            )
-        out.append(int(v))
-    return out
-
-
-def _configured_names(cfg: DataConfig, raw: RawSplits, where: str, named: bool) -> list[str] | None:
-    """``data.label_names``, checked against the data's own names; None when not set.
-
-    Raises:
-        LoraFtError: malformed names, labels that are names already, or a ``labels.json`` that disagrees.
-    """
-    if cfg.label_names is None:
-        return None
-    given = check_label_names(cfg.label_names, "data.label_names")
-    if named:
-        raise LoraFtError(
-            f"data.label_names names integer labels, but the labels of {where} are names already; "
-            "remove data.label_names"
-        )
-    if raw.label_names is not None and raw.label_names != given:
-        raise LoraFtError(
-            f"data.label_names ({', '.join(given)}) and {raw.source}/labels.json "
-            f"({', '.join(raw.label_names)}) disagree; give the names in one place"
-        )
-    return given
-
-
 def _label_names(feature, train_labels: list, where: str, raw: RawSplits, cfg: DataConfig) -> list[str]:
     """Names of the label ids, fixed by the train split: ClassLabel, data.label_names, labels.json,
     sorted strings or 0..K-1.
 
     Raises:
-        LoraFtError: see ``_configured_names``; ``data.label_names`` whose count is not the number of
+        LoraFtError: see ``configured_names``; ``data.label_names`` whose count is not the number of
             integer labels in the train split.
     """
     classes = isinstance(feature, datasets.ClassLabel)
     strings = not classes and any(isinstance(v, str) for v in train_labels)
-    configured = _configured_names(cfg, raw, where, classes or strings)
+    configured = configured_names(cfg, raw, where, classes or strings)
     if classes:
         return list(feature.names)
     if configured is None and raw.label_names is not None:
         return raw.label_names
     if strings:
         return sorted({str(v) for v in train_labels})
-    ids = sorted(set(_integral(train_labels, where)) - {UNLABELLED})
+    ids = sorted(set(integral(train_labels, where)) - {UNLABELLED})
     if configured is None:
         return [str(i) for i in range(len(ids))]
     if len(configured) != len(ids):
@@ -186,7 +157,7 @@ def _label_ids(labels: list, names: list[str], where: str, by_name: bool) -> lis
                     f"label {v!r} at row {i + 1} of {where} does not occur in train; labels are: {', '.join(names)}"
                 )
         return [index[v] for v in labels]
-    ids = _integral(labels, where)
+    ids = integral(labels, where)
     if all(v == UNLABELLED for v in ids):
         return None
     for i, v in enumerate(ids):
@@ -198,11 +169,12 @@ def _label_ids(labels: list, names: list[str], where: str, by_name: bool) -> lis
     return ids
 
 
-def _with_labels(ds: datasets.Dataset, ids: list[int], names: list[str]) -> datasets.Dataset:
-    features = datasets.Features(
-        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
-    )
-    return datasets.Dataset.from_dict({"sentence": ds["sentence"][:], "label": ids}, features=features)
+def _with_labels(ds: datasets.Dataset, labels: list, feature) -> datasets.Dataset:
+    """``ds`` with its ``label`` column replaced by ``labels`` typed ``feature``, its text columns kept."""
+    text = datasets.Value("string")
+    features = datasets.Features({c: feature if c == "label" else text for c in ds.column_names})
+    values = {c: labels if c == "label" else ds[c][:] for c in ds.column_names}
+    return datasets.Dataset.from_dict(values, features=features)
 
 
 def _cap(ds: datasets.Dataset, n: int | None) -> datasets.Dataset:
@@ -233,26 +205,43 @@ def _labelled(
             raise LoraFtError(
                 f"the {split} split ({raw.where[split]}) has no labels (all -1); it must be labelled"
             )
-        splits[split] = _with_labels(ds, ids, names)
+        splits[split] = _with_labels(ds, ids, datasets.ClassLabel(names=names))
     return splits, names, notes
+
+
+def _typed(
+    columns: dict[str, datasets.Dataset], raw: RawSplits, cfg: DataConfig
+) -> tuple[dict, list[str], list[str]]:
+    """``_labelled`` for the problem type ``cfg.problem_type`` names (multi-label and regression:
+    data/label_types.py)."""
+    if cfg.problem_type == MULTI_LABEL:
+        labels, names, feature = multi_label_labels(columns, raw, cfg)
+        return {s: _with_labels(columns[s], labels[s], feature) for s in labels}, names, []
+    if cfg.problem_type == REGRESSION:
+        labels, names, notes = regression_labels(columns, raw, cfg)
+        feature = datasets.Value("float32")
+        return {s: _with_labels(columns[s], labels[s], feature) for s in labels}, names, notes
+    return _labelled(columns, raw, cfg)
 
 
 def load_data(cfg: DataConfig) -> LoadedData:
     """Read the data named by ``cfg.name``; map columns, validate labels, carve validation, apply caps.
 
     Returns:
-        ``LoadedData`` whose splits have columns ``sentence`` (str) and ``label`` (int ``ClassLabel``).
+        ``LoadedData`` whose splits have columns ``sentence`` (str) and ``label`` (typed by
+        ``cfg.problem_type``: see ``LoadedData``).
 
     Raises:
         LoraFtError: missing files or columns, non-UTF-8 text, empty data or sentences, labels out of
-            range or unseen in train, ``data.label_names`` that do not fit the labels, or a hub data
+            range or unseen in train, ``data.label_names`` that do not fit the labels, a multi-label row
+            naming an unknown label, a regression label that is not a finite number, or a hub data
             set that cannot be reached.
     """
     raw = read_spec(cfg)
     columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     for split, ds in columns.items():
         _check_cells(ds, raw.where[split], cfg)
-    splits, names, notes = _labelled(columns, raw, cfg)
+    splits, names, notes = _typed(columns, raw, cfg)
     if "validation" not in splits:
         if len(splits["train"]) < 2:
             raise LoraFtError(f"{raw.where['train']} has one row; need more to carve out a validation split")

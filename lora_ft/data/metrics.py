@@ -1,40 +1,201 @@
-"""The one home of evaluation metrics: what ``train``, ``compare``, ``eval`` and the ``Trainer`` report."""
+"""The one home of evaluation metrics: what ``train``, ``compare``, ``eval`` and the ``Trainer`` report,
+by problem type (data/task.py), computed with scikit-learn (and scipy's correlations).
+
+``task_metrics(task, predictions, labels)`` takes the raw head outputs, ``(N, K)`` logits (regression
+``(N, 1)`` scores), and returns the flat float keys ``METRIC_KEYS[task.problem_type]`` (plus
+``f1_accuracy_mean`` for single-label) and, for reports, the non-scalar ``per_class`` and
+``confusion_matrix`` (single-label) or ``per_label`` (multi-label).
+
+Conventions where a figure has nothing to measure, so that no metric is ever NaN for finite outputs:
+  - F1, precision and recall with an empty denominator are 0 (scikit-learn's ``zero_division=0``).
+  - Macro averages run over the classes (labels) that occur in the true labels or the predictions, as
+    scikit-learn's single-label default does: a class absent from both has no F1 to average, not 0.
+  - A correlation (Pearson, Spearman) of a constant prediction or a constant target is undefined; it
+    is reported as 0.0, no linear (or rank) relationship shown, as scikit-learn reports the Matthews
+    correlation of a constant prediction.
+Non-finite outputs (a diverged model) give NaN in every scalar, so ``finite.require_finite_metrics``
+refuses to publish them rather than a figure computed from garbage.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+from scipy.special import expit
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
+
+from lora_ft.data.task import F1_ACCURACY_MEAN, METRIC_KEYS, Task
+from lora_ft.errors import LoraFtError
+
+THRESHOLD = 0.5  # multi-label: a label is predicted when its sigmoid probability is >= this
 
 
 def f1_average(num_labels: int) -> str:
-    """How ``classification_metrics`` averages F1 over ``num_labels`` classes: ``"binary"`` (the positive
-    class's, for two) or ``"macro"``."""
+    """How single-label ``f1`` averages over ``num_labels`` classes: ``"binary"`` (the positive class's,
+    for two) or ``"macro"``."""
     return "binary" if num_labels == 2 else "macro"
 
 
+def scalar_keys(task: Task) -> tuple[str, ...]:
+    """The float keys ``task_metrics`` gives for ``task``: what the Trainer logs and metrics.json keeps."""
+    return METRIC_KEYS[task.problem_type] + ((F1_ACCURACY_MEAN,) if task.is_single_label else ())
+
+
+def _present(labels: np.ndarray, preds: np.ndarray) -> list[int]:
+    return np.union1d(labels, preds).astype(int).tolist()
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 from ``logits`` ``(N, K)`` and ``labels`` ``(N,)``.
-
-    F1 is the positive class's for K == 2 (as GLUE reports SST-2) and otherwise the macro average over
-    the classes that occur in ``labels`` or in the predictions (scikit-learn's ``labels=`` their union):
-    a class absent from both has no F1 to average, not an F1 of 0.
-    Written by hand because the ``evaluate`` library downloads its metrics from the Hub.
-    """
+    """Single-label scalars from ``logits`` ``(N, K)`` and label ids ``labels`` ``(N,)``: accuracy; ``f1``,
+    the positive class's for K == 2 (as GLUE reports SST-2 and MRPC) and else ``macro_f1``; ``macro_f1``
+    over the classes present; ``matthews_correlation`` (GLUE's CoLA); ``f1_accuracy_mean`` (MRPC, QQP)."""
     preds = logits.argmax(-1)
-    k = logits.shape[-1]
-    accuracy = float((preds == labels).mean()) if len(labels) else 0.0
-
-    def f1_of(c: int) -> float:
-        tp = float(((preds == c) & (labels == c)).sum())
-        fp = float(((preds == c) & (labels != c)).sum())
-        fn = float(((preds != c) & (labels == c)).sum())
-        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-
-    if f1_average(k) == "binary":
-        f1 = f1_of(1)
+    accuracy = float(accuracy_score(labels, preds))
+    macro = float(f1_score(labels, preds, labels=_present(labels, preds), average="macro", zero_division=0))
+    if f1_average(logits.shape[-1]) == "binary":
+        f1 = float(f1_score(labels, preds, labels=[1], average="macro", zero_division=0))
     else:
-        present = np.union1d(labels, preds)
-        f1 = float(np.mean([f1_of(int(c)) for c in present])) if len(present) else 0.0
-    return {"accuracy": accuracy, "f1": f1}
+        f1 = macro
+    return {
+        "accuracy": accuracy,
+        "f1": f1,
+        "macro_f1": macro,
+        "matthews_correlation": float(matthews_corrcoef(labels, preds)),
+        F1_ACCURACY_MEAN: (f1 + accuracy) / 2,
+    }
+
+
+def _per_class(labels, preds, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each of ``names`` (index = id), in id order."""
+    p, r, f, s = precision_recall_fscore_support(
+        labels, preds, labels=list(range(len(names))), average=None, zero_division=0
+    )
+    return [
+        {
+            "label": name,
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+def _single_label(task: Task, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    labels = labels.astype(np.int64)
+    preds = logits.argmax(-1)
+    ids = list(range(task.num_labels))
+    return {
+        **classification_metrics(logits, labels),
+        "per_class": _per_class(labels, preds, task.label_names),
+        "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
+    }
+
+
+def multi_label_predictions(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """The multi-hot predictions ``(N, K)`` (int) of ``logits``: sigmoid probability >= ``threshold``."""
+    return (expit(logits.astype(np.float64)) >= threshold).astype(np.int64)
+
+
+def _multi_label(task: Task, logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    truth = (labels >= 0.5).astype(np.int64)  # the multi-hot 0.0/1.0 floats of data loading
+    preds = multi_label_predictions(logits, threshold)
+    present = np.flatnonzero(truth.any(0) | preds.any(0)).tolist()
+    macro = f1_score(truth, preds, labels=present, average="macro", zero_division=0) if present else 0.0
+    return {
+        "micro_f1": float(f1_score(truth, preds, average="micro", zero_division=0)),
+        "macro_f1": float(macro),
+        "subset_accuracy": float(accuracy_score(truth, preds)),
+        "per_label": _per_class(truth, preds, task.label_names),
+    }
+
+
+def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
+    """``fn``'s coefficient of ``x`` and ``y``; 0.0 when either is constant (undefined: module docstring)."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(fn(x, y)[0])
+
+
+def _regression(outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    scores = outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64)
+    target = labels.reshape(-1).astype(np.float64)
+    pearson = _correlation(pearsonr, scores, target)
+    spearman = _correlation(spearmanr, scores, target)
+    return {
+        "pearson": pearson,
+        "spearman": spearman,
+        "pearson_spearman_mean": (pearson + spearman) / 2,
+        "mse": float(mean_squared_error(target, scores)),
+        "mae": float(mean_absolute_error(target, scores)),
+    }
+
+
+def task_metrics(
+    task: Task, predictions: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD
+) -> dict[str, Any]:
+    """Every metric of ``task`` from the raw head outputs ``predictions`` ``(N, K)`` and ``labels``
+    (``(N,)`` ids, ``(N, K)`` multi-hot, or ``(N,)`` scores); ``threshold``: multi-label only.
+
+    Returns:
+        ``scalar_keys(task)`` as floats, plus ``per_class`` (a list of {label, precision, recall, f1,
+        support}) and ``confusion_matrix`` (rows = true, columns = predicted, in label-id order) for
+        single-label, ``per_label`` for multi-label.
+
+    Raises:
+        LoraFtError: no rows, or outputs whose width is not ``task.num_labels``.
+    """
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if len(labels) == 0:
+        raise LoraFtError("no examples to score: the evaluation split is empty")
+    width = predictions.shape[-1] if predictions.ndim > 1 else 1
+    if width != task.num_labels:
+        raise LoraFtError(
+            f"the model gives {width} output(s) per example but the task has {task.num_labels} "
+            f"({', '.join(task.label_names)}); evaluate it on the data it was trained for"
+        )
+    if not np.isfinite(predictions).all():
+        return {key: float("nan") for key in scalar_keys(task)}
+    if task.is_single_label:
+        return _single_label(task, predictions, labels)
+    if task.is_multi_label:
+        return _multi_label(task, predictions, labels, threshold)
+    return _regression(predictions, labels)
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The float entries of ``metrics`` (what the Trainer logs), without the per-class reports."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def primary(task: Task, metrics: dict[str, Any]) -> float:
+    """The figure that ranks models on ``task``: ``metrics[task.primary_metric]``."""
+    return float(metrics[task.primary_metric])
+
+
+def compute_metrics_for(task: Task) -> Callable[[Any], dict[str, float]]:
+    """The ``Trainer``'s ``compute_metrics`` for ``task``: the scalars of ``task_metrics`` of an
+    ``EvalPrediction`` (the Trainer logs them as ``eval_<key>``)."""
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        outputs = eval_pred.predictions
+        if isinstance(outputs, tuple):
+            outputs = outputs[0]
+        return scalars(task_metrics(task, outputs, eval_pred.label_ids))
+
+    return compute_metrics
 
 
 def label_counts(labels, num_labels: int) -> list[int]:
@@ -45,11 +206,3 @@ def label_counts(labels, num_labels: int) -> list[int]:
 def majority_accuracy(counts: list[int]) -> float:
     """The accuracy of always predicting the most frequent class: what a model that learned nothing scores."""
     return max(counts) / sum(counts)
-
-
-def compute_metrics(eval_pred) -> dict[str, float]:
-    """The ``Trainer``'s ``compute_metrics``: ``classification_metrics`` of an ``EvalPrediction``."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return classification_metrics(np.asarray(logits), np.asarray(labels))

@@ -27,6 +27,7 @@ from transformers import AutoConfig
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.data.labels import check_label_names
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.apply import apply_adapter
@@ -213,7 +214,7 @@ def _from_adapter(
     model_cfg = _base_config(adapter, run, base, trust_remote_code)
     try:
         labels = _adapter_labels(adapter, run, model_cfg)
-        loaded = load_model(model_cfg, labels)
+        loaded = load_model(model_cfg, Task.legacy(labels))
     except LoraFtError as exc:
         raise LoraFtError(
             f"{exc} (the base model of adapter {adir}; pass --base to use another copy)"
@@ -266,7 +267,7 @@ def _from_model(
         raise LoraFtError(f"cannot read {mdir / MODEL_CONFIG}: {load_error(exc)}") from None
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     check_label_names(labels, f"{mdir / MODEL_CONFIG}: id2label")
-    loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), labels)
+    loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), Task.legacy(labels))
     if loaded.newly_initialized:
         raise LoraFtError(
             f"{mdir} has no trained classification head ({', '.join(loaded.newly_initialized)} would be "

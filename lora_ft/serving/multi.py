@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lora_ft.config import DataConfig, ModelConfig
 from lora_ft.data.loading import split_settings
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 from lora_ft.lora.adapters import NAME_PATTERN, AdapterSet
 from lora_ft.lora.io import CONFIG_NAME, Adapter, read_adapter
@@ -108,7 +109,7 @@ def load_adapter_set(
         trust_remote_code=trust_remote_code,
     )
     labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
-    loaded = load_model(cfg, next(iter(labels.values())))
+    loaded = load_model(cfg, Task.legacy(next(iter(labels.values()))))
     model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)
     model.requires_grad_(False)
     aset = AdapterSet(model, loaded.tokenizer, base_name=cfg.name, untrained=loaded.newly_initialized)

@@ -15,6 +15,8 @@ import torch
 from transformers import TrainingArguments
 
 from lora_ft.config import RunConfig, TrainConfig
+from lora_ft.data.metrics import scalar_keys
+from lora_ft.data.task import LOWER_IS_BETTER, Task
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.distributed import launched_world_size
 from lora_ft.training.precision import check_supported
@@ -139,7 +141,7 @@ def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path, run_name: str |
         load_best_model_at_end=t.load_best_model,
         # Set only when used: with a metric the Trainer tracks the best checkpoint and keeps it from rotation.
         metric_for_best_model=t.metric_for_best if tracks_best else None,
-        greater_is_better=t.metric_for_best != "loss",
+        greater_is_better=t.metric_for_best not in LOWER_IS_BETTER,
         restore_callback_states_from_checkpoint=True,
         length_column_name="length",
         label_names=["labels"],
@@ -152,6 +154,17 @@ def _owned_kwargs(t: TrainConfig, method: str, output_dir: Path, run_name: str |
         # CheckpointTrainer.training_step stops on a non-finite loss; the filter would only hide it.
         logging_nan_inf_filter=False,
     )
+
+
+def check_metric_for_best(t: TrainConfig, task: Task) -> None:
+    """Refuse a ``train.metric_for_best`` that ``task``'s evaluations do not report (accuracy of a
+    regression, pearson of a classifier): the Trainer would fail on it only at the first evaluation."""
+    keys = ("loss", *scalar_keys(task))
+    if t.metric_for_best not in keys:
+        raise LoraFtError(
+            f"train.metric_for_best={t.metric_for_best} is not reported for {task.problem_type} data; "
+            f"choose one of {', '.join(keys)}"
+        )
 
 
 def _device_kwargs(t: TrainConfig, launched: int) -> dict[str, Any]:

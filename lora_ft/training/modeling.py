@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lora_ft.config import ModelConfig, RunConfig
 from lora_ft.data import assets
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.lora.inject import InjectionReport, count_parameters, freeze_for_method, inject_lora
 from lora_ft.lora.targets import default_head, default_targets
@@ -148,8 +149,10 @@ def check_max_length(loaded: LoadedModel, max_length: int) -> None:
         )
 
 
-def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
-    """Load tokenizer + ``AutoModelForSequenceClassification`` with ``len(label_names)`` outputs.
+def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
+    """Load tokenizer + ``AutoModelForSequenceClassification`` with ``task.num_labels`` outputs, the
+    task's label names as ``id2label`` and its ``problem_type`` in the model config: the loss the model
+    computes (cross-entropy, BCE-with-logits, MSE), for the Trainer and for any plain-transformers loader.
 
     Raises:
         LoraFtError: unknown path, pickled weights without ``allow_pickle``, unreachable hub id,
@@ -161,15 +164,16 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
     overrides = {}
     if cfg.num_layers is not None:
         overrides["num_hidden_layers"] = cfg.num_layers
-    num_labels = len(label_names)
+    names = task.label_names
     try:
         config = AutoConfig.from_pretrained(
             path,
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
-            num_labels=num_labels,
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
+            num_labels=task.num_labels,
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            problem_type=task.problem_type,
             **overrides,
         )
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -179,6 +183,9 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=use_safetensors,
             output_loading_info=True,
+            # A checkpoint's own head sized for another task (2 classes; the task has 3, or 1 score)
+            # starts afresh, as a head the checkpoint lacks does: it is listed as newly initialized.
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise LoraFtError(f"cannot load model {cfg.name}: {load_error(exc)}") from None
@@ -192,7 +199,14 @@ def load_model(cfg: ModelConfig, label_names: list[str]) -> LoadedModel:
             raise LoraFtError(
                 f"model.num_layers={cfg.num_layers} is not supported for {cfg.name} (it has {have})"
             )
-    newly = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
+    resized = sorted({key.rsplit(".", 1)[0] for key, *_ in info.get("mismatched_keys", ())})
+    if resized:
+        log.warning(
+            "model %s: %s sized for another number of outputs; re-initialized for %d (%s)",
+            cfg.name, ", ".join(resized), task.num_labels, task.problem_type,
+        )  # fmt: skip
+    missing = {k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())}
+    newly = sorted(missing | set(resized))
     tokenizer = load_tokenizer(path, cfg)
     return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, newly_initialized=newly)
 

@@ -19,6 +19,7 @@ from lora_ft.config import RunConfig
 from lora_ft.data.loading import LoadedData, load_data
 from lora_ft.data.tokenization import tokenize_data
 from lora_ft.errors import LoraFtError
+from lora_ft.training.arguments import check_metric_for_best
 from lora_ft.training.modeling import (
     BuildReport,
     LoadedModel,
@@ -48,9 +49,10 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     data = load_data(cfg.data)
     if "validation" not in data.splits:
         raise LoraFtError(f"data {data.source} has no validation split; add one (validation.* file)")
+    check_metric_for_best(cfg.train, data.task)
     # Seed before the model is built: the classifier head's and LoRA A's initial values depend on it.
     set_seed(cfg.train.seed)
-    loaded = load_model(cfg.model, data.label_names)
+    loaded = load_model(cfg.model, data.task)
     check_max_length(loaded, cfg.data.max_length)
     build = build_for_method(loaded, cfg, method)
     tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)

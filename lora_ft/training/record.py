@@ -14,15 +14,14 @@ import transformers
 from transformers import EarlyStoppingCallback
 
 from lora_ft import __version__
-from lora_ft.config import DATA_FINGERPRINT, RunConfig
-from lora_ft.data.metrics import f1_average, label_counts
+from lora_ft.config import DATA_FINGERPRINT, TASK_RECORD, RunConfig
+from lora_ft.data.metrics import f1_average, label_counts, scalar_keys
+from lora_ft.data.task import Task
 from lora_ft.training.callbacks import MemoryCallback
 from lora_ft.training.checkpoint import checkpoint_step
 from lora_ft.training.inference import inference_speed
 from lora_ft.training.prepare import Prepared
 from lora_ft.training.resources import peak_rss_mb
-
-_EVAL_KEYS = ("accuracy", "f1", "loss")
 
 
 def library_versions() -> dict[str, str]:
@@ -36,17 +35,22 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _evaluate(trainer, dataset, prefix: str) -> dict[str, float]:
+def _eval_keys(task: Task) -> tuple[str, ...]:
+    """What a split's entry in metrics.json holds: the task's metrics (data/metrics.py) and the loss."""
+    return (*scalar_keys(task), "loss")
+
+
+def _evaluate(trainer, dataset, prefix: str, task: Task) -> dict[str, float]:
     raw = trainer.evaluate(dataset, metric_key_prefix=prefix)
-    return {k: float(raw[f"{prefix}_{k}"]) for k in _EVAL_KEYS if f"{prefix}_{k}" in raw}
+    return {k: float(raw[f"{prefix}_{k}"]) for k in _eval_keys(task) if f"{prefix}_{k}" in raw}
 
 
-def _final_validation(trainer, step: int) -> dict[str, float] | None:
+def _final_validation(trainer, step: int, task: Task) -> dict[str, float] | None:
     """The validation metrics the Trainer already computed at ``step``: the last one (the end of the
     last epoch), or the best checkpoint's, whose weights the model holds after training."""
     for entry in reversed(trainer.state.log_history):
         if entry.get("step") == step and "eval_loss" in entry:
-            return {k: float(entry[f"eval_{k}"]) for k in _EVAL_KEYS if f"eval_{k}" in entry}
+            return {k: float(entry[f"eval_{k}"]) for k in _eval_keys(task) if f"eval_{k}" in entry}
     return None
 
 
@@ -77,10 +81,11 @@ def run_metrics(
     best = _best(trainer)
     kept = trainer.state.global_step if best["best_step"] is None else best["best_step"]
     # Evaluating the same weights on the same split twice would cost a whole validation pass.
-    validation = _final_validation(trainer, kept) or _evaluate(
-        trainer, p.tokenized["validation"], "validation"
+    task = p.data.task
+    validation = _final_validation(trainer, kept, task) or _evaluate(
+        trainer, p.tokenized["validation"], "validation", task
     )
-    test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
+    test = _evaluate(trainer, p.tokenized["test"], "test", task) if "test" in p.tokenized else None
     speed = inference_speed(trainer, p.tokenized["validation"])
     tm = result.metrics
     t = cfg.train
@@ -89,6 +94,7 @@ def run_metrics(
         "model": cfg.model.name,
         "data": p.data.source,
         DATA_FINGERPRINT: p.data.fingerprint,
+        TASK_RECORD: task.to_dict(),
         "validation": validation,
         "test": test,
         "trainable_params": p.build.trainable_params,
@@ -115,11 +121,14 @@ def run_metrics(
         "train_memory_mb": memory.train_memory_mb,
         "rss_before_train_mb": memory.before_mb,
         "label_names": p.data.label_names,
-        "f1_average": f1_average(len(p.data.label_names)),
-        # The majority-class baseline of the validation accuracy (compare's plot draws it).
-        "validation_label_counts": label_counts(p.tokenized["validation"]["labels"], len(p.data.label_names)),
         "head": p.build.head,
     }
+    if task.is_single_label:
+        metrics["f1_average"] = f1_average(task.num_labels)
+        # The majority-class baseline of the validation accuracy (compare's plot draws it).
+        metrics["validation_label_counts"] = label_counts(
+            p.tokenized["validation"]["labels"], task.num_labels
+        )
     if method == "lora":
         metrics["lora"] = _lora_settings(cfg, p.build.targets)
     if memory.cuda_peak_mb is not None:

@@ -20,9 +20,9 @@ from typing import Any
 
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, TrainingArguments
 
-from lora_ft.config import DATA_FINGERPRINT, RunConfig, dump_config
+from lora_ft.config import DATA_FINGERPRINT, TASK_RECORD, RunConfig, dump_config
 from lora_ft.data.assets import hub_id_of, with_absolute_paths
-from lora_ft.data.metrics import compute_metrics
+from lora_ft.data.metrics import compute_metrics_for
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import memory_hint
 from lora_ft.finite import require_finite, require_finite_metrics
@@ -184,7 +184,12 @@ def _train_into(
     start = from_main(run.start_checkpoint(args.world_size) if main else None) if resume else None
     # Written once the resumed state has been checked (a budget below its step is refused), so a
     # refused resume leaves the config that its resume command continues.
-    config_text = dump_config(cfg, {"versions": library_versions(), DATA_FINGERPRINT: p.data.fingerprint})
+    records = {
+        "versions": library_versions(),
+        DATA_FINGERPRINT: p.data.fingerprint,
+        TASK_RECORD: p.data.task.to_dict(),
+    }
+    config_text = dump_config(cfg, records)
     if main and notify is not None:
         notify(_batch_line(cfg, args.world_size))
     memory = MemoryCallback()
@@ -249,7 +254,7 @@ def _trainer(
         eval_dataset=p.tokenized["validation"],
         data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
         processing_class=p.loaded.tokenizer,
-        compute_metrics=compute_metrics,
+        compute_metrics=compute_metrics_for(p.data.task),
         callbacks=[JsonlLogCallback(run.partial / LOG_FILE), StopOnNonFinite(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its dict prints
