@@ -398,3 +398,22 @@ def test_the_train_summary_shows_a_regression_runs_own_metrics():
     text = out.getvalue()
     assert "│ pearson_spearman_mean │     0.8000 │ 0.8000 │" in text and "│ mse " in text
     assert "accuracy" not in text and "F1" not in text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"label_separator": ";"}, {"label_separator": "", "problem_type": "multi_label_classification"}],
+)
+def test_label_separator_needs_multi_label_and_a_character(settings):
+    from lora_ft.config import DataConfig
+
+    with pytest.raises(LoraFtError, match="data.label_separator"):
+        DataConfig(**settings)
+    DataConfig(label_separator=";", problem_type="multi_label_classification")
+
+
+def test_misspelt_problem_type_names_the_three():
+    from lora_ft.config import DataConfig
+
+    with pytest.raises(LoraFtError, match="data.problem_type must be one of single_label_classification"):
+        DataConfig(problem_type="regresion")

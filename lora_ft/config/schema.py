@@ -115,13 +115,9 @@ class DataConfig:
             f"data.problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {self.problem_type!r}",
         )
         _check(
-            self.label_separator is None or self.problem_type == PROBLEM_TYPES[1],
-            "data.label_separator splits multi-label labels; set data.problem_type: multi_label_classification "
-            "or remove it",
-        )
-        _check(
-            self.label_separator is None or bool(self.label_separator),
-            "data.label_separator is empty; give the character between labels (e.g. ';') or null",
+            self.label_separator is None
+            or (self.label_separator != "" and self.problem_type == PROBLEM_TYPES[1]),
+            "data.label_separator (the non-empty string between labels) needs multi_label_classification",
         )
         _check(self.max_length >= 8, f"data.max_length must be >= 8 tokens, got {self.max_length}")
         for key in ("max_train_samples", "max_eval_samples"):
