@@ -16,6 +16,7 @@ from transformers import EarlyStoppingCallback
 from lora_ft import __version__
 from lora_ft.config import DATA_FINGERPRINT, RunConfig
 from lora_ft.data.metrics import f1_average, label_counts
+from lora_ft.data.sources import SPLITS
 from lora_ft.training.callbacks import MemoryCallback
 from lora_ft.training.checkpoint import checkpoint_step
 from lora_ft.training.prepare import Prepared
@@ -60,6 +61,8 @@ def run_metrics(
         trainer, p.tokenized["validation"], "validation"
     )
     test = _evaluate(trainer, p.tokenized["test"], "test") if "test" in p.tokenized else None
+    # A preset's extra evaluation splits (MNLI's validation_mismatched), each under its own name.
+    extra = {s: _evaluate(trainer, ds, s) for s, ds in p.tokenized.items() if s not in SPLITS}
     tm = result.metrics
     t = cfg.train
     metrics: dict[str, Any] = {
@@ -69,6 +72,7 @@ def run_metrics(
         DATA_FINGERPRINT: p.data.fingerprint,
         "validation": validation,
         "test": test,
+        **extra,
         "trainable_params": p.build.trainable_params,
         "total_params": p.build.total_params,
         "trainable_percent": 100.0 * p.build.trainable_fraction,
