@@ -269,3 +269,19 @@ def test_the_tokenized_cache_key_says_whether_inputs_are_pairs(cache, minilm_dir
         as_pairs.splits, as_pairs.label_names, "test", {}, Task(SINGLE_LABEL, ("no", "yes"))
     )
     assert tokenized_cache_dir(as_pairs, tok, 32) != tokenized_cache_dir(as_single, tok, 32)
+
+
+def test_pair_lines_need_exactly_one_tab(tmp_path):
+    import io
+
+    from lora_ft.data.textlines import read_pair_lines, read_pair_table
+
+    good = io.BytesIO(b"a one\tb one\n\nsecond a\tsecond b\r\n")
+    assert list(read_pair_lines(good, "stdin")) == [("a one", "b one"), ("second a", "second b")]
+    with pytest.raises(LoraFtError, match=r"^line 2 of stdin has no tab; this model classifies text pairs"):
+        list(read_pair_lines(io.BytesIO(b"a\tb\nonly one text\n"), "stdin"))
+    table = tmp_path / "pairs.csv"
+    table.write_text('sentence,sentence2\n"x, y",z\n', encoding="utf-8")
+    assert list(read_pair_table(table, ("sentence", "sentence2"))) == [("x, y", "z")]
+    with pytest.raises(LoraFtError, match="has no column 'hypothesis'"):
+        list(read_pair_table(table, ("sentence", "hypothesis")))
