@@ -19,7 +19,14 @@ from lora_ft.errors import LoraFtError
 from .conftest import assert_one_line_error
 
 SHIPPED = Path(__file__).resolve().parents[1] / "lora_ft" / "configs"
-NAMES = ["compare", "compare-sst2-distilbert", "default", "smoke", "sst2-distilbert"]
+NAMES = [
+    "compare",
+    "compare-sst2-distilbert",
+    "default",
+    *(f"glue-{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli")),
+    "smoke",
+    "sst2-distilbert",
+]
 runner = CliRunner()
 
 

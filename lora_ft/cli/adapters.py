@@ -11,6 +11,7 @@ from typing import Any
 
 from lora_ft.cli.options import PROGRESS_MIN_SENTENCES
 from lora_ft.cli.tables import adapters_header, adapters_line, prediction_line
+from lora_ft.data.textlines import unzip_pairs
 from lora_ft.errors import LoraFtError
 
 
@@ -37,7 +38,7 @@ def predict_adapters(
     specs: list[str] | None,
     use: str | None,
     base: str | None,
-    batches: Iterable[list[str]],
+    batches: Callable[[tuple[str, str] | None], Iterable[list]],
     *,
     batch_size: int,
     device: str,
@@ -45,16 +46,35 @@ def predict_adapters(
     trust_remote_code: bool = False,
 ) -> Iterator[list[str]]:
     """The output lines, a list per chunk of sentences: with ``use`` exactly single-adapter ``predict``'s,
-    else a header and then one column pair per adapter."""
-    from lora_ft.serving.multi import predict_each
+    else a header and then one column pair per adapter.
+
+    ``batches(columns)`` reads the input as the adapters take it (``serving.predict.pair_columns``).
+
+    Raises:
+        LoraFtError: some of the adapters take text pairs and others single texts.
+    """
+    from lora_ft.serving.multi import adapter_artifact, predict_each
+    from lora_ft.serving.predict import pair_columns
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
+    columns = {name: pair_columns(adapter_artifact(aset, name)) for name in names}
+    if len({c is None for c in columns.values()}) > 1:
+        listing = ", ".join(f"{n} ({'single texts' if c is None else 'pairs'})" for n, c in columns.items())
+        raise LoraFtError(f"the adapters take different inputs: {listing}; predict with each kind apart")
+    chosen = columns[names[0]]
     if use is None and not as_json:
-        yield [adapters_header(names)]
-    for sentences in batches:
-        progress = len(sentences) >= PROGRESS_MIN_SENTENCES
+        yield [adapters_header(names, pairs=chosen is not None)]
+    for chunk in batches(chosen):
+        progress = len(chunk) >= PROGRESS_MIN_SENTENCES
+        sentences, text_pairs = unzip_pairs(chunk)
         results = predict_each(
-            aset, sentences, names, batch_size=batch_size, device=device, progress=progress
+            aset,
+            sentences,
+            names,
+            text_pairs=text_pairs,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
         )
         if use is not None:
             yield [prediction_line(p, as_json) for p in results[use]]

@@ -33,7 +33,14 @@ from lora_ft.cli.options import (
     guarded,
 )
 from lora_ft.cli.tables import prediction_line, print_eval
-from lora_ft.data.textlines import chunks, read_lines
+from lora_ft.data.textlines import (
+    PAIR_TABLES,
+    chunks,
+    read_lines,
+    read_pair_lines,
+    read_pair_table,
+    unzip_pairs,
+)
 from lora_ft.errors import LoraFtError
 
 if TYPE_CHECKING:
@@ -160,6 +167,13 @@ def predict(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="A UTF-8 text file, one sentence per line.")
     ] = None,
+    pair: Annotated[
+        bool,
+        flag(
+            "--pair",
+            help="For a model of text pairs: the arguments are pairs, TEXT TEXT_PAIR [TEXT TEXT_PAIR ...].",
+        ),
+    ] = False,
     as_json: Annotated[
         bool,
         flag("--json", help="One JSON object per line: text, label, probability, probabilities."),
@@ -178,6 +192,11 @@ def predict(
     predictions as above; without it a header line and then `label<TAB>probability` per adapter,
     then the sentence (`--json`: `{"text", "adapters": {NAME: {label, probability, probabilities}}}`).
 
+    A model trained on text pairs (`data.text_pair_column`, GLUE's MRPC, MNLI, ...) takes pairs:
+    `--pair TEXT TEXT_PAIR`, `TEXT<TAB>TEXT_PAIR` lines on stdin (`-`) or in `--file`, or a `--file`
+    .csv/.tsv (with a header) or .jsonl holding both of the columns it was trained on; the output
+    gains the second text after the first (`--json`: `text_pair`).
+
     Examples:
 
         lora-ft predict runs/smoke "a gorgeous, moving film" "tedious and flat"
@@ -186,12 +205,17 @@ def predict(
 
         cat reviews.txt | lora-ft predict runs/smoke -
 
+        lora-ft predict runs/mrpc --pair "He left early." "He did not stay long."
+
         lora-ft predict minilm-l6 --adapter r4=runs/r4 --adapter r16=runs/r16 "tedious and flat"
     """
     from lora_ft.failures import inference_memory_hint
     from lora_ft.serving.artifacts import load_artifact
+    from lora_ft.serving.predict import pair_columns
 
-    batches = _batches(list(texts or []), file, batch_size)
+    texts = list(texts or [])
+    _check_arguments(texts, file, pair)
+    batches = functools.partial(_batches, texts, file, pair, batch_size)
     options = dict(batch_size=batch_size, device=device, as_json=as_json)
     if adapter or use is not None:
         lines = predict_adapters(
@@ -199,20 +223,23 @@ def predict(
         )
     else:
         artifact = load_artifact(run_or_model, base=base, trust_remote_code=trust_remote_code)
-        lines = _predict_lines(artifact, batches, **options)
+        lines = _predict_lines(artifact, batches(pair_columns(artifact)), **options)
     with inference_memory_hint(batch_size):
         for chunk in lines:
             typer.echo("\n".join(chunk))
 
 
-def _batches(texts: list[str], file: Path | None, batch_size: int) -> Iterator[list[str]]:
-    """The sentences in chunks of ``STREAM_SENTENCES`` (at least ``batch_size``): read, classified and
-    printed a chunk at a time, memory stays bounded however long the input is.
+def _batches(
+    texts: list[str], file: Path | None, pair: bool, batch_size: int, columns: tuple[str, str] | None
+) -> Iterator[list]:
+    """The sentences (pairs, for a model of pairs: ``columns`` names a pair file's columns) in chunks of
+    ``STREAM_SENTENCES`` (at least ``batch_size``): read, classified and printed a chunk at a time,
+    memory stays bounded however long the input is.
 
     Raises:
-        LoraFtError: there are no sentences at all (before any model is loaded).
+        LoraFtError: there are no sentences at all, or input that does not fit the model (see ``_inputs``).
     """
-    batches = chunks(_inputs(texts, file), max(STREAM_SENTENCES, batch_size))
+    batches = chunks(_inputs(texts, file, pair, columns), max(STREAM_SENTENCES, batch_size))
     first = next(batches, None)
     if first is None:
         raise LoraFtError('no sentences to classify; give them as arguments, with --file, or "-" for stdin')
@@ -220,38 +247,81 @@ def _batches(texts: list[str], file: Path | None, batch_size: int) -> Iterator[l
 
 
 def _predict_lines(
-    artifact, batches: Iterable[list[str]], *, batch_size: int, device: str, as_json: bool
+    artifact, batches: Iterable[list], *, batch_size: int, device: str, as_json: bool
 ) -> Iterator[list[str]]:
-    """The output lines of one model, a list per chunk of sentences."""
+    """The output lines of one model, a list per chunk of sentences (or pairs)."""
     from lora_ft.serving.predict import predict as run_predict
 
     for chunk in batches:
         progress = len(chunk) >= PROGRESS_MIN_SENTENCES
-        predictions = run_predict(artifact, chunk, batch_size=batch_size, device=device, progress=progress)
+        sentences, text_pairs = unzip_pairs(chunk)
+        predictions = run_predict(
+            artifact,
+            sentences,
+            text_pairs=text_pairs,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         yield [prediction_line(p, as_json) for p in predictions]
 
 
-def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
-    """The sentences to classify, streamed: arguments, the lines of ``file``, or of stdin for ``-``."""
+def _check_arguments(texts: list[str], file: Path | None, pair: bool) -> None:
+    """What can be checked before a model is loaded: one source of input, and well-formed arguments."""
     if file is not None and texts:
         raise LoraFtError('give sentences as arguments, with --file, or "-" for stdin; not several at once')
-    if file is not None:
-        if not file.is_file():
-            raise LoraFtError(f"--file {file} not found")
-        with file.open("rb") as f:
-            for _ in read_lines(f, str(file)):  # a file can be checked whole first: no output before an error
-                pass
-        return _file_lines(file)
-    if texts == ["-"]:
-        return read_lines(sys.stdin.buffer, "stdin")
-    if "-" in texts:
+    if file is not None and not file.is_file():
+        raise LoraFtError(f"--file {file} not found")
+    if texts != ["-"] and "-" in texts:
         raise LoraFtError('"-" (read stdin) must be the only sentence argument')
-    for i, text in enumerate(texts, 1):
-        if not text.strip():
-            raise LoraFtError(f"sentence argument {i} is empty; give the text to classify")
-    return iter(texts)
+    if pair and (file is not None or texts == ["-"]):
+        raise LoraFtError(
+            "--pair is for pairs given as arguments; stdin and --file of a model of pairs are read as pairs "
+            "without it: drop --pair"
+        )
+    if pair and len(texts) % 2:
+        raise LoraFtError(
+            f"--pair takes the arguments two at a time (TEXT TEXT_PAIR ...), got {len(texts)}; give each "
+            "pair's two texts"
+        )
+    if texts != ["-"]:
+        for i, text in enumerate(texts, 1):
+            if not text.strip():
+                raise LoraFtError(f"sentence argument {i} is empty; give the text to classify")
 
 
-def _file_lines(path: Path) -> Iterator[str]:
+def _inputs(
+    texts: list[str], file: Path | None, pair: bool, columns: tuple[str, str] | None
+) -> Iterator[str] | Iterator[tuple[str, str]]:
+    """The sentences to classify, streamed: arguments, the lines of ``file``, or of stdin for ``-``; for
+    a model of pairs (``columns`` not None), pairs: ``--pair`` arguments, ``text<TAB>text_pair`` lines,
+    or the two ``columns`` of a csv/tsv/jsonl ``file``.
+
+    Raises:
+        LoraFtError: pairs for a model of single texts, single texts for a model of pairs, or a file
+            that does not hold what the model takes (checked whole before anything is printed).
+    """
+    if columns is None and pair:
+        raise LoraFtError("--pair gives text pairs, but this model classifies single texts; drop --pair")
+    if file is not None:
+        read = functools.partial(_file_inputs, file, columns)
+        for _ in read():  # a file can be checked whole first: no output before an error
+            pass
+        return read()
+    if texts == ["-"]:
+        stdin = sys.stdin.buffer
+        return read_lines(stdin, "stdin") if columns is None else read_pair_lines(stdin, "stdin")
+    if columns is not None and not pair:
+        raise LoraFtError(
+            "this model classifies text pairs; give each as --pair TEXT TEXT_PAIR, or TEXT<TAB>TEXT_PAIR "
+            'lines on stdin ("-") or in --file'
+        )
+    return iter(zip(texts[::2], texts[1::2], strict=True)) if pair else iter(texts)
+
+
+def _file_inputs(path: Path, columns: tuple[str, str] | None) -> Iterator[str] | Iterator[tuple[str, str]]:
+    if columns is not None and path.suffix.lower() in PAIR_TABLES:
+        yield from read_pair_table(path, columns)
+        return
     with path.open("rb") as f:
-        yield from read_lines(f, str(path))
+        yield from read_lines(f, str(path)) if columns is None else read_pair_lines(f, str(path))

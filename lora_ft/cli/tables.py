@@ -149,22 +149,34 @@ def _prediction(p) -> dict[str, Any]:
     return {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
 
 
+def _texts(p) -> dict[str, str]:
+    """The input of a prediction as ``--json`` writes it: ``text``, and ``text_pair`` for a pair."""
+    return {"text": p.text} if p.text_pair is None else {"text": p.text, "text_pair": p.text_pair}
+
+
+def _echo(p) -> str:
+    """The input of a prediction echoed in plain output: the sentence, or both texts tab-separated, each
+    cut to ``textlines.ECHO_CHARS`` characters."""
+    return shorten(p.text) if p.text_pair is None else f"{shorten(p.text)}\t{shorten(p.text_pair)}"
+
+
 def prediction_line(p, as_json: bool) -> str:
     """One output line of ``predict``: JSON (the whole text), or ``label<TAB>probability<TAB>sentence``
-    (the sentence cut to ``textlines.ECHO_CHARS`` characters)."""
+    (the sentence cut to ``textlines.ECHO_CHARS`` characters; a pair's two texts, tab-separated)."""
     if as_json:
-        return json.dumps({"text": p.text, **_prediction(p)}, ensure_ascii=False)
-    return f"{p.label}\t{p.probability:.4f}\t{shorten(p.text)}"
+        return json.dumps({**_texts(p), **_prediction(p)}, ensure_ascii=False)
+    return f"{p.label}\t{p.probability:.4f}\t{_echo(p)}"
 
 
-def adapters_header(names: list[str]) -> str:
+def adapters_header(names: list[str], pairs: bool = False) -> str:
     """The header of ``predict --adapter ...`` without ``--use``: a label and probability column per adapter."""
-    return "\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), "sentence"])
+    inputs = ["sentence", "sentence2"] if pairs else ["sentence"]
+    return "\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), *inputs])
 
 
 def adapters_line(names: list[str], row: tuple, as_json: bool) -> str:
     """One sentence's line of ``predict --adapter ...``: ``row`` holds each adapter's Prediction of it."""
     if as_json:
         adapters = {n: _prediction(p) for n, p in zip(names, row, strict=True)}
-        return json.dumps({"text": row[0].text, "adapters": adapters}, ensure_ascii=False)
-    return "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), shorten(row[0].text)])
+        return json.dumps({**_texts(row[0]), "adapters": adapters}, ensure_ascii=False)
+    return "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), _echo(row[0])])

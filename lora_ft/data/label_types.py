@@ -50,8 +50,11 @@ def integral(labels: list, where: str) -> list[int]:
     return out
 
 
-def configured_names(cfg: DataConfig, raw: RawSplits, where: str, named: bool) -> list[str] | None:
-    """``data.label_names``, checked against the data's own names; None when not set.
+def configured_names(
+    cfg: DataConfig, raw: RawSplits, where: str, named: bool, class_names: list[str] | None = None
+) -> list[str] | None:
+    """``data.label_names``, checked against the data's own names (``class_names``: a ``ClassLabel``'s,
+    as a preset names the Hub's labels); None when not set.
 
     Raises:
         LoraFtError: malformed names, labels that are names already, or a ``labels.json`` that disagrees.
@@ -59,7 +62,12 @@ def configured_names(cfg: DataConfig, raw: RawSplits, where: str, named: bool) -
     if cfg.label_names is None:
         return None
     given = check_label_names(cfg.label_names, "data.label_names")
-    if named:
+    if class_names is not None and class_names != given:
+        raise LoraFtError(
+            f"data.label_names ({', '.join(given)}) and the label names {where} gives "
+            f"({', '.join(class_names)}) disagree; remove data.label_names"
+        )
+    if named and class_names is None:
         raise LoraFtError(
             f"data.label_names names integer labels, but the labels of {where} are names already; "
             "remove data.label_names"

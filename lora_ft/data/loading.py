@@ -1,12 +1,14 @@
 """A data spec to validated splits: ``load_data`` reads what ``DataConfig`` names (``sources``), maps
 its columns, checks every cell, fixes the label names, carves a validation split and applies the caps.
 
-Every split comes out with exactly two columns: ``sentence`` (str) and ``label``: a ``ClassLabel`` (ids
-0..K-1) for single-label classification; for multi-label a multi-hot float list and for regression a
-float (data/label_types.py reads those two; data/task.py gives the types). Empty or null sentences
-and labels are errors naming the file, the row (counted from 1, a csv header not counted) and the
-column: nothing is dropped silently, so the same data gives the same evaluation set in every tool
-(and an empty label cell does not become a class of its own). A split
+Every split comes out with the columns ``sentence`` (str), ``sentence2`` (str, the second text of a
+pair task: ``data.text_pair_column``) and ``label``: a ``ClassLabel`` (ids 0..K-1) for single-label
+classification; for multi-label a multi-hot float list and for regression a float
+(data/label_types.py reads those two; data/task.py gives the types). A preset data name
+(``glue/mrpc``, ``data/presets.py``) sets the columns, problem type and label names the user leaves
+at their defaults. Empty or null sentences and labels are errors naming the file, the row (counted
+from 1, a csv header not counted) and the column: nothing is dropped silently, so the same data gives
+the same evaluation set in every tool (and an empty label cell does not become a class of its own). A split
 whose labels are all -1 (GLUE's unlabelled test sets) is not used as a test split. A single local
 file is the train split, with 10% carved out (seed 42) as validation.
 
@@ -29,6 +31,7 @@ from lora_ft.data.label_types import (
     multi_label_labels,
     regression_labels,
 )
+from lora_ft.data.presets import apply_preset, preset_for
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
 from lora_ft.data.task import MULTI_LABEL, REGRESSION, Task
 from lora_ft.errors import LoraFtError
@@ -63,8 +66,10 @@ class LoadedData:
     """Splits ready for tokenization.
 
     Attributes:
-        splits: keys among ``train``, ``validation``, ``test``; columns ``sentence`` (str) and ``label``
-            (``ClassLabel`` with ``label_names``; multi-label: multi-hot float32 list; regression: float32).
+        splits: keys among ``train``, ``validation``, ``test``, then a preset's ``extra_eval_splits``
+            (MNLI's ``validation_mismatched``) under their own names; columns ``sentence`` (str),
+            ``sentence2`` (str) iff ``task.text_pair``, and ``label`` (``ClassLabel`` with ``label_names``;
+            multi-label: multi-hot float32 list; regression: float32).
         label_names: index -> name (regression: ``["score"]``).
         source: human-readable origin, with notes on carved-out or unused splits.
         task: what is predicted (problem type, label names, pairs, primary metric): data/task.py.
@@ -83,15 +88,29 @@ class LoadedData:
         return len(self.label_names)
 
 
+def _input_columns(cfg: DataConfig) -> dict[str, str]:
+    """Our input column -> the data's: ``sentence``, and ``sentence2`` for a pair task."""
+    columns = {"sentence": cfg.text_column}
+    if cfg.text_pair_column is not None:
+        columns[SENTENCE2] = cfg.text_pair_column
+    return columns
+
+
 def _map_columns(ds: datasets.Dataset, where: str, cfg: DataConfig) -> datasets.Dataset:
-    for column in (cfg.text_column, cfg.label_column):
+    wanted = {**_input_columns(cfg), "label": cfg.label_column}
+    for ours, column in wanted.items():
         if column not in ds.column_names:
+            fix = "data.text_pair_column" if ours == SENTENCE2 else "data.text_column / data.label_column"
             raise LoraFtError(
-                f"{where} has no column {column!r}; columns are: {', '.join(ds.column_names)} "
-                "(set data.text_column / data.label_column)"
+                f"{where} has no column {column!r}; columns are: {', '.join(ds.column_names)} (set {fix})"
             )
-    ds = ds.select_columns([cfg.text_column, cfg.label_column])
-    return ds.rename_columns({cfg.text_column: "sentence", cfg.label_column: "label"})
+    if len(set(wanted.values())) < len(wanted):
+        raise LoraFtError(
+            f"data.text_column, data.text_pair_column and data.label_column must be three different columns, "
+            f"got {', '.join(wanted.values())}"
+        )
+    ds = ds.select_columns(list(wanted.values()))
+    return ds.rename_columns({column: ours for ours, column in wanted.items()})
 
 
 def _missing(value) -> bool:
@@ -104,12 +123,14 @@ def _missing(value) -> bool:
 def _check_cells(ds: datasets.Dataset, where: str, cfg: DataConfig) -> None:
     if len(ds) == 0:
         raise LoraFtError(f"{where} has no rows")
-    for i, sentence in enumerate(ds["sentence"]):
-        if not isinstance(sentence, str) or not sentence.strip():
-            raise LoraFtError(
-                f"empty, missing or non-text sentence at row {i + 1} of {where} (column {cfg.text_column!r}); "
-                "fix or remove that row"
-            )
+    keys = {"sentence": "data.text_column", SENTENCE2: "data.text_pair_column"}
+    for ours, column in _input_columns(cfg).items():
+        for i, sentence in enumerate(ds[ours]):
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise LoraFtError(
+                    f"empty, missing or non-text sentence at row {i + 1} of {where} (column {column!r}, "
+                    f"{keys[ours]}); fix or remove that row"
+                )
     for i, label in enumerate(ds["label"]):
         if _missing(label):
             raise LoraFtError(
@@ -128,7 +149,7 @@ def _label_names(feature, train_labels: list, where: str, raw: RawSplits, cfg: D
     """
     classes = isinstance(feature, datasets.ClassLabel)
     strings = not classes and any(isinstance(v, str) for v in train_labels)
-    configured = configured_names(cfg, raw, where, classes or strings)
+    configured = configured_names(cfg, raw, where, classes or strings, feature.names if classes else None)
     if classes:
         return list(feature.names)
     if configured is None and raw.label_names is not None:
@@ -228,16 +249,20 @@ def load_data(cfg: DataConfig) -> LoadedData:
     """Read the data named by ``cfg.name``; map columns, validate labels, carve validation, apply caps.
 
     Returns:
-        ``LoadedData`` whose splits have columns ``sentence`` (str) and ``label`` (typed by
-        ``cfg.problem_type``: see ``LoadedData``).
+        ``LoadedData`` whose splits have columns ``sentence`` (str), ``sentence2`` (str, pair tasks)
+        and ``label`` (typed by ``cfg.problem_type``: see ``LoadedData``).
 
     Raises:
-        LoraFtError: missing files or columns, non-UTF-8 text, empty data or sentences, labels out of
-            range or unseen in train, ``data.label_names`` that do not fit the labels, a multi-label row
-            naming an unknown label, a regression label that is not a finite number, or a hub data
+        LoraFtError: missing files or columns (a ``data.text_pair_column`` the data lacks), non-UTF-8
+            text, empty data or sentences, labels out of range or unseen in train, ``data.label_names``
+            that do not fit the labels, a multi-label row naming an unknown label, a regression label
+            that is not a finite number, or a hub data
             set that cannot be reached.
     """
-    raw = read_spec(cfg)
+    cfg = apply_preset(cfg)
+    preset = preset_for(cfg.name)
+    extra = preset.extra_eval_splits if preset else ()
+    raw = read_spec(cfg, extra)
     columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     for split, ds in columns.items():
         _check_cells(ds, raw.where[split], cfg)
@@ -249,10 +274,11 @@ def load_data(cfg: DataConfig) -> LoadedData:
         splits["train"], splits["validation"] = parts["train"], parts["test"]
         notes.append(f"validation: {CARVE_FRACTION:.0%} of train, seed {CARVE_SEED}")
     splits["train"] = _cap(splits["train"], cfg.max_train_samples)
-    for split in ("validation", "test"):
+    for split in ("validation", "test", *extra):
         if split in splits:
             splits[split] = _cap(splits[split], cfg.max_eval_samples)
     source = raw.source + (f" ({'; '.join(notes)})" if notes else "")
-    ordered = datasets.DatasetDict({split: splits[split] for split in SPLITS if split in splits})
-    task = Task(cfg.problem_type, tuple(names), cfg.text_pair_column is not None, "", cfg.name)
+    ordered = datasets.DatasetDict({split: splits[split] for split in (*SPLITS, *extra) if split in splits})
+    primary = preset.primary_metric if preset else ""
+    task = Task(cfg.problem_type, tuple(names), cfg.text_pair_column is not None, primary, cfg.name)
     return LoadedData(ordered, names, source, raw.fingerprint, task)

@@ -57,7 +57,8 @@ class RawSplits:
     """Splits as read, before column mapping; ``where`` names each split's origin for error messages.
 
     Attributes:
-        splits: keys among ``train``, ``validation``, ``test``, columns as in the source.
+        splits: keys among ``train``, ``validation``, ``test`` and the extra splits asked for (a
+            preset's ``extra_eval_splits``), columns as in the source.
         where: split -> its origin in words (``data file PATH``, ``data set NAME[SPLIT]``).
         source: human-readable origin of the whole spec.
         fingerprint: what was read -> the sha256 of its content: each local file by absolute path, a
@@ -162,14 +163,15 @@ def _read_files(paths: list[Path]) -> tuple[datasets.Dataset, dict[str, str]]:
     return ds, digests
 
 
-def _split_files(directory: Path, cfg: DataConfig) -> dict[str, list[Path]]:
+def _split_files(directory: Path, cfg: DataConfig, extra: tuple[str, ...]) -> dict[str, list[Path]]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in FILE_BUILDERS)
     configured = {"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split}
+    configured.update({name: name for name in extra})
     found = {}
-    for split in SPLITS:
-        if configured[split] is None:
+    for split, name in configured.items():
+        if name is None:
             continue
-        names = list(dict.fromkeys([configured[split], *SPLIT_ALIASES[split]]))
+        names = list(dict.fromkeys([name, *SPLIT_ALIASES.get(split, ())]))
         for name in names:
             shards = [p for p in files if p.stem == name or re.fullmatch(rf"{re.escape(name)}-.+", p.stem)]
             if shards:
@@ -197,8 +199,9 @@ def _label_names_file(directory: Path) -> list[str] | None:
     return check_label_names(names, str(path))
 
 
-def read_spec(cfg: DataConfig) -> RawSplits:
-    """The splits ``cfg.name`` names, as read (see the module docstring for how the name resolves).
+def read_spec(cfg: DataConfig, extra: tuple[str, ...] = ()) -> RawSplits:
+    """The splits ``cfg.name`` names, as read (see the module docstring for how the name resolves), and
+    the ``extra`` splits (by their own names) where the data has them.
 
     Raises:
         LoraFtError: a missing, empty, non-UTF-8 or unreadable file, a directory without a train split,
@@ -206,14 +209,14 @@ def read_spec(cfg: DataConfig) -> RawSplits:
     """
     name = cfg.name
     if assets.is_builtin(name):
-        raw = _read_directory(assets.ensure(name, "data"), cfg)
+        raw = _read_directory(assets.ensure(name, "data"), cfg, extra)
         raw.source = f"built-in {name}"
         # Named by the asset, not the cache path: the same data wherever LORA_FT_CACHE points.
         raw.fingerprint = {f"{name}/{Path(p).name}": h for p, h in raw.fingerprint.items()}
         return raw
     path = Path(name).expanduser()
     if path.is_dir():
-        return _read_directory(path, cfg)
+        return _read_directory(path, cfg, extra)
     if path.is_file():
         ds, digests = _read_files([path])
         return RawSplits({"train": ds}, {"train": f"data file {path}"}, str(path), digests)
@@ -221,11 +224,11 @@ def read_spec(cfg: DataConfig) -> RawSplits:
         raise LoraFtError(
             f"data file not found: {name} (give a csv/tsv/jsonl/parquet file, a directory or a hub name)"
         )
-    return _read_hub(name, cfg)
+    return _read_hub(name, cfg, extra)
 
 
-def _read_directory(directory: Path, cfg: DataConfig) -> RawSplits:
-    files = _split_files(directory, cfg)
+def _read_directory(directory: Path, cfg: DataConfig, extra: tuple[str, ...]) -> RawSplits:
+    files = _split_files(directory, cfg, extra)
     splits, fingerprint = {}, {}
     for split, paths in files.items():
         splits[split], digests = _read_files(paths)
@@ -237,7 +240,7 @@ def _read_directory(directory: Path, cfg: DataConfig) -> RawSplits:
     return RawSplits(splits, where, str(directory), fingerprint, _label_names_file(directory))
 
 
-def _read_hub(name: str, cfg: DataConfig) -> RawSplits:
+def _read_hub(name: str, cfg: DataConfig, extra: tuple[str, ...]) -> RawSplits:
     path, config = hub_args(name)
     try:
         loaded = hub_load(path, config)
@@ -250,6 +253,7 @@ def _read_hub(name: str, cfg: DataConfig) -> RawSplits:
             "a local file or directory (data.name=path/to/train.csv) or the built-in rt-sentences"
         ) from None
     wanted = {"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split}
+    wanted.update({split: split for split in extra})
     if cfg.train_split not in loaded:
         raise LoraFtError(
             f"data set {name!r} has no split {cfg.train_split!r}; splits are: {', '.join(loaded)}"

@@ -1,6 +1,11 @@
 """Tokenization of loaded splits, cached on disk under a key of everything that shapes the result
-(the tokenizer's vocabulary and rules, ``max_length``, the label names, every split's content); a
-cached result appears only by rename, so a directory that exists is complete."""
+(the tokenizer's vocabulary and rules, ``max_length``, the label names, whether inputs are pairs, every
+split's content); a cached result appears only by rename, so a directory that exists is complete.
+
+A pair task (``sentence`` and ``sentence2``) is tokenized as the model's pair encoding,
+``tokenizer(text, text_pair)``: one sequence with the model's separator between the texts (and
+``token_type_ids`` 0/1 for BERT), truncated ``longest_first`` so the longer text loses tokens first.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import datasets
 from lora_ft.data import assets
 from lora_ft.data.loading import LoadedData
 from lora_ft.data.sources import cache_full, content_hash
+from lora_ft.data.task import SENTENCE2
 from lora_ft.failures import is_disk_full
 from lora_ft.fsutil import move_into_place, staging_dir
 
@@ -27,7 +33,8 @@ def tokenized_cache_dir(data: LoadedData, tokenizer, max_length: int) -> Path:
     """Where ``tokenize_data`` keeps its result: ``<cache>/tokenized/<tokenizer>-<max_length>-<hash>``.
 
     The hash covers the tokenizer's vocabulary and rules (``backend_tokenizer.to_str()``), its name,
-    ``max_length``, the label names and every split's content, so any change gives a fresh directory.
+    ``max_length``, the label names, whether inputs are pairs and every split's content, so any change
+    gives a fresh directory.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -46,6 +53,7 @@ def tokenized_cache_dir(data: LoadedData, tokenizer, max_length: int) -> Path:
         "truncation_side": tokenizer.truncation_side,
         "max_length": max_length,
         "label_names": data.label_names,
+        "text_pair": data.task.text_pair,
     }
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode("utf-8"))
     h.update(hashlib.sha256(rules.encode("utf-8")).digest())
@@ -62,15 +70,24 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
     Returns:
         A ``DatasetDict`` with the splits of ``data`` and columns ``input_ids``, ``attention_mask``
         (``token_type_ids`` when the tokenizer gives them), ``labels`` and ``length`` (the token count,
-        for length-grouped batching). Padding is left to ``DataCollatorWithPadding``.
+        of both texts for a pair, for length-grouped batching). Padding is left to
+        ``DataCollatorWithPadding``.
     """
     target = tokenized_cache_dir(data, tokenizer, max_length)
     if target.is_dir():  # complete by construction: it only appears by rename
         logger.info("tokenized data from cache: %s", target)
         return datasets.load_from_disk(str(target))
 
+    pair = data.task.text_pair
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = dict(tokenizer(batch["sentence"], truncation=True, max_length=max_length))
+        if pair:
+            encoded = tokenizer(
+                batch["sentence"], batch[SENTENCE2], truncation="longest_first", max_length=max_length
+            )
+        else:
+            encoded = tokenizer(batch["sentence"], truncation=True, max_length=max_length)
+        encoded = dict(encoded)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
@@ -80,7 +97,7 @@ def tokenize_data(data: LoadedData, tokenizer, max_length: int) -> datasets.Data
             split: ds.map(
                 encode,
                 batched=True,
-                remove_columns=["sentence"],
+                remove_columns=["sentence", SENTENCE2] if pair else ["sentence"],
                 keep_in_memory=True,
                 new_fingerprint=f"{target.name}-{split}",
                 desc=f"tokenizing {split}",

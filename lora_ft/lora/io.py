@@ -40,6 +40,7 @@ PREFIX = "base_model.model."
 META_SCALING = "lora_ft.scaling"  # JSON {module: scaling} in the safetensors header
 META_LABELS = "lora_ft.label_names"
 META_MODEL = "lora_ft.model"  # JSON of the settings the base was built with (name, num_layers, revision)
+META_TASK = "lora_ft.task"  # JSON of the task (data/task.py Task.to_dict)
 # PEFT's name for DoRA's magnitude in the file (LoRALinear.lora_magnitude).
 MAGNITUDE = "lora_magnitude_vector"
 _LORA_KEY = re.compile(rf"(.+)\.(?:(lora_A|lora_B)\.weight|({MAGNITUDE}))")
@@ -57,6 +58,7 @@ class Adapter:
     scaling: dict[str, float] = field(default_factory=dict)  # from our metadata, when lora-ft wrote it
     label_names: list[str] | None = None
     model_settings: dict[str, Any] | None = None  # from our metadata, when lora-ft wrote it
+    task: dict[str, Any] | None = None  # from our metadata (Task.to_dict), when lora-ft wrote it
 
     @property
     def use_dora(self) -> bool:
@@ -117,6 +119,7 @@ def read_adapter(path: str | Path) -> Adapter:
         scaling=_scaling_record(metadata, weights_path),
         label_names=_metadata_json(metadata, META_LABELS, weights_path),
         model_settings=_metadata_json(metadata, META_MODEL, weights_path),
+        task=_metadata_json(metadata, META_TASK, weights_path),
     )
     _check_ranks_and_scaling(adapter)
     return adapter

@@ -171,16 +171,23 @@ def predict_each(
     texts: list[str],
     names: list[str] | None = None,
     *,
+    text_pairs: list[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     progress: bool = False,
 ) -> dict[str, list[Prediction]]:
-    """Each adapter's predictions (default: every adapter's) on the same ``texts``, by adapter name."""
+    """Each adapter's predictions (default: every adapter's) on the same ``texts`` (and ``text_pairs``,
+    for pair models), by adapter name."""
     aset.to(resolve_device(device))
     out = {}
     for name in names or aset.adapters:
         out[name] = predict(
-            adapter_artifact(aset, name), texts, batch_size=batch_size, device=device, progress=progress
+            adapter_artifact(aset, name),
+            texts,
+            text_pairs=text_pairs,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
         )
     return out
 

@@ -1,7 +1,9 @@
-"""Inference: batched logits for many sentences, label predictions, and evaluation on a data split.
+"""Inference: batched logits for many sentences (or text pairs), label predictions, and evaluation on a
+data split.
 
 Sentences are tokenized once, sorted by length and batched, so each batch pads only to its own
-longest sentence; results come back in the input order.
+longest sentence; results come back in the input order. A model trained on text pairs
+(``data.text_pair_column``) gets pairs, encoded as in training (``data/tokenization.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from torch import nn
 from lora_ft.config import DataConfig
 from lora_ft.data.loading import LoadedData, load_data
 from lora_ft.data.metrics import classification_metrics, f1_average
+from lora_ft.data.presets import apply_preset
+from lora_ft.data.task import SENTENCE2, Task
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import Artifact
 
@@ -79,6 +83,7 @@ def predict_logits(
     tokenizer,
     texts: list[str],
     *,
+    text_pairs: list[str] | None = None,
     max_length: int,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
@@ -87,6 +92,8 @@ def predict_logits(
     """Logits ``(N, K)`` (float32, input order) of ``model`` for ``texts``, truncated to ``max_length`` tokens.
 
     Args:
+        text_pairs: the second text of each pair (N of them), for a model trained on pairs: each pair
+            is one sequence, ``tokenizer(text, text_pair)``, truncated ``longest_first``.
         progress: show a progress bar on stderr (when it is a terminal).
     """
     if batch_size < 1:
@@ -95,9 +102,9 @@ def predict_logits(
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
-    encoded = tokenizer(
-        [_head(t, tokenizer, max_length) for t in texts], truncation=True, max_length=max_length
-    )
+    heads = [_head(t, tokenizer, max_length) for t in texts]
+    pair_heads = None if text_pairs is None else [_head(t, tokenizer, max_length) for t in text_pairs]
+    encoded = tokenizer(heads, pair_heads, truncation="longest_first", max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
     order = np.argsort(lengths, kind="stable")
@@ -135,21 +142,51 @@ class Prediction:
     label: str
     probability: float
     probabilities: dict[str, float]
+    text_pair: str | None = None
+
+
+def _takes_pairs(artifact: Artifact) -> bool:
+    """Whether ``artifact`` was trained on text pairs: its task record (an adapter's header, the run's
+    metrics.json), else its training data's ``text_pair_column`` (a preset's too); else single texts,
+    as every model before tasks were recorded."""
+    if artifact.adapter is not None and artifact.adapter.task is not None:
+        return Task.from_dict(artifact.adapter.task, f"adapter {artifact.adapter.path}").text_pair
+    if artifact.metrics and "task" in artifact.metrics:
+        return Task.from_dict(artifact.metrics["task"], f"{artifact.describe()}: metrics").text_pair
+    return artifact.data is not None and apply_preset(artifact.data).text_pair_column is not None
+
+
+def pair_columns(artifact: Artifact) -> tuple[str, str] | None:
+    """None for a model of single texts; for a model of text pairs, the columns a pair file is read
+    from: its training data's (``text_column``, ``text_pair_column``), else (``sentence``, ``sentence2``).
+
+    Raises:
+        LoraFtError: a malformed task record.
+    """
+    if not _takes_pairs(artifact):
+        return None
+    data = apply_preset(artifact.data) if artifact.data is not None else None
+    if data is not None and data.text_pair_column is not None:
+        return data.text_column, data.text_pair_column
+    return "sentence", SENTENCE2
 
 
 def predict(
     artifact: Artifact,
     texts: list[str],
     *,
+    text_pairs: list[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     progress: bool = False,
 ) -> list[Prediction]:
-    """The most likely label of each text, with its softmax probability and every label's."""
+    """The most likely label of each text (or pair: ``text_pairs`` holds the second texts), with its
+    softmax probability and every label's."""
     logits = predict_logits(
         artifact.model,
         artifact.tokenizer,
         texts,
+        text_pairs=text_pairs,
         max_length=artifact.max_length,
         batch_size=batch_size,
         device=device,
@@ -157,11 +194,16 @@ def predict(
     )
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     names = artifact.label_names
+    seconds = text_pairs if text_pairs is not None else [None] * len(texts)
     return [
         Prediction(
-            text, names[int(p.argmax())], float(p.max()), {n: float(v) for n, v in zip(names, p, strict=True)}
+            text,
+            names[int(p.argmax())],
+            float(p.max()),
+            {n: float(v) for n, v in zip(names, p, strict=True)},
+            second,
         )
-        for text, p in zip(texts, probs, strict=True)
+        for text, second, p in zip(texts, seconds, probs, strict=True)
     ]
 
 
@@ -264,6 +306,7 @@ def evaluate_loaded(
         artifact.model,
         artifact.tokenizer,
         ds["sentence"][:],
+        text_pairs=ds[SENTENCE2][:] if SENTENCE2 in ds.column_names else None,
         max_length=artifact.max_length,
         batch_size=batch_size,
         device=device,

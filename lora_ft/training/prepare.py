@@ -61,8 +61,8 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     with warnings.catch_warnings():
         # datasets' sort hands pyarrow 25 a deprecated option: a FutureWarning on every train's stderr.
         warnings.filterwarnings("ignore", "Specifying null_placement", FutureWarning)
-        for split in ("validation", "test"):
-            if split in tokenized:
+        for split in tokenized:
+            if split != "train":  # validation, test and a preset's extra evaluation splits
                 tokenized[split] = tokenized[split].sort("length")
     return Prepared(cfg=cfg, data=data, loaded=loaded, build=build, tokenized=tokenized)
 

@@ -16,6 +16,7 @@ from transformers import EarlyStoppingCallback
 from lora_ft import __version__
 from lora_ft.config import DATA_FINGERPRINT, TASK_RECORD, RunConfig
 from lora_ft.data.metrics import f1_average, label_counts, scalar_keys
+from lora_ft.data.sources import SPLITS
 from lora_ft.data.task import Task
 from lora_ft.training.callbacks import MemoryCallback
 from lora_ft.training.checkpoint import checkpoint_step
@@ -86,6 +87,8 @@ def run_metrics(
         trainer, p.tokenized["validation"], "validation", task
     )
     test = _evaluate(trainer, p.tokenized["test"], "test", task) if "test" in p.tokenized else None
+    # A preset's extra evaluation splits (MNLI's validation_mismatched), each under its own name.
+    extra = {s: _evaluate(trainer, ds, s, task) for s, ds in p.tokenized.items() if s not in SPLITS}
     speed = inference_speed(trainer, p.tokenized["validation"])
     tm = result.metrics
     t = cfg.train
@@ -97,6 +100,7 @@ def run_metrics(
         TASK_RECORD: task.to_dict(),
         "validation": validation,
         "test": test,
+        **extra,
         "trainable_params": p.build.trainable_params,
         "total_params": p.build.total_params,
         "trainable_percent": 100.0 * p.build.trainable_fraction,
