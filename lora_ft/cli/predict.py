@@ -185,6 +185,7 @@ def predict(
     device: DeviceOpt = "auto",
     trust_remote_code: TrustOpt = False,
 ) -> None:
+    # Over 60 lines: its Annotated options (texts, pairs, files, threshold, output); the work is in serving.
     """Classify sentences: the label and its probability, one line per sentence, in input order.
 
     Plain output is tab-separated `label<TAB>probability<TAB>sentence`. With `--adapter NAME=DIR`

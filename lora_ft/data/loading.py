@@ -33,7 +33,7 @@ from lora_ft.data.label_types import (
 )
 from lora_ft.data.presets import apply_preset, preset_for
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
-from lora_ft.data.task import MULTI_LABEL, REGRESSION, Task
+from lora_ft.data.task import MULTI_LABEL, REGRESSION, SENTENCE2, Task
 from lora_ft.errors import LoraFtError
 
 CARVE_FRACTION, CARVE_SEED = 0.1, 42

@@ -89,9 +89,7 @@ def run_metrics(
     test = _evaluate(trainer, p.tokenized["test"], "test", task) if "test" in p.tokenized else None
     # A preset's extra evaluation splits (MNLI's validation_mismatched), each under its own name.
     extra = {s: _evaluate(trainer, ds, s, task) for s, ds in p.tokenized.items() if s not in SPLITS}
-    speed = inference_speed(trainer, p.tokenized["validation"])
-    tm = result.metrics
-    t = cfg.train
+    tm, t = result.metrics, cfg.train
     metrics: dict[str, Any] = {
         "method": method,
         "model": cfg.model.name,
@@ -107,7 +105,7 @@ def run_metrics(
         "train_seconds": float(tm.get("train_runtime", 0.0)),
         "train_samples_per_second": float(tm.get("train_samples_per_second", 0.0)),
         "train_loss": float(tm.get("train_loss", float("nan"))),
-        **speed,
+        **inference_speed(trainer, p.tokenized["validation"]),
         "evaluations": evaluation_rows(trainer.state.log_history),
         "train_samples": len(p.tokenized["train"]),
         "epochs": float(t.epochs),
@@ -127,9 +125,8 @@ def run_metrics(
         "label_names": p.data.label_names,
         "head": p.build.head,
     }
-    if task.is_single_label:
+    if task.is_single_label:  # F1's averaging, and the validation counts: compare's plot draws their majority
         metrics["f1_average"] = f1_average(task.num_labels)
-        # The majority-class baseline of the validation accuracy (compare's plot draws it).
         metrics["validation_label_counts"] = label_counts(
             p.tokenized["validation"]["labels"], task.num_labels
         )
