@@ -19,7 +19,7 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora.inject import lora_layers
 from lora_ft.serving.artifacts import PROVENANCE_NAME, load_artifact
 from lora_ft.serving.export import export_merged
-from lora_ft.serving.predict import evaluate
+from lora_ft.serving.evaluate import evaluate
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import SENTENCES, base_model, logits_of, make_adapter

@@ -39,6 +39,7 @@ def predict_adapters(
     base: str | None,
     batches: Iterable[list[str]],
     *,
+    threshold: float,
     batch_size: int,
     device: str,
     as_json: bool,
@@ -50,11 +51,17 @@ def predict_adapters(
 
     aset, names = _adapter_set(base_name, specs, use, base, trust_remote_code)
     if use is None and not as_json:
-        yield [adapters_header(names)]
+        yield [adapters_header(names, [aset.info(n)["task"] for n in names])]
     for sentences in batches:
         progress = len(sentences) >= PROGRESS_MIN_SENTENCES
         results = predict_each(
-            aset, sentences, names, batch_size=batch_size, device=device, progress=progress
+            aset,
+            sentences,
+            names,
+            threshold=threshold,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
         )
         if use is not None:
             yield [prediction_line(p, as_json) for p in results[use]]

@@ -34,7 +34,8 @@ from lora_ft.lora.card import metrics_lines, render_card
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
-from lora_ft.serving.predict import label_map, predict_logits
+from lora_ft.serving.evaluate import label_map
+from lora_ft.serving.predict import predict_logits
 from lora_ft.training.layout import ADAPTER
 
 log = logging.getLogger("lora_ft")
