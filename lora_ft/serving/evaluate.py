@@ -120,7 +120,7 @@ def evaluate_loaded(
     """
     task = artifact.task
     ds = loaded.splits[split]
-    labels = _model_labels(task, loaded, np.asarray(ds["label"][:]))
+    labels = model_labels(task, loaded, np.asarray(ds["label"][:]))
     logits = predict_logits(
         artifact.model,
         artifact.tokenizer,
@@ -143,7 +143,7 @@ def evaluate_loaded(
     return out
 
 
-def _model_labels(task: Task, loaded: LoadedData, labels: np.ndarray) -> np.ndarray:
+def model_labels(task: Task, loaded: LoadedData, labels: np.ndarray) -> np.ndarray:
     """The data's labels in the model's terms: class ids through ``label_map`` (single-label), multi-hot
     columns in the model's label order (multi-label), scores as they are (regression).
 

@@ -58,7 +58,10 @@ def run_task(run: RunRecord | None) -> tuple[Any, str]:
 
 
 def with_task(model: nn.Module, task: Task) -> nn.Module:
-    """``model`` whose config names the task's problem type, so its loss and any merged export's
-    ``config.json`` (and with it plain transformers' ``pipeline``) treat its outputs as trained."""
+    """``model`` whose config carries the task in transformers' own fields (``problem_type``, ``id2label``,
+    ``label2id``), so its loss and a merged export's ``config.json`` (and with it plain transformers'
+    ``pipeline``: softmax, sigmoid or the raw score) treat its outputs as they were trained."""
     model.config.problem_type = task.problem_type
+    model.config.id2label = dict(enumerate(task.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     return model
