@@ -18,8 +18,8 @@ from lora_ft.cli.app import app
 from lora_ft.errors import LoraFtError
 from lora_ft.lora.inject import lora_layers
 from lora_ft.serving.artifacts import PROVENANCE_NAME, load_artifact
+from lora_ft.serving.evaluate import evaluate
 from lora_ft.serving.export import export_merged
-from lora_ft.serving.predict import evaluate
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import SENTENCES, base_model, logits_of, make_adapter
@@ -102,7 +102,7 @@ def test_merged_export_loads_without_lora_ft_and_matches(tmp_path, tiny_bert_dir
         tiny_bert_dir / "model.safetensors"
     )
     card = (tmp_path / "merged" / "README.md").read_text()
-    assert "max |Δlogit| = " in card and "Labels: 0 = neg, 1 = pos." in card
+    assert "max |Δlogit| = " in card and "Labels: 0 = neg, 1 = pos (single_label_classification)." in card
     assert leftovers(tmp_path) == []
 
 

@@ -20,7 +20,8 @@ from lora_ft.config import DataConfig, ModelConfig, RunConfig, dump_config
 from lora_ft.data.metrics import classification_metrics
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import load_artifact
-from lora_ft.serving.predict import evaluate, label_map, predict_logits
+from lora_ft.serving.evaluate import evaluate, label_map
+from lora_ft.serving.predict import predict_logits
 
 from .conftest import toy_rows, write_split
 from .test_adapter_io import make_adapter

@@ -40,6 +40,7 @@ def predict_adapters(
     base: str | None,
     batches: Callable[[tuple[str, str] | None], Iterable[list]],
     *,
+    threshold: float,
     batch_size: int,
     device: str,
     as_json: bool,
@@ -63,7 +64,7 @@ def predict_adapters(
         raise LoraFtError(f"the adapters take different inputs: {listing}; predict with each kind apart")
     chosen = columns[names[0]]
     if use is None and not as_json:
-        yield [adapters_header(names, pairs=chosen is not None)]
+        yield [adapters_header(names, [aset.info(n)["task"] for n in names], pairs=chosen is not None)]
     for chunk in batches(chosen):
         progress = len(chunk) >= PROGRESS_MIN_SENTENCES
         sentences, text_pairs = unzip_pairs(chunk)
@@ -72,6 +73,7 @@ def predict_adapters(
             sentences,
             names,
             text_pairs=text_pairs,
+            threshold=threshold,
             batch_size=batch_size,
             device=device,
             progress=progress,

@@ -98,6 +98,10 @@ AdapterOpt = Annotated[
 ]
 UseOpt = Annotated[str | None, typer.Option("--use", help="With --adapter: only this adapter.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda.")]
+ThresholdOpt = Annotated[
+    float,
+    typer.Option("--threshold", help="Multi-label: print the labels with probability >= this, in (0, 1)."),
+]
 
 
 def console(stderr: bool = False):

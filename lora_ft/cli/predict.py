@@ -26,6 +26,7 @@ from lora_ft.cli.options import (
     BatchOpt,
     DeviceOpt,
     SourceArg,
+    ThresholdOpt,
     TrustOpt,
     UseOpt,
     console,
@@ -74,10 +75,11 @@ def eval_(
     use: UseOpt = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "auto",
-    as_json: Annotated[bool, flag("--json", help="Print the metrics as one JSON object.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the metrics (and per-class rows) as JSON.")] = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Accuracy, F1 (binary or macro) and loss of a run, adapter or model directory on one data split.
+    """The metrics and loss of a run, adapter or model directory on one data split, by its task: with
+    per-class rows and the confusion matrix (single-label) or per-label rows (multi-label).
 
     With `--adapter NAME=DIR` (repeated), RUN_OR_MODEL is the base model and the table has one row
     per adapter, all on the same split (`--json`: one object keyed by adapter name). `--data` applies to
@@ -128,7 +130,7 @@ def _eval_model(
     """
     from lora_ft.failures import inference_memory_hint
     from lora_ft.serving.artifacts import load_artifact
-    from lora_ft.serving.predict import evaluate
+    from lora_ft.serving.evaluate import evaluate
 
     artifact = load_artifact(source, base=base, trust_remote_code=trust_remote_code)
     with inference_memory_hint(batch_size):
@@ -176,8 +178,9 @@ def predict(
     ] = False,
     as_json: Annotated[
         bool,
-        flag("--json", help="One JSON object per line: text, label, probability, probabilities."),
+        flag("--json", help="One JSON object per line: text and the prediction's fields (see above)."),
     ] = False,
+    threshold: ThresholdOpt = 0.5,
     base: BaseOpt = None,
     adapter: AdapterOpt = None,
     use: UseOpt = None,
@@ -186,9 +189,12 @@ def predict(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     # Over 60 lines: its Annotated options (texts, pairs, files, threshold, output); the work is in serving.
-    """Classify sentences: the label and its probability, one line per sentence, in input order.
+    """Classify sentences: one line per sentence, in input order, as the model's task reads its outputs.
 
-    Plain output is tab-separated `label<TAB>probability<TAB>sentence`. With `--adapter NAME=DIR`
+    Plain output is tab-separated `label<TAB>probability<TAB>sentence` (single-label),
+    `label=probability,...<TAB>sentence` with the labels at or above `--threshold`, most likely first
+    ("-" for none; multi-label), or `score<TAB>sentence` (regression). `--json`: `text` and `label`,
+    `probability`, `probabilities` (single-label); `labels`, `probabilities` (multi-label); `score`. With `--adapter NAME=DIR`
     (repeated), RUN_OR_MODEL is the base model, loaded once: `--use NAME` prints that adapter's
     predictions as above; without it a header line and then `label<TAB>probability` per adapter,
     then the sentence (`--json`: `{"text", "adapters": {NAME: {label, probability, probabilities}}}`).
@@ -212,12 +218,13 @@ def predict(
     """
     from lora_ft.failures import inference_memory_hint
     from lora_ft.serving.artifacts import load_artifact
-    from lora_ft.serving.predict import pair_columns
+    from lora_ft.serving.predict import check_threshold, pair_columns
 
+    check_threshold(threshold)
     texts = list(texts or [])
     _check_arguments(texts, file, pair)
     batches = functools.partial(_batches, texts, file, pair, batch_size)
-    options = dict(batch_size=batch_size, device=device, as_json=as_json)
+    options = dict(threshold=threshold, batch_size=batch_size, device=device, as_json=as_json)
     if adapter or use is not None:
         lines = predict_adapters(
             run_or_model, adapter, use, base, batches, trust_remote_code=trust_remote_code, **options
@@ -248,7 +255,7 @@ def _batches(
 
 
 def _predict_lines(
-    artifact, batches: Iterable[list], *, batch_size: int, device: str, as_json: bool
+    artifact, batches: Iterable[list], *, threshold: float, batch_size: int, device: str, as_json: bool
 ) -> Iterator[list[str]]:
     """The output lines of one model, a list per chunk of sentences (or pairs)."""
     from lora_ft.serving.predict import predict as run_predict
@@ -260,6 +267,7 @@ def _predict_lines(
             artifact,
             sentences,
             text_pairs=text_pairs,
+            threshold=threshold,
             batch_size=batch_size,
             device=device,
             progress=progress,

@@ -126,9 +126,19 @@ def print_savings(savings, console: Console) -> None:
     )
 
 
+# The scalar columns of ``eval``'s table, by problem type (keys of ``metrics.task_metrics``; "f1" is
+# headed by how it was averaged).
+_EVAL_COLUMNS = {
+    "single_label_classification": ("accuracy", "f1", "macro_f1", "matthews_correlation", "loss"),
+    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
+    "regression": ("pearson", "spearman", "mse", "mae", "loss"),
+}
+
+
 def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
-    """The ``lora-ft eval`` table: one row per adapter (``metrics`` keyed by name), or one row for the one
-    model ``what`` names (keyed by None); all rows are on the same split of the same data."""
+    """The ``lora-ft eval`` tables: one row per adapter (``metrics`` keyed by name), or one row for the one
+    model ``what`` names (keyed by None), all on the same split of the same data; then each model's
+    per-class rows and confusion matrix (single-label) or per-label rows (multi-label)."""
     from lora_ft.fmt import f1_heading
 
     first = next(iter(metrics.values()))
@@ -136,16 +146,58 @@ def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Co
     named = any(name is not None for name in metrics)
     if named:
         table.add_column("adapter", justify="left")
+    keys = _EVAL_COLUMNS[first.get("problem_type", "single_label_classification")]
     f1 = f1_heading(m.get("f1_average") for m in metrics.values())
-    for column in ("samples", "accuracy", f1, "loss"):
+    for column in ("samples", *(f1 if k == "f1" else k.replace("_", " ") for k in keys)):
         table.add_column(column, justify="right")
     for name, m in metrics.items():
-        cells = [str(m["samples"]), *(f"{m[key]:.4f}" for key in ("accuracy", "f1", "loss"))]
+        cells = [str(m["samples"]), *(_fmt(m.get(key)) for key in keys)]
         table.add_row(*([name] if named else []), *cells)
     console.print(table)
+    for name, m in metrics.items():
+        for rows_key, title in (("per_class", "per class"), ("per_label", "per label")):
+            if m.get(rows_key):
+                console.print(_class_table(m[rows_key], f"{name + ': ' if named else ''}{title}"))
+        if m.get("confusion_matrix"):
+            labels = [row["label"] for row in m["per_class"]]
+            console.print(_confusion_table(m["confusion_matrix"], labels, name if named else None))
+
+
+def _class_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Precision, recall, F1 and support per class (or per label)."""
+    table = Table(title=title)
+    table.add_column("label")
+    for column in ("precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["label"]),
+            _fmt(row["precision"]),
+            _fmt(row["recall"]),
+            _fmt(row["f1"]),
+            str(row["support"]),
+        )
+    return table
+
+
+def _confusion_table(matrix: list[list[int]], labels: list[str], name: str | None) -> Table:
+    """Counts with true labels as rows and predicted labels as columns, in label-id order."""
+    table = Table(title=f"{name + ': ' if name else ''}confusion matrix (rows: true, columns: predicted)")
+    table.add_column("true \\ predicted")
+    for label in labels:
+        table.add_column(str(label), justify="right")
+    for label, row in zip(labels, matrix, strict=True):
+        table.add_row(str(label), *(str(int(c)) for c in row))
+    return table
 
 
 def _prediction(p) -> dict[str, Any]:
+    """A Prediction's JSON fields, by problem type: the label and probabilities (single-label), the labels
+    at or above the threshold and every label's probability (multi-label), the score (regression)."""
+    if p.score is not None:
+        return {"score": p.score}
+    if p.labels is not None:
+        return {"labels": p.labels, "probabilities": p.probabilities}
     return {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
 
 
@@ -160,18 +212,38 @@ def _echo(p) -> str:
     return shorten(p.text) if p.text_pair is None else f"{shorten(p.text)}\t{shorten(p.text_pair)}"
 
 
+def _cells(p) -> list[str]:
+    """A Prediction's plain columns: ``label, probability``; ``name=probability,...`` of the chosen labels
+    ("-" for none); or the score."""
+    if p.score is not None:
+        return [f"{p.score:.4f}"]
+    if p.labels is not None:
+        return [",".join(f"{n}={p.probabilities[n]:.4f}" for n in p.labels) or "-"]
+    return [p.label, f"{p.probability:.4f}"]
+
+
+def _columns(task) -> tuple[str, ...]:
+    """The plain columns ``_cells`` gives for a model of ``task``."""
+    if task.is_regression:
+        return ("score",)
+    if task.is_multi_label:
+        return ("labels",)
+    return ("label", "probability")
+
+
 def prediction_line(p, as_json: bool) -> str:
-    """One output line of ``predict``: JSON (the whole text), or ``label<TAB>probability<TAB>sentence``
-    (the sentence cut to ``textlines.ECHO_CHARS`` characters; a pair's two texts, tab-separated)."""
+    """One output line of ``predict``: JSON (the whole text), or the prediction's columns (``_cells``) then
+    the input (``_echo``: the sentence, or a pair's two texts), tab-separated."""
     if as_json:
         return json.dumps({**_texts(p), **_prediction(p)}, ensure_ascii=False)
-    return f"{p.label}\t{p.probability:.4f}\t{_echo(p)}"
+    return "\t".join([*_cells(p), _echo(p)])
 
 
-def adapters_header(names: list[str], pairs: bool = False) -> str:
-    """The header of ``predict --adapter ...`` without ``--use``: a label and probability column per adapter."""
-    inputs = ["sentence", "sentence2"] if pairs else ["sentence"]
-    return "\t".join([*(f"{n}.{col}" for n in names for col in ("label", "probability")), *inputs])
+def adapters_header(names: list[str], tasks: list, pairs: bool = False) -> str:
+    """The header of ``predict --adapter ...`` without ``--use``: each adapter's columns (``_columns`` of
+    its task: ``NAME.label``, ``NAME.probability`` for single-label), then the input's."""
+    cols = [f"{n}.{col}" for n, task in zip(names, tasks, strict=True) for col in _columns(task)]
+    return "\t".join([*cols, "sentence", *(["sentence2"] if pairs else [])])
 
 
 def adapters_line(names: list[str], row: tuple, as_json: bool) -> str:
@@ -179,4 +251,4 @@ def adapters_line(names: list[str], row: tuple, as_json: bool) -> str:
     if as_json:
         adapters = {n: _prediction(p) for n, p in zip(names, row, strict=True)}
         return json.dumps({**_texts(row[0]), "adapters": adapters}, ensure_ascii=False)
-    return "\t".join([*(f"{p.label}\t{p.probability:.4f}" for p in row), _echo(row[0])])
+    return "\t".join([*(c for p in row for c in _cells(p)), _echo(row[0])])

@@ -9,9 +9,10 @@ Layout (PEFT ``save_pretrained`` for LoRA, checked against PEFT itself in tests/
 Beside them: ``README.md`` (a model card, ``card``) and the base's tokenizer files, as PEFT users expect.
 We add our own records where PEFT ignores them: the safetensors header carries the scaling each
 update was trained with, so an ``adapter_config.json`` edited afterwards (a different ``lora_alpha``)
-is caught instead of silently changing the model; it also carries the label names and the settings
-the base model was built with (a layer cut, a revision); a layer cut is also ``CUT_KEY`` in
-``adapter_config.json``, so it is seen without our header. ``saving`` writes this format; ``apply``
+is caught instead of silently changing the model; it also carries the label names, the task (``lora_ft.task``: problem type, labels,
+pairs, primary metric, as ``data/task.py`` writes it) and the settings the base model was built with
+(a layer cut, a revision); a layer cut is also ``CUT_KEY`` in ``adapter_config.json``, so it is seen
+without our header. ``saving`` writes this format; ``apply``
 puts an ``Adapter`` into a model.
 """
 
@@ -39,8 +40,10 @@ CARD_NAME = "README.md"
 PREFIX = "base_model.model."
 META_SCALING = "lora_ft.scaling"  # JSON {module: scaling} in the safetensors header
 META_LABELS = "lora_ft.label_names"
+META_TASK = (
+    "lora_ft.task"  # JSON of data/task.py's Task.to_dict(): problem type, labels, pairs, primary metric
+)
 META_MODEL = "lora_ft.model"  # JSON of the settings the base was built with (name, num_layers, revision)
-META_TASK = "lora_ft.task"  # JSON of the task (data/task.py Task.to_dict)
 # PEFT's name for DoRA's magnitude in the file (LoRALinear.lora_magnitude).
 MAGNITUDE = "lora_magnitude_vector"
 _LORA_KEY = re.compile(rf"(.+)\.(?:(lora_A|lora_B)\.weight|({MAGNITUDE}))")
@@ -58,7 +61,9 @@ class Adapter:
     scaling: dict[str, float] = field(default_factory=dict)  # from our metadata, when lora-ft wrote it
     label_names: list[str] | None = None
     model_settings: dict[str, Any] | None = None  # from our metadata, when lora-ft wrote it
-    task: dict[str, Any] | None = None  # from our metadata (Task.to_dict), when lora-ft wrote it
+    # From our metadata: the task's JSON record (``data.task.Task.to_dict``; the serving layer reads it
+    # with ``Task.from_dict``); None for PEFT's files and adapters written before tasks.
+    task: dict[str, Any] | None = None
 
     @property
     def use_dora(self) -> bool:
@@ -119,7 +124,7 @@ def read_adapter(path: str | Path) -> Adapter:
         scaling=_scaling_record(metadata, weights_path),
         label_names=_metadata_json(metadata, META_LABELS, weights_path),
         model_settings=_metadata_json(metadata, META_MODEL, weights_path),
-        task=_metadata_json(metadata, META_TASK, weights_path),
+        task=_task_record(metadata, weights_path),
     )
     _check_ranks_and_scaling(adapter)
     return adapter
@@ -216,6 +221,14 @@ def _metadata_json(metadata: dict[str, str], key: str, weights_path: Path) -> An
         return json.loads(metadata[key])
     except json.JSONDecodeError:
         raise LoraFtError(f"{weights_path}: the {key} record in the header is not valid JSON") from None
+
+
+def _task_record(metadata: dict[str, str], weights_path: Path) -> dict[str, Any] | None:
+    """Our header's task record; None when it has none (PEFT's files, adapters written before tasks)."""
+    value = _metadata_json(metadata, META_TASK, weights_path)
+    if value is not None and not isinstance(value, dict):
+        raise LoraFtError(f"{weights_path}: the {META_TASK} record in the header must be a JSON object")
+    return value
 
 
 def _scaling_record(metadata: dict[str, str], weights_path: Path) -> dict[str, float]:

@@ -4,7 +4,7 @@
 with ``rank_pattern``/``alpha_pattern`` for the others, and target and head names short enough for
 PEFT's suffix rules to select exactly the modules we wrapped, and a layer cut (``CUT_KEY``). The
 safetensors header adds our records (``io.META_*``): the scaling each update was trained with, the label
-names, the base's settings. Beside them, what PEFT users expect: a model card and the tokenizer.
+names, the task, the base's settings. Beside them, what PEFT users expect: a model card and the tokenizer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from lora_ft.lora.io import (
     META_LABELS,
     META_MODEL,
     META_SCALING,
+    META_TASK,
     PREFIX,
     WEIGHTS_NAME,
 )
@@ -50,13 +51,14 @@ def save_adapter(
     tokenizer: Any = None,
     metrics: dict[str, Any] | None = None,
     local_base: str | None = None,
+    task: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s LoRA layers and head modules to ``out_dir`` (PEFT format), atomically.
 
     ``base_model_name_or_path`` is recorded as given: for a built-in base (``minilm-l6``) pass its hub
     id, so PEFT users online get the same weights; ``model_settings`` keep the name lora-ft loads it
     by, and their ``num_layers`` (a layer cut) is also written to ``adapter_config.json``. ``init``
-    (default: the layers' own) is recorded as ``init_lora_weights``. ``README.md`` is a model card
+    (default: the layers' own) is recorded as ``init_lora_weights``, ``task`` (``Task.to_dict()``) in the header. ``README.md`` is a model card
     (``card.adapter_card``: ``metrics`` and ``local_base`` go into it); ``tokenizer`` is saved beside
     it. The files are written to a temporary sibling directory that is renamed into place, so a crash
     leaves either no adapter or a complete one, with the permissions ``open`` gives.
@@ -85,7 +87,7 @@ def save_adapter(
         local_base=local_base,
         with_tokenizer=tokenizer is not None,
     )
-    metadata = _metadata(layers, label_names, model_settings)
+    metadata = _metadata(layers, label_names, model_settings, task)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, f".{out.name}.", ".tmp") as tmp:
@@ -100,7 +102,10 @@ def save_adapter(
 
 
 def _metadata(
-    layers: dict[str, LoRALinear], label_names: list[str] | None, model_settings: dict[str, Any] | None
+    layers: dict[str, LoRALinear],
+    label_names: list[str] | None,
+    model_settings: dict[str, Any] | None,
+    task: dict[str, Any] | None,
 ) -> dict[str, str]:
     """The safetensors header's records (``io.META_*``)."""
     metadata = {"format": "pt", META_SCALING: json.dumps({n: layer.scaling for n, layer in layers.items()})}
@@ -108,6 +113,8 @@ def _metadata(
         metadata[META_LABELS] = json.dumps(list(label_names))
     if model_settings is not None:
         metadata[META_MODEL] = json.dumps(model_settings)
+    if task is not None:
+        metadata[META_TASK] = json.dumps(task)
     return metadata
 
 

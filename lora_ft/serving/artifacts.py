@@ -32,6 +32,7 @@ from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.apply import apply_adapter
 from lora_ft.lora.io import CONFIG_NAME, META_LABELS, Adapter, read_adapter
+from lora_ft.serving.tasks import adapter_task, model_task, run_task, with_task
 from lora_ft.training.layout import ADAPTER, CONFIG_FILE, METRICS_FILE, MODEL, MODEL_CONFIG, classify
 from lora_ft.training.modeling import input_limit, load_error, load_model, resolve_model_path
 
@@ -53,11 +54,13 @@ class Artifact:
         base: the base model name the adapter was applied to (adapters only).
         data: the data the model was trained on, when known (run dirs, merged exports).
         metrics: the run's ``metrics.json``, when known.
+        task: what the model predicts (``_task``): how its outputs become predictions and metrics.
     """
 
     model: nn.Module
     tokenizer: Any
     label_names: list[str]
+    task: Task
     kind: str
     path: Path
     max_length: int
@@ -228,10 +231,12 @@ def _from_adapter(
             f"adapter {adir} does not hold it; the adapter must be saved with it (PEFT: modules_to_save)"
         )
     settings = {"name": model_cfg.name, "num_layers": model_cfg.num_layers, "revision": model_cfg.revision}
+    task = adapter_task(adapter, run, labels)
     return Artifact(
-        model=_ready(model),
+        model=_ready(with_task(model, task)),
         tokenizer=loaded.tokenizer,
         label_names=labels,
+        task=task,
         kind=ADAPTER,
         path=named,
         max_length=run.config.data.max_length if run else _model_max_length(loaded.tokenizer, model),
@@ -274,14 +279,24 @@ def _from_model(
             "randomly initialised); give a fine-tuned model, a run directory or an adapter"
         )
     provenance = _read_provenance(mdir)
+    task = model_task(
+        [
+            run_task(run),
+            (provenance.get("task"), f"{mdir / PROVENANCE_NAME}: task"),
+        ],
+        labels,
+        config.problem_type,
+    )
+    labels = list(task.label_names)  # a regression head's one output is "score", whatever id2label says
     data = run.config.data if run else None
     if data is None and isinstance(provenance.get("data"), dict):
         data = config_from_dict({"data": provenance["data"]}).data
     max_length = data.max_length if data else _model_max_length(loaded.tokenizer, loaded.model)
     return Artifact(
-        model=_ready(loaded.model),
+        model=_ready(with_task(loaded.model, task)),
         tokenizer=loaded.tokenizer,
         label_names=labels,
+        task=task,
         kind=MODEL,
         path=named,
         max_length=max_length,

@@ -2,8 +2,9 @@
 
 The merge is done in float32 with ``LoRALinear.delta_weight()`` (the same update the adapter model
 computes), and nothing is written unless the merged model reproduces the adapter model on a probe
-batch: max |Δlogit| ≤ ``TOLERANCE`` and identical predictions. The checkpoint (``config.json`` with
-the labels, ``model.safetensors``, tokenizer files, a model card and ``lora-ft.json``) is built in a
+batch: max |Δlogit| ≤ ``TOLERANCE`` and identical predictions as the task reads them (the class; the
+labels at probability 0.5; the score). The checkpoint (``config.json`` with the task in transformers'
+own fields, ``problem_type``, ``id2label``, ``label2id``; ``model.safetensors``, tokenizer files, a model card and ``lora-ft.json``) is built in a
 hidden temporary directory and renamed into place, so it loads with
 ``AutoModelForSequenceClassification.from_pretrained`` with no lora-ft or PEFT installed.
 """
@@ -26,6 +27,7 @@ from lora_ft import __version__
 from lora_ft.data import assets
 from lora_ft.data.loading import load_data
 from lora_ft.data.metrics import f1_average
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 from lora_ft.failures import disk_full_error, is_disk_full
 from lora_ft.finite import is_within, require_finite
@@ -34,7 +36,8 @@ from lora_ft.lora.card import metrics_lines, render_card
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
-from lora_ft.serving.predict import label_map, predict_logits
+from lora_ft.serving.evaluate import model_labels
+from lora_ft.serving.predict import predict_logits
 from lora_ft.training.layout import ADAPTER
 
 log = logging.getLogger("lora_ft")
@@ -66,7 +69,7 @@ PROBE_SENTENCES = [
 @dataclass
 class Probe:
     texts: list[str]
-    labels: np.ndarray | None  # model label ids, when the sentences come with labels
+    labels: np.ndarray | None  # in the model's terms (evaluate.model_labels), when the sentences have labels
     source: str
 
 
@@ -76,8 +79,8 @@ class MergeReport:
 
     Attributes:
         max_abs_logit_diff: float32 merged model vs adapter model, over the probe batch.
-        agreement: fraction of probe sentences on which both predict the same label (1.0 to pass).
-        accuracy: the float32 merged model's probe accuracy (labelled probes only).
+        agreement: fraction of probe sentences on which both predict the same (``_agree``; 1.0 to pass).
+        accuracy: the float32 merged model's probe accuracy (labelled classification probes only).
         drift: for ``dtype`` below float32, the saved model vs the float32 merge:
             ``{"max_abs_logit_diff", "agreement", "accuracy"}``.
     """
@@ -104,29 +107,52 @@ def probe_batch(artifact: Artifact, size: int = DEFAULT_PROBE_SIZE) -> Probe:
         else:
             ds = data.splits["validation"]
             ds = ds.select(range(min(size, len(ds))))
-            labels = label_map(data.label_names, artifact.label_names)[np.asarray(ds["label"][:])]
+            labels = model_labels(artifact.task, data, np.asarray(ds["label"][:]))
             return Probe(ds["sentence"][:], labels, f"{len(ds)} validation sentences of {data.source}")
     texts = PROBE_SENTENCES[:size]
     return Probe(texts, None, f"{len(texts)} built-in sentences")
 
 
-def _compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def _agree(task: Task, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per row of raw outputs ``(N, K)``: do both models predict the same? The same class (single-label),
+    the same labels at sigmoid probability 0.5, i.e. logit 0 (multi-label), scores within ``TOLERANCE``
+    (regression: a score has no discrete decision; NaN agrees with nothing)."""
+    if task.is_multi_label:
+        return ((reference >= 0.0) == (other >= 0.0)).all(axis=1)
+    if task.is_regression:
+        return np.abs(reference - other).max(axis=1, initial=0.0) <= TOLERANCE
+    return reference.argmax(-1) == other.argmax(-1)
+
+
+def _accuracy(task: Task, outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Probe accuracy (subset accuracy for multi-label); None for regression or unlabelled probes."""
+    if labels is None or not len(labels) or task.is_regression:
+        return None
+    if task.is_multi_label:
+        return float(((outputs >= 0.0) == labels.astype(bool)).all(axis=1).mean())
+    return float((outputs.argmax(-1) == labels).mean())
+
+
+def _compare(
+    task: Task, reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Max |Δ raw output| (logits; the score for regression), the fraction of rows that agree
+    (``_agree``), and ``other``'s probe accuracy (``_accuracy``)."""
     return {
         "max_abs_logit_diff": float(np.abs(reference - other).max()) if reference.size else 0.0,
-        "agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()) if len(reference) else 1.0,
-        "accuracy": float((other.argmax(-1) == labels).mean())
-        if labels is not None and len(labels)
-        else None,
+        "agreement": float(_agree(task, reference, other).mean()) if len(reference) else 1.0,
+        "accuracy": _accuracy(task, other, labels),
     }
 
 
-def verify_merge(reference: np.ndarray, merged: np.ndarray, probe: Probe) -> dict[str, Any]:
-    """Compare the merged model's logits ``(N, K)`` with the adapter model's; raise unless they match.
+def verify_merge(task: Task, reference: np.ndarray, merged: np.ndarray, probe: Probe) -> dict[str, Any]:
+    """Compare the merged model's outputs ``(N, K)`` with the adapter model's; raise unless they match.
 
     Raises:
-        LoraFtError: max |Δlogit| above ``TOLERANCE`` or not finite, or a prediction that differs.
+        LoraFtError: max |Δ output| above ``TOLERANCE`` or not finite, or a prediction that differs
+            (``_agree``: the class, the label set at probability 0.5, the score).
     """
-    check = _compare(reference, merged, probe.labels)
+    check = _compare(task, reference, merged, probe.labels)
     # NaN-safe: a NaN difference is not within the limit (``nan > limit`` would be False).
     if not is_within(check["max_abs_logit_diff"], TOLERANCE) or not check["agreement"] >= 1.0:
         raise LoraFtError(
@@ -209,7 +235,7 @@ def _merge_verified(
     reference = logits("the adapter model")
     merge_and_unload(model)
     merged = logits("the merged model")
-    check = verify_merge(reference, merged, probe)
+    check = verify_merge(artifact.task, reference, merged, probe)
     _check_plain(model, trust_remote_code)
     report = MergeReport(
         out=out,
@@ -227,7 +253,7 @@ def _merge_verified(
         model.state_dict(), f"the merged model in {dtype} is not finite{hint}, so nothing was written"
     )
     if dtype != "float32":
-        report.drift = _compare(merged, logits(f"the merged model in {dtype}"), probe.labels)
+        report.drift = _compare(artifact.task, merged, logits(f"the merged model in {dtype}"), probe.labels)
     return report
 
 
@@ -271,6 +297,7 @@ def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:
             "head": sorted(adapter.head),
         },
         "label_names": artifact.label_names,
+        "task": artifact.task.to_dict(),
         "data": dataclasses.asdict(artifact.data) if artifact.data else None,
         "metrics": artifact.metrics,
         "merge": {k: v for k, v in dataclasses.asdict(report).items() if k != "out"},
@@ -293,7 +320,7 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
         f"{', '.join(ad['head']) or 'none'} trained fully) merged into `{base}`{cut} by lora-ft {__version__}. "
         "A plain checkpoint: neither lora-ft nor PEFT is needed to load it.",
         "",
-        f"Labels: {labels}.",
+        f"Labels: {labels} ({artifact.task.problem_type}).",
         "",
         "```python",
         "from transformers import pipeline",
@@ -301,7 +328,9 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
         "```",
         "",
     ]
-    lines += metrics_lines(artifact.metrics, f1_average(len(artifact.label_names)))
+    lines += metrics_lines(
+        artifact.metrics, f1_average(artifact.task.num_labels) if artifact.task.is_single_label else None
+    )
     lines += [
         "## Merge verification",
         "",

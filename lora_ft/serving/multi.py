@@ -24,14 +24,9 @@ from lora_ft.serving.artifacts import (
     _model_max_length,
     read_run,
 )
-from lora_ft.serving.predict import (
-    DEFAULT_BATCH_SIZE,
-    Prediction,
-    eval_split,
-    evaluate_loaded,
-    predict,
-    resolve_device,
-)
+from lora_ft.serving.evaluate import eval_split, evaluate_loaded
+from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, DEFAULT_THRESHOLD, Prediction, predict, resolve_device
+from lora_ft.serving.tasks import adapter_task, with_task
 from lora_ft.training.layout import ADAPTER, RUN, classify
 from lora_ft.training.modeling import load_model
 
@@ -125,6 +120,7 @@ def load_adapter_set(
                 "run_dir": run.path if run else None,
                 "data": run.config.data if run else None,
                 "metrics": run.metrics if run else None,
+                "task": adapter_task(adapter, run, labels[name]),
             },
         )
         _warn_other_base(name, adapter, cfg.name)  # it fits: only a different record remains to say
@@ -140,9 +136,10 @@ def adapter_artifact(aset: AdapterSet, name: str) -> Artifact:
     aset.set_adapter(name)
     info = aset.info(name)
     return Artifact(
-        model=aset.model,
+        model=with_task(aset.model, info["task"]),
         tokenizer=aset.tokenizer,
         label_names=aset.label_names(name),
+        task=info["task"],
         kind="adapter",
         path=info.get("path", aset.adapter(name).path),
         max_length=aset.max_length(name) or _model_max_length(aset.tokenizer, aset.model),
@@ -172,6 +169,7 @@ def predict_each(
     names: list[str] | None = None,
     *,
     text_pairs: list[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     progress: bool = False,
@@ -185,6 +183,7 @@ def predict_each(
             adapter_artifact(aset, name),
             texts,
             text_pairs=text_pairs,
+            threshold=threshold,
             batch_size=batch_size,
             device=device,
             progress=progress,

@@ -1,5 +1,5 @@
-"""Inference: batched logits for many sentences (or text pairs), label predictions, and evaluation on a
-data split.
+"""Inference: batched logits for many sentences (or text pairs), and predictions from them by the
+model's task.
 
 Sentences are tokenized once, sorted by length and batched, so each batch pads only to its own
 longest sentence; results come back in the input order. A model trained on text pairs
@@ -18,9 +18,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from lora_ft.config import DataConfig
-from lora_ft.data.loading import LoadedData, load_data
-from lora_ft.data.metrics import classification_metrics, f1_average
 from lora_ft.data.presets import apply_preset
 from lora_ft.data.task import SENTENCE2, Task
 from lora_ft.errors import LoraFtError
@@ -136,13 +133,77 @@ def predict_logits(
     return out
 
 
+DEFAULT_THRESHOLD = 0.5
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` if it is strictly between 0 and 1 (a multi-label cut on sigmoid probabilities)."""
+    if not 0.0 < threshold < 1.0:  # False for NaN as well: a NaN cut would select nothing, silently
+        raise LoraFtError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
+
+
 @dataclass
 class Prediction:
+    """One text's prediction, by the task's problem type (``data/task.py``).
+
+    Attributes:
+        label: single-label: the most likely label; multi-label: the chosen labels joined by ", "
+            ("" for none); regression: "score".
+        probability: single-label: ``label``'s softmax probability; else None.
+        probabilities: single-label: every label's softmax probability; multi-label: every label's
+            sigmoid probability; regression: empty.
+        labels: multi-label: the labels with probability >= the threshold, most likely first; else None.
+        score: regression: the model's output; else None.
+    """
+
     text: str
     label: str
-    probability: float
+    probability: float | None
     probabilities: dict[str, float]
     text_pair: str | None = None
+    labels: list[str] | None = None
+    score: float | None = None
+
+
+def predictions_from_logits(
+    task: Task,
+    texts: list[str],
+    logits: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    text_pairs: list[str] | None = None,
+) -> list[Prediction]:
+    """``logits`` ``(N, K)`` as ``task`` reads them: softmax and argmax (single-label), sigmoid and
+    ``threshold`` (multi-label), the raw output (regression); ``text_pairs``: each text's second text."""
+    out = _by_task(task, texts, logits, threshold)
+    for prediction, second in zip(out, text_pairs or [], strict=False):
+        prediction.text_pair = second
+    return out
+
+
+def _by_task(task: Task, texts: list[str], logits: np.ndarray, threshold: float) -> list[Prediction]:
+    names = list(task.label_names)
+    if task.is_regression:
+        return [
+            Prediction(t, names[0], None, {}, score=float(v))
+            for t, v in zip(texts, logits[:, 0], strict=True)
+        ]
+    if task.is_multi_label:
+        probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        out = []
+        for text, p in zip(texts, probs, strict=True):
+            chosen = [names[i] for i in np.argsort(-p, kind="stable") if p[i] >= threshold]
+            out.append(Prediction(text, ", ".join(chosen), None, _by_name(names, p), labels=chosen))
+        return out
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    return [
+        Prediction(text, names[int(p.argmax())], float(p.max()), _by_name(names, p))
+        for text, p in zip(texts, probs, strict=True)
+    ]
+
+
+def _by_name(names: list[str], values: np.ndarray) -> dict[str, float]:
+    return {n: float(v) for n, v in zip(names, values, strict=True)}
 
 
 def _takes_pairs(artifact: Artifact) -> bool:
@@ -176,12 +237,14 @@ def predict(
     texts: list[str],
     *,
     text_pairs: list[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     progress: bool = False,
 ) -> list[Prediction]:
-    """The most likely label of each text (or pair: ``text_pairs`` holds the second texts), with its
-    softmax probability and every label's."""
+    """Each text's prediction for ``artifact.task`` (``predictions_from_logits``); ``threshold`` cuts
+    multi-label probabilities."""
+    check_threshold(threshold)
     logits = predict_logits(
         artifact.model,
         artifact.tokenizer,
@@ -192,132 +255,4 @@ def predict(
         device=device,
         progress=progress,
     )
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    names = artifact.label_names
-    seconds = text_pairs if text_pairs is not None else [None] * len(texts)
-    return [
-        Prediction(
-            text,
-            names[int(p.argmax())],
-            float(p.max()),
-            {n: float(v) for n, v in zip(names, p, strict=True)},
-            second,
-        )
-        for text, second, p in zip(texts, seconds, probs, strict=True)
-    ]
-
-
-_GENERIC = re.compile(r"(LABEL_)?\d+")
-
-
-def label_map(data_names: list[str], model_names: list[str]) -> np.ndarray:
-    """Data label id -> model label id, by name; by position only when the data's labels are bare ids.
-
-    Integer labels (``0``, ``1``) name no class: they are the model's ids. Named labels are matched by
-    name (saying so when the order differs); names that the model does not have cannot be matched, and
-    matching them by position would score the model against a guess.
-
-    Raises:
-        LoraFtError: data labels that are names the model does not predict, or more ids than it has.
-    """
-    if all(n in model_names for n in data_names):
-        mapping = np.array([model_names.index(n) for n in data_names])
-        if list(mapping) != list(range(len(data_names))):
-            log.warning(
-                "data labels matched to the model's by name (data id -> model id): %s",
-                ", ".join(
-                    f"{n} {i} -> {j}" for i, (n, j) in enumerate(zip(data_names, mapping, strict=True))
-                ),
-            )
-        return mapping
-    if all(_GENERIC.fullmatch(n) for n in data_names) and len(data_names) <= len(model_names):
-        return np.arange(len(data_names))
-    raise LoraFtError(
-        f"the data has labels {', '.join(data_names)} but the model predicts {', '.join(model_names)}; "
-        "they cannot be matched by name: evaluate on data with the model's label names (or its ids "
-        f"0..{len(model_names) - 1})"
-    )
-
-
-def eval_split(cfg: DataConfig, split: str) -> tuple[LoadedData, str]:
-    """The data ``cfg`` names, read, and the split to evaluate: ``split``, or validation in place of a
-    test split the data does not have (a single file, a hub set with an unlabelled test), saying so.
-
-    Raises:
-        LoraFtError: unreadable data, or a missing split other than test.
-    """
-    loaded = load_data(cfg)
-    if split == "test" and split not in loaded.splits and "validation" in loaded.splits:
-        log.warning("data %s has no test split; evaluating on its validation split", loaded.source)
-        return loaded, "validation"
-    if split not in loaded.splits:
-        raise LoraFtError(
-            f"data {loaded.source} has no {split} split; splits are: {', '.join(loaded.splits)}"
-        )
-    return loaded, split
-
-
-def evaluate(
-    artifact: Artifact,
-    data: DataConfig | None = None,
-    split: str = "test",
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str | None = None,
-    progress: bool = False,
-) -> dict:
-    """Accuracy, F1 and mean cross-entropy loss of ``artifact`` on one split of ``data``.
-
-    ``data`` defaults to the data the model was trained on (run dirs, merged exports), else the
-    built-in ``rt-sentences``; a test split it lacks is replaced by its validation split (``eval_split``).
-    Sentences are truncated as in training (``artifact.max_length``).
-
-    Returns:
-        see ``evaluate_loaded``.
-
-    Raises:
-        LoraFtError: unreadable data, a missing split, or labels that do not fit the model.
-    """
-    loaded, split = eval_split(data or artifact.data or DataConfig(), split)
-    return evaluate_loaded(artifact, loaded, split, batch_size=batch_size, device=device, progress=progress)
-
-
-def evaluate_loaded(
-    artifact: Artifact,
-    loaded: LoadedData,
-    split: str,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str | None = None,
-    progress: bool = False,
-) -> dict:
-    """``evaluate`` on data already read (``eval_split``): several models, one read.
-
-    Returns:
-        ``{"split", "data", "samples", "accuracy", "f1", "f1_average", "loss"}``; ``f1_average`` says
-        how F1 was averaged (``metrics.f1_average``: binary or macro).
-
-    Raises:
-        LoraFtError: labels that do not fit the model.
-    """
-    ds = loaded.splits[split]
-    labels = label_map(loaded.label_names, artifact.label_names)[np.asarray(ds["label"][:])]
-    logits = predict_logits(
-        artifact.model,
-        artifact.tokenizer,
-        ds["sentence"][:],
-        text_pairs=ds[SENTENCE2][:] if SENTENCE2 in ds.column_names else None,
-        max_length=artifact.max_length,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    return {
-        "split": split,
-        "data": loaded.source,
-        "samples": len(labels),
-        **classification_metrics(logits, labels),
-        "f1_average": f1_average(logits.shape[-1]),
-        "loss": float(loss),
-    }
+    return predictions_from_logits(artifact.task, texts, logits, threshold, text_pairs)

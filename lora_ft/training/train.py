@@ -285,6 +285,7 @@ def _save_outputs(p: Prepared, tmp: Path, method: str, metrics: dict[str, Any]) 
             # A built-in is recorded by its hub id, so PEFT users online get the same weights.
             base_model_name_or_path=hub_id_of(p.loaded.source) or p.loaded.source,
             label_names=p.data.label_names,
+            task=p.data.task.to_dict(),
             init=p.cfg.lora.init,
             model_settings={
                 "name": p.cfg.model.name,
