@@ -11,11 +11,10 @@ hidden temporary directory and renamed into place, so it loads with
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,9 +297,9 @@ def _provenance(artifact: Artifact, report: MergeReport) -> dict[str, Any]:
         },
         "label_names": artifact.label_names,
         "task": artifact.task.to_dict(),
-        "data": dataclasses.asdict(artifact.data) if artifact.data else None,
+        "data": asdict(artifact.data) if artifact.data else None,
         "metrics": artifact.metrics,
-        "merge": {k: v for k, v in dataclasses.asdict(report).items() if k != "out"},
+        "merge": {k: v for k, v in asdict(report).items() if k != "out"},
     }
 
 
