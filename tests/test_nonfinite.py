@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.config import DataConfig, LoRAConfig, ModelConfig, TrainConfig
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 from lora_ft.finite import require_finite_metrics
 from lora_ft.lora import LoRALinear
@@ -246,7 +247,7 @@ def test_non_finite_final_metrics_publish_no_run(ws, monkeypatch, value):
     import lora_ft.training.record as record_module
 
     monkeypatch.setattr(
-        record_module, "_evaluate", lambda trainer, dataset, prefix: {"accuracy": 0.5, "loss": value}
+        record_module, "_evaluate", lambda trainer, dataset, prefix, task: {"accuracy": 0.5, "loss": value}
     )
     result = runner.invoke(app, _train_argv(ws, "--set", "train.max_steps=2"))
     assert_one_line_error(
@@ -398,18 +399,21 @@ def test_a_non_number_scaling_header_is_a_one_line_error(tmp_path, tiny_bert_dir
 # --- merge verification, predictions ---------------------------------------------------------------
 
 
+SINGLE = Task.legacy(["0", "1"])
+
+
 @pytest.mark.parametrize("bad", [*NON_FINITE, 2e-4])
 def test_merge_verification_refuses_nan_inf_and_a_real_difference(bad):
     probe = Probe(["a", "b"], None, "2 sentences")
     reference = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
-    assert verify_merge(reference, reference + 5e-5, probe)["max_abs_logit_diff"] <= 1e-4
+    assert verify_merge(SINGLE, reference, reference + 5e-5, probe)["max_abs_logit_diff"] <= 1e-4
     merged = reference.copy()
     merged[1, 1] += bad
     with pytest.raises(LoraFtError, match="merge verification failed on 2 sentences: max |Δlogit| "):
-        verify_merge(reference, merged, probe)
+        verify_merge(SINGLE, reference, merged, probe)
     both_nan = np.full_like(reference, math.nan)  # NaN argmaxes agree (class 0): still refused
     with pytest.raises(LoraFtError, match="merge verification failed"):
-        verify_merge(both_nan, both_nan, probe)
+        verify_merge(SINGLE, both_nan, both_nan, probe)
 
 
 def test_a_float16_export_that_overflows_is_refused(tmp_path, tiny_bert_dir):

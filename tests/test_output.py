@@ -161,7 +161,7 @@ def test_piped_eval_table_keeps_long_adapter_names_and_numbers_whole(tmp_path, t
     assert [cell.strip() for cell in row.split("│")[1:-1]] == [
         name,
         "16",
-        *(f"{metrics[k]:.4f}" for k in ("accuracy", "f1", "loss")),
+        *(f"{metrics[k]:.4f}" for k in ("accuracy", "f1", "macro_f1", "matthews_correlation", "loss")),
     ]
     assert "…" not in table.stdout
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from lora_ft.compare.runner import compare, parse_methods, run_config
 from lora_ft.config import load_config
+from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
 from lora_ft.lora import DoRALinear, LoRALinear
 from lora_ft.lora.inject import inject_lora, lora_layers, merge_and_unload
@@ -302,7 +303,6 @@ def test_rank_pattern_saves_as_peft_keys_that_select_each_layer(tmp_path, tiny_b
     ],
 )
 def test_config_switches_reach_the_saved_adapter(tmp_path, tiny_bert_dir, overrides, keys):
-    from lora_ft.data.task import Task
     from lora_ft.training.modeling import build_for_method, load_model
 
     settings = [f"model.name={tiny_bert_dir}", "lora.r=2", "lora.alpha=4", "lora.targets=[query,value]"]
@@ -470,7 +470,7 @@ def test_config_init_std_reaches_every_layer(tiny_bert_dir, use_dora):
             f"lora.use_dora={str(use_dora).lower()}",
         ],
     )
-    loaded = load_model(cfg.model, ["neg", "pos"])
+    loaded = load_model(cfg.model, Task.legacy(["neg", "pos"]))
     build_for_method(loaded, cfg)
     layers = lora_layers(loaded.model)
     assert layers and {layer.init_std for layer in layers.values()} == {0.01}

@@ -101,7 +101,7 @@ def predict_logits(
     model.to(device)
     heads = [_head(t, tokenizer, max_length) for t in texts]
     pair_heads = None if text_pairs is None else [_head(t, tokenizer, max_length) for t in text_pairs]
-    encoded = tokenizer(heads, pair_heads, truncation="longest_first", max_length=max_length)
+    encoded = tokenizer(heads, text_pair=pair_heads, truncation="longest_first", max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
     order = np.argsort(lengths, kind="stable")
