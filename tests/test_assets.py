@@ -287,7 +287,7 @@ def test_registry_and_paths(cache):
     )
     assert assets.cache_root() == cache
     assert assets.asset_path("minilm-l6") == cache / "models" / "minilm-l6"
-    with pytest.raises(LoraFtError, match="built-in assets are: minilm-l6, rt-sentences"):
+    with pytest.raises(LoraFtError, match="built-in assets are: minilm-l6, smollm2-135m, rt-sentences"):
         assets.asset_path("nope")
 
 

@@ -123,6 +123,33 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tokenizer
 
 
+def set_padding(model: nn.Module, tokenizer, name: str) -> None:
+    """Give ``tokenizer`` a pad token if it has none (its eos), pad on the right, and make the model's
+    ``config.pad_token_id`` the tokenizer's.
+
+    Decoders ship no pad token, and a decoder classifier (transformers' ``GenericForSequenceClassification``)
+    pools the rightmost token whose id is not ``config.pad_token_id``: a pad id the tokenizer does not
+    pad with pools a pad. Right padding keeps a row's logits those of the row alone, since a causal
+    model's real tokens never attend to the pads after them and their positions do not shift. The
+    config travels with every merged export, the tokenizer with every adapter and export.
+
+    Raises:
+        LoraFtError: the tokenizer has neither a pad nor an eos token.
+    """
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise LoraFtError(
+                f"the tokenizer of model {name} has no pad token and no eos token to pad with, so batches "
+                "cannot be padded; add one to its tokenizer: tok.pad_token = '<pad token>'; "
+                f"tok.save_pretrained({name!r})"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    text_config = model.config.get_text_config()
+    if text_config.pad_token_id != tokenizer.pad_token_id:
+        text_config.pad_token_id = tokenizer.pad_token_id
+
+
 def input_limit(model: nn.Module, tokenizer) -> tuple[int, str] | None:
     """The longest input, in tokens, that ``model`` and ``tokenizer`` accept, and what sets it; None if unbounded.
 
@@ -208,6 +235,7 @@ def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
     missing = {k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())}
     newly = sorted(missing | set(resized))
     tokenizer = load_tokenizer(path, cfg)
+    set_padding(model, tokenizer, cfg.name)
     return LoadedModel(model=model, tokenizer=tokenizer, source=cfg.name, path=path, newly_initialized=newly)
 
 

