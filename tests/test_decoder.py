@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from lora_ft.cli.app import app
 from lora_ft.config import ModelConfig
+from lora_ft.data.task import Task
 from lora_ft.serving.artifacts import load_artifact
 from lora_ft.serving.export import export_merged
 from lora_ft.serving.predict import predict_logits
@@ -97,7 +98,7 @@ def lora_run(tmp_path_factory, llama_dir, toy_dir) -> Path:
 
 
 def test_a_decoder_without_pad_token_pads_with_eos_on_the_right(llama_dir):
-    loaded = load_model(ModelConfig(name=str(llama_dir)), LABELS)
+    loaded = load_model(ModelConfig(name=str(llama_dir)), Task.legacy(LABELS))
     eos = loaded.tokenizer.eos_token_id
     assert eos == 1 and loaded.tokenizer.pad_token == "</s>" and loaded.tokenizer.padding_side == "right"
     assert loaded.model.config.pad_token_id == eos
@@ -105,7 +106,7 @@ def test_a_decoder_without_pad_token_pads_with_eos_on_the_right(llama_dir):
 
 
 def test_a_padded_batch_gives_each_row_the_logits_it_has_alone(llama_dir):
-    loaded = load_model(ModelConfig(name=str(llama_dir)), LABELS)
+    loaded = load_model(ModelConfig(name=str(llama_dir)), Task.legacy(LABELS))
     model, tok = loaded.model.eval(), loaded.tokenizer
     lengths = [len(ids) for ids in tok(TEXTS)["input_ids"]]
     assert lengths == [1, 3, 6, 12]
@@ -170,7 +171,7 @@ def test_lora_decoder_trains_merges_and_peft_loads_it_with_the_same_logits(
     torch.testing.assert_close(plain, ours, atol=1e-4, rtol=0)
 
     torch.testing.assert_close(_peft_logits(llama_dir, run / "adapter", 1), ours, atol=1e-5, rtol=0)
-    base = load_model(ModelConfig(name=str(llama_dir)), LABELS).model.eval()
+    base = load_model(ModelConfig(name=str(llama_dir)), Task.legacy(LABELS)).model.eval()
     base_logits = logits(base, artifact.tokenizer)
     assert (ours - base_logits).abs().max() > 1e-2  # training changed the outputs: the checks above bite
 

@@ -188,9 +188,7 @@ def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
     quiet_transformers()
     path = resolve_model_path(cfg.name)
     use_safetensors = _check_weights_format(path, cfg.allow_pickle)
-    overrides = {}
-    if cfg.num_layers is not None:
-        overrides["num_hidden_layers"] = cfg.num_layers
+    overrides = {} if cfg.num_layers is None else {"num_hidden_layers": cfg.num_layers}
     names = task.label_names
     try:
         config = AutoConfig.from_pretrained(
