@@ -5,7 +5,8 @@ written before tasks read as single-label over the model's labels (``Task.legacy
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -15,8 +16,13 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora.io import META_TASK, Adapter
 from lora_ft.training.layout import METRICS_FILE
 
-if TYPE_CHECKING:
-    from lora_ft.serving.artifacts import RunRecord
+
+class RunRecord(Protocol):
+    """What the task readers take of ``serving.artifacts.RunRecord`` (a protocol, not an import:
+    artifacts imports this module)."""
+
+    path: Path
+    metrics: dict[str, Any] | None
 
 
 def model_task(records: list[tuple[Any, str]], labels: list[str], problem_type: str | None = None) -> Task:
