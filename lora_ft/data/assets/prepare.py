@@ -30,6 +30,17 @@ RT_INNER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.t
 RT_GROUND_TRUTH = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 VADER_LICENCE = "MIT License (the vaderSentiment 3.3.2 package metadata: PKG-INFO and setup.py)"
 
+# The source and citations both rt-sentences and rt-ratings READMEs end with (no format fields).
+_RT_SOURCE = """\
+Source: vaderSentiment 3.3.2 source archive (PyPI), additional_resources/hutto_ICWSM_2014.tar.gz,
+movieReviewSnippets_GroundTruth.txt.
+
+- C.J. Hutto and E. Gilbert. VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
+  Media Text. ICWSM 2014.
+- B. Pang and L. Lee. Seeing stars: Exploiting class relationships for sentiment categorization with
+  respect to rating scales. ACL 2005.
+"""
+
 RT_README = """\
 # rt-sentences
 
@@ -41,13 +52,6 @@ Hutto & Gilbert (2014).
 - split: numpy default_rng({seed}).permutation over the rows sorted by id; {sizes}.
 - fields: id (int, the original snippet id), sentence, label (int), rating (float).
 
-Source: vaderSentiment 3.3.2 source archive (PyPI), additional_resources/hutto_ICWSM_2014.tar.gz,
-movieReviewSnippets_GroundTruth.txt.
-
-- C.J. Hutto and E. Gilbert. VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
-  Media Text. ICWSM 2014.
-- B. Pang and L. Lee. Seeing stars: Exploiting class relationships for sentiment categorization with
-  respect to rating scales. ACL 2005.
 """
 
 
@@ -123,7 +127,7 @@ def prepare_rt_sentences(archive: Path, out: Path, scratch: Path) -> None:
         write_jsonl(out / f"{split}.jsonl", split_rows_)
     (out / "labels.json").write_text(json.dumps(RT_LABELS) + "\n", encoding="utf-8")
     sizes = ", ".join(f"{len(v)} {k}" for k, v in splits.items())
-    readme = RT_README.format(min_abs=RT_MIN_ABS_RATING, seed=RT_SPLIT_SEED, sizes=sizes)
+    readme = (RT_README + _RT_SOURCE).format(min_abs=RT_MIN_ABS_RATING, seed=RT_SPLIT_SEED, sizes=sizes)
     (out / "README.md").write_text(readme, encoding="utf-8")
 
 
@@ -148,13 +152,6 @@ ratings in [-4, 4] collected by Hutto & Gilbert (2014).
 
 {table}
 
-Source: vaderSentiment 3.3.2 source archive (PyPI), additional_resources/hutto_ICWSM_2014.tar.gz,
-movieReviewSnippets_GroundTruth.txt.
-
-- C.J. Hutto and E. Gilbert. VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
-  Media Text. ICWSM 2014.
-- B. Pang and L. Lee. Seeing stars: Exploiting class relationships for sentiment categorization with
-  respect to rating scales. ACL 2005.
 """
 
 
@@ -166,7 +163,7 @@ def prepare_rt_ratings(archive: Path, out: Path, scratch: Path) -> None:
     }
     for split, rows in ratings.items():
         write_jsonl(out / f"{split}.jsonl", rows)
-    readme = RT_RATINGS_README.format(
+    readme = (RT_RATINGS_README + _RT_SOURCE).format(
         total=sum(map(len, ratings.values())),
         min_abs=RT_MIN_ABS_RATING,
         seed=RT_SPLIT_SEED,
