@@ -79,6 +79,8 @@ def save_adapter(
     require_finite(tensors, f"refusing to write the adapter {out}, its weights are not finite")
     cut = (model_settings or {}).get("num_layers")
     config = _adapter_config(model, layers, head, base_model_name_or_path, init, cut)
+    if (task or {}).get("problem_type") == "token_classification":
+        config["task_type"] = "TOKEN_CLS"  # PEFT's name: PeftModelForTokenClassification loads it
     card = adapter_card(
         config,
         label_names=label_names,
