@@ -12,6 +12,7 @@ hidden temporary directory and renamed into place, so it loads with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -177,18 +178,18 @@ def _merge_verified(
     """
     model = artifact.model
 
-    def logits(which: str) -> np.ndarray:
+    def logits(which: str) -> tuple[np.ndarray, np.ndarray | None]:
         try:
-            outputs, labels = probe_outputs(artifact, probe)
+            return probe_outputs(artifact, probe)
         except LoraFtError as exc:
             raise LoraFtError(f"merge verification failed, {which}: {exc}; nothing was written") from None
-        probe.labels = labels  # a token probe's tags, in the rows of its flattened outputs
-        return outputs
 
-    reference = logits("the adapter model")
+    reference, labels = logits("the adapter model")
+    # The labels in the rows of the outputs (a token probe's: the scored words' tags, flattened).
+    scored = dataclasses.replace(probe, labels=labels)
     merge_and_unload(model)
-    merged = logits("the merged model")
-    check = verify_merge(artifact.task, reference, merged, probe)
+    merged, _ = logits("the merged model")
+    check = verify_merge(artifact.task, reference, merged, scored)
     _check_plain(model, artifact.task, trust_remote_code)
     report = MergeReport(
         out=out,
@@ -206,7 +207,9 @@ def _merge_verified(
         model.state_dict(), f"the merged model in {dtype} is not finite{hint}, so nothing was written"
     )
     if dtype != "float32":
-        report.drift = _compare(artifact.task, merged, logits(f"the merged model in {dtype}"), probe.labels)
+        report.drift = _compare(
+            artifact.task, merged, logits(f"the merged model in {dtype}")[0], scored.labels
+        )
     return report
 
 
