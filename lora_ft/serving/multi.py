@@ -104,7 +104,14 @@ def load_adapter_set(
         trust_remote_code=trust_remote_code,
     )
     labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
-    loaded = load_model(cfg, Task.legacy(next(iter(labels.values()))))
+    tasks = {name: adapter_task(a, found[name][1], labels[name]) for name, a in read.items()}
+    if len({t.is_token_classification for t in tasks.values()}) > 1:  # one base: one kind of head
+        raise LoraFtError(
+            "the adapters mix token classification and text classification, which need different model "
+            "classes; serve each kind apart"
+        )
+    first = next(iter(tasks.values()))
+    loaded = load_model(cfg, first if first.is_token_classification else Task.legacy(first.label_names))
     model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)
     model.requires_grad_(False)
     aset = AdapterSet(model, loaded.tokenizer, base_name=cfg.name, untrained=loaded.newly_initialized)
@@ -120,7 +127,7 @@ def load_adapter_set(
                 "run_dir": run.path if run else None,
                 "data": run.config.data if run else None,
                 "metrics": run.metrics if run else None,
-                "task": adapter_task(adapter, run, labels[name]),
+                "task": tasks[name],
             },
         )
         _warn_other_base(name, adapter, cfg.name)  # it fits: only a different record remains to say

@@ -72,6 +72,11 @@ def word_logits(
                     arr[row, : lengths[i]] = encoded[key][i]
                 batch[key] = torch.from_numpy(arr).to(device)
             logits = model(**batch).logits.float().cpu().numpy()  # (B, T, K)
+            if logits.ndim != 3:
+                raise LoraFtError(
+                    f"{type(model).__name__} gives one output per text, not one per token: it is not a "
+                    "token classifier"
+                )
             for row, i in enumerate(idx):
                 firsts = first_subtoken_labels(word_ids[i], list(range(len(words[i]))))
                 for position, word in enumerate(firsts):
