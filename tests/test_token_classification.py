@@ -384,3 +384,29 @@ def test_eval_scores_a_token_split_and_prints_the_per_entity_table(token_adapter
     out = io.StringIO()
     print_eval("toy", {None: m}, Console(file=out, width=120))
     assert "per entity" in out.getvalue() and "person" in out.getvalue() and "entity f1" in out.getvalue()
+
+
+def test_several_token_adapters_share_one_token_classifier_base(token_adapter):
+    from lora_ft.serving.multi import load_adapter_set, predict_each
+
+    path, base = token_adapter
+    aset = load_adapter_set(str(base), {"a": path, "b": path})
+    assert type(aset.model).__name__ == "BertForTokenClassification"
+    texts = ["Ada Lovelace met Grace in London"]
+    both = predict_each(aset, texts, device="cpu")
+    single = predict(load_artifact(path), texts, device="cpu")
+    spans = [[(e.type, e.start, e.end) for e in p.entities] for p in single]
+    assert any(spans[0])
+    assert [[(e.type, e.start, e.end) for e in p.entities] for p in both["a"]] == spans
+    assert [[(e.type, e.start, e.end) for e in p.entities] for p in both["b"]] == spans
+
+
+def test_compare_reports_the_primary_metric_of_a_token_task():
+    from lora_ft.compare.results import quality_keys, shown_metric
+
+    token = {"task": TASK.to_dict()}
+    assert shown_metric(token) == "entity_f1"
+    assert quality_keys(token) == ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
+    single = {"task": Task("single_label_classification", ("neg", "pos")).to_dict()}
+    assert shown_metric(single) == shown_metric({}) == "accuracy"
+    assert quality_keys(single) == ("accuracy", "f1", "loss")
