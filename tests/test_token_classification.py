@@ -410,3 +410,15 @@ def test_compare_reports_the_primary_metric_of_a_token_task():
     single = {"task": Task("single_label_classification", ("neg", "pos")).to_dict()}
     assert shown_metric(single) == shown_metric({}) == "accuracy"
     assert quality_keys(single) == ("accuracy", "f1", "loss")
+
+
+def test_peft_loads_a_token_adapter_with_the_same_logits(token_adapter):
+    from peft import PeftModel
+
+    path, base = token_adapter
+    ours = load_artifact(path)
+    peft_model = PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(base), path).eval()
+    assert type(peft_model).__name__ == "PeftModelForTokenClassification"
+    batch = AutoTokenizer.from_pretrained(base)(["Ada Lovelace met Grace in London"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, ours.model(**batch).logits, atol=1e-5, rtol=0)
