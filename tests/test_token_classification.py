@@ -158,6 +158,23 @@ def test_jsonl_rows_with_mismatched_lengths_are_refused(tmp_path):
         load_data(DataConfig(name=str(path), problem_type=TOKEN_CLASSIFICATION))
 
 
+@pytest.mark.parametrize(
+    ("settings", "phrase"),
+    [
+        ({"label_names": ["B-person", "I-person"]}, "data.label_names must be IOB2 tags with 'O' among them"),
+        (
+            {"label_names": ["O", "PER"]},
+            "data.label_names must be IOB2 tags with 'O' among them (O, B-<type>, I-<type>), got 'PER' not IOB2",
+        ),
+        ({"text_pair_column": "other"}, "data.text_pair_column does not apply to token classification"),
+    ],
+)
+def test_token_settings_that_do_not_fit_are_refused(tmp_path, settings, phrase):
+    path = write(tmp_path / "train.conll", CONLL)
+    with pytest.raises(LoraFtError, match="^" + phrase.replace("(", r"\(").replace(")", r"\)")):
+        load_data(DataConfig(name=str(path), problem_type=TOKEN_CLASSIFICATION, **settings))
+
+
 def test_cli_reports_a_bad_token_file_in_one_line(tmp_path, tiny_bert_dir):
     path = write(tmp_path / "bad.conll", "Ada\tB-person\nLovelace\tI-place\n")
     result = runner.invoke(

@@ -266,7 +266,7 @@ def load_data(cfg: DataConfig) -> LoadedData:
     extra = preset.extra_eval_splits if preset else ()
     raw = read_spec(cfg, extra)
     if cfg.problem_type == TOKEN_CLASSIFICATION:
-        splits, names, notes = token_splits(raw, cfg)
+        (splits, names), notes = token_splits(raw, cfg), []
     else:
         columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
         for split, ds in columns.items():

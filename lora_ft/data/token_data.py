@@ -38,10 +38,9 @@ def token_columns(cfg: DataConfig) -> tuple[str, str]:
     return words, tags
 
 
-def _locator(ds: datasets.Dataset, row: int, where: str) -> Callable[[int], str]:
-    """Where word ``i`` of ``row`` is: its CoNLL line, else the row (from 1) and the word (from 1)."""
-    if CONLL_LINES in ds.column_names:
-        lines = ds[row][CONLL_LINES]
+def _locator(lines: list[int] | None, row: int, where: str) -> Callable[[int], str]:
+    """Where word ``i`` of ``row`` is: its CoNLL line (``lines``), else the row (from 1) and the word (from 1)."""
+    if lines is not None:
         return lambda i: f"line {lines[i]} of {where}"
     return lambda i: f"row {row + 1} of {where} (word {i + 1})"
 
@@ -53,6 +52,10 @@ def _row_tags(value, row: int, where: str, column: str, class_names: list[str] |
             "rows hold a list of words and a list of tags, one per word"
         )
     if class_names is not None:
+        if not all(isinstance(i, int) and 0 <= i < len(class_names) for i in value):
+            raise LoraFtError(
+                f"tags {list(value)!r} at row {row} of {where} are not all ids 0..{len(class_names) - 1}"
+            )
         return [class_names[i] for i in value]
     return list(value)
 
@@ -69,6 +72,7 @@ def _rows(ds: datasets.Dataset, where: str, cfg: DataConfig) -> list[tuple[list[
         raise LoraFtError(f"{where} has no rows")
     inner = getattr(ds.features[tags_col], "feature", None)
     class_names = list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+    lines = ds[CONLL_LINES][:] if CONLL_LINES in ds.column_names else None
     out = []
     for row, (words, tags) in enumerate(zip(ds[words_col], ds[tags_col], strict=True)):
         if (
@@ -85,7 +89,7 @@ def _rows(ds: datasets.Dataset, where: str, cfg: DataConfig) -> list[tuple[list[
             raise LoraFtError(
                 f"row {row + 1} of {where} has {len(words)} words but {len(tags)} tags; give one tag per word"
             )
-        locate = _locator(ds, row, where)
+        locate = _locator(lines[row] if lines is not None else None, row, where)
         check_tags(tags, locate)
         out.append((words, tags, locate))
     return out
@@ -103,13 +107,17 @@ def _names(train: list, cfg: DataConfig, where: str) -> list[str]:
     return tag_names(types)
 
 
-def token_splits(raw: RawSplits, cfg: DataConfig) -> tuple[dict[str, datasets.Dataset], list[str], list[str]]:
-    """Every split as ``tokens`` and ``label`` (tag ids over the train split's tag set); the tag set; notes.
+def token_splits(raw: RawSplits, cfg: DataConfig) -> tuple[dict[str, datasets.Dataset], list[str]]:
+    """Every split as ``tokens`` and ``label`` (tag ids over the train split's tag set); the tag set.
 
     Raises:
-        LoraFtError: a missing column, an empty row or word, a row with as many tags as words not, a tag
-            that is not IOB2 (named by its line), or a tag outside the train split's tag set.
+        LoraFtError: a missing column, an empty row or word, a row whose tag count is not its word
+            count, a tag that is not IOB2 (named by its line), or a tag outside the train split's set.
     """
+    if cfg.text_pair_column is not None:
+        raise LoraFtError(
+            "data.text_pair_column does not apply to token classification (one word list per row)"
+        )
     rows = {split: _rows(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
     names = _names(rows["train"], cfg, raw.where["train"])
     index = {name: i for i, name in enumerate(names)}
@@ -132,4 +140,4 @@ def token_splits(raw: RawSplits, cfg: DataConfig) -> tuple[dict[str, datasets.Da
             ids.append([index[t] for t in tags])
         values = {TOKENS: [words for words, _, _ in split_rows], "label": ids}
         splits[split] = datasets.Dataset.from_dict(values, features=features)
-    return splits, names, []
+    return splits, names
