@@ -439,3 +439,24 @@ def test_peft_loads_a_token_adapter_with_the_same_logits(token_adapter):
     batch = AutoTokenizer.from_pretrained(base)(["Ada Lovelace met Grace in London"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, ours.model(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_the_adapter_card_shows_the_token_classifier_and_its_metrics(token_adapter):
+    from lora_ft.lora.card import metrics_lines
+
+    card = (token_adapter[0] / "README.md").read_text()
+    assert "model = AutoModelForTokenClassification.from_pretrained(" in card
+    assert "AutoModelForSequenceClassification" not in card
+    split = {
+        "entity_f1": 0.5,
+        "entity_precision": 0.25,
+        "entity_recall": 0.75,
+        "token_accuracy": 0.9,
+        "loss": 1.0,
+    }
+    lines = metrics_lines({"task": TASK.to_dict(), "validation": split, "data": "toy"})
+    assert lines[2:5] == [
+        "| split | entity f1 | entity precision | entity recall | token accuracy | loss |",
+        "|---|---|---|---|---|---|",
+        "| validation | 0.5000 | 0.2500 | 0.7500 | 0.9000 | 1.0000 |",
+    ]
