@@ -460,3 +460,14 @@ def test_the_adapter_card_shows_the_token_classifier_and_its_metrics(token_adapt
         "|---|---|---|---|---|---|",
         "| validation | 0.5000 | 0.2500 | 0.7500 | 0.9000 | 1.0000 |",
     ]
+
+
+def test_a_token_classifier_saved_by_plain_transformers_loads_by_its_architecture(token_adapter, tmp_path):
+    merged = export_merged(token_adapter[0], tmp_path / "merged").out
+    config = json.loads((merged / "config.json").read_text())
+    del config["problem_type"]  # as another tool would save it
+    (merged / "config.json").write_text(json.dumps(config))
+    (merged / "lora-ft.json").unlink()
+    artifact = load_artifact(merged)
+    assert artifact.task.problem_type == TOKEN_CLASSIFICATION and artifact.task.label_names == TAGS
+    assert predict(artifact, ["Ada Lovelace met Grace in London"], device="cpu")[0].entities is not None

@@ -27,7 +27,7 @@ from transformers import AutoConfig
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.data.labels import check_label_names
-from lora_ft.data.task import Task
+from lora_ft.data.task import TOKEN_CLASSIFICATION, Task
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.apply import apply_adapter
@@ -285,7 +285,7 @@ def _from_model(
             (provenance.get("task"), f"{mdir / PROVENANCE_NAME}: task"),
         ],
         labels,
-        config.problem_type,
+        _problem_type(config),
     )
     loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), _load_task(task))
     if loaded.newly_initialized:
@@ -311,6 +311,16 @@ def _from_model(
         metrics=run.metrics if run else provenance.get("metrics"),
         provenance=provenance,
     )
+
+
+def _problem_type(config) -> str | None:
+    """A model config's problem type; a token classifier saved by other tools (no ``problem_type``) by its
+    architecture's name (``BertForTokenClassification``)."""
+    if config.problem_type is None and any(
+        a.endswith("ForTokenClassification") for a in config.architectures or ()
+    ):
+        return TOKEN_CLASSIFICATION
+    return config.problem_type
 
 
 def _model_max_length(tokenizer, model: nn.Module) -> int:
