@@ -63,9 +63,10 @@ def _is_hub_id(name: str) -> bool:
 
 
 def _peft_snippet(
-    base: str, labels: list[str] | None, num_layers: int | None, with_tokenizer: bool, tokens: bool = False
+    config: dict[str, Any], labels: list[str] | None, num_layers: int | None, with_tokenizer: bool
 ) -> list[str]:
-    """The card's PEFT example; ``tokens``: a token classifier (PEFT's ``TOKEN_CLS``), one tag per token."""
+    """The card's PEFT example; a token classifier's (``task_type: TOKEN_CLS``) tags every token."""
+    base, tokens = config["base_model_name_or_path"], config.get("task_type") == "TOKEN_CLS"
     auto = "AutoModelForTokenClassification" if tokens else "AutoModelForSequenceClassification"
     shown = (
         "print([model.config.id2label[int(i)] for i in logits.argmax(-1)[0]])"
@@ -146,12 +147,7 @@ def adapter_card(
             "",
         ]
     lines += metrics_lines(metrics)
-    lines += [
-        "## Use it with PEFT",
-        "",
-        *_peft_snippet(base, label_names, num_layers, with_tokenizer, config.get("task_type") == "TOKEN_CLS"),
-        "",
-    ]
+    lines += ["## Use it with PEFT", "", *_peft_snippet(config, label_names, num_layers, with_tokenizer), ""]
     lines += [
         "PEFT reads no label names from this directory, so they are passed to the base above. "
         "Offline (`HF_HUB_OFFLINE=1`), set `base` to a local copy of the base model"

@@ -105,13 +105,7 @@ def load_adapter_set(
     )
     labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
     tasks = {name: adapter_task(a, found[name][1], labels[name]) for name, a in read.items()}
-    if len({t.is_token_classification for t in tasks.values()}) > 1:  # one base: one kind of head
-        raise LoraFtError(
-            "the adapters mix token classification and text classification, which need different model "
-            "classes; serve each kind apart"
-        )
-    first = next(iter(tasks.values()))
-    loaded = load_model(cfg, first if first.is_token_classification else Task.legacy(first.label_names))
+    loaded = load_model(cfg, _base_task(list(tasks.values())))
     model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)
     model.requires_grad_(False)
     aset = AdapterSet(model, loaded.tokenizer, base_name=cfg.name, untrained=loaded.newly_initialized)
@@ -133,6 +127,21 @@ def load_adapter_set(
         _warn_other_base(name, adapter, cfg.name)  # it fits: only a different record remains to say
     aset.set_adapter(next(iter(read)))
     return aset
+
+
+def _base_task(tasks: list[Task]) -> Task:
+    """What the shared base is built with: a token task as it is (another model class), any other as
+    single-label over the first adapter's outputs (``with_task`` applies each adapter's own).
+
+    Raises:
+        LoraFtError: token and text classifiers mixed: one base has one kind of head.
+    """
+    if len({t.is_token_classification for t in tasks}) > 1:
+        raise LoraFtError(
+            "the adapters mix token classification and text classification, which need different model "
+            "classes; serve each kind apart"
+        )
+    return tasks[0] if tasks[0].is_token_classification else Task.legacy(tasks[0].label_names)
 
 
 def adapter_artifact(aset: AdapterSet, name: str) -> Artifact:
