@@ -138,7 +138,7 @@ BEST_STEPS = ["train.load_best_model=true", "train.eval_strategy=steps", "train.
 @pytest.mark.parametrize(
     ("overrides", "phrase"),
     [
-        (["train.metric_for_best=precision"], "train.metric_for_best must be one of loss, accuracy, f1, macro_f1, matthews_correlation, f1_accuracy_mean, micro_f1, subset_accuracy, pearson, spearman, pearson_spearman_mean, mse, mae, got 'precision'"),
+        (["train.metric_for_best=precision"], "train.metric_for_best must be one of loss, accuracy, f1, macro_f1, matthews_correlation, f1_accuracy_mean, micro_f1, subset_accuracy, pearson, spearman, pearson_spearman_mean, mse, mae, entity_f1, entity_precision, entity_recall, token_accuracy, got 'precision'"),
         (["train.early_stopping_patience=0"], "train.early_stopping_patience must be >= 1, got 0"),
         (
             ["train.early_stopping_patience=2", "train.eval_strategy=no"],

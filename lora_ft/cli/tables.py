@@ -3,6 +3,7 @@ the output lines of ``predict``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ _EVAL_COLUMNS = {
     "single_label_classification": ("accuracy", "f1", "macro_f1", "matthews_correlation", "loss"),
     "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
     "regression": ("pearson", "spearman", "mse", "mae", "loss"),
+    "token_classification": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss"),
 }
 
 
@@ -155,7 +157,11 @@ def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Co
         table.add_row(*([name] if named else []), *cells)
     console.print(table)
     for name, m in metrics.items():
-        for rows_key, title in (("per_class", "per class"), ("per_label", "per label")):
+        for rows_key, title in (
+            ("per_class", "per class"),
+            ("per_label", "per label"),
+            ("per_entity", "per entity"),
+        ):
             if m.get(rows_key):
                 console.print(_class_table(m[rows_key], f"{name + ': ' if named else ''}{title}"))
         if m.get("confusion_matrix"):
@@ -194,6 +200,8 @@ def _confusion_table(matrix: list[list[int]], labels: list[str], name: str | Non
 def _prediction(p) -> dict[str, Any]:
     """A Prediction's JSON fields, by problem type: the label and probabilities (single-label), the labels
     at or above the threshold and every label's probability (multi-label), the score (regression)."""
+    if p.entities is not None:
+        return {"entities": [dataclasses.asdict(e) for e in p.entities]}
     if p.score is not None:
         return {"score": p.score}
     if p.labels is not None:
@@ -214,7 +222,13 @@ def _echo(p) -> str:
 
 def _cells(p) -> list[str]:
     """A Prediction's plain columns: ``label, probability``; ``name=probability,...`` of the chosen labels
-    ("-" for none); or the score."""
+    ("-" for none); or the score; or the entities, ``type=text[start:end]:score`` (characters) joined by
+    "; " ("-" for none)."""
+    if p.entities is not None:
+        return [
+            "; ".join(f"{e.type}={e.text}[{e.char_start}:{e.char_end}]:{e.score:.4f}" for e in p.entities)
+            or "-"
+        ]
     if p.score is not None:
         return [f"{p.score:.4f}"]
     if p.labels is not None:
@@ -228,6 +242,8 @@ def _columns(task) -> tuple[str, ...]:
         return ("score",)
     if task.is_multi_label:
         return ("labels",)
+    if task.is_token_classification:
+        return ("entities",)
     return ("label", "probability")
 
 

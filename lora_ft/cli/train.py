@@ -242,7 +242,7 @@ def _list_builtins() -> None:
     from lora_ft.config import DataConfig
     from lora_ft.data import assets
     from lora_ft.data.presets import PRESETS, Preset
-    from lora_ft.data.task import DEFAULT_PRIMARY
+    from lora_ft.data.task import DEFAULT_PRIMARY, TOKEN_CLASSIFICATION
 
     found = {**assets.BUILTIN_MODELS, **assets.BUILTIN_DATA}
     width = max(map(len, found))
@@ -253,7 +253,12 @@ def _list_builtins() -> None:
         if asset.kind == "data":
             preset = PRESETS.get(name, Preset())
             problem = preset.problem_type or default.problem_type
+            column = (
+                "columns 'tokens', 'tags'"  # data/token_data.py's defaults
+                if problem == TOKEN_CLASSIFICATION
+                else f"column {preset.label_column or default.label_column!r}"
+            )
             typer.echo(
-                f"{'':<{width}}  task: {problem} on column {preset.label_column or default.label_column!r}, "
+                f"{'':<{width}}  task: {problem} on {column}, "
                 f"primary metric {preset.primary_metric or DEFAULT_PRIMARY[problem]}"
             )

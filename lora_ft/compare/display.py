@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lora_ft.compare.report import REPORT_FILE, RESULTS_FILE, tables
-from lora_ft.compare.results import Comparison, RunResult, RunSpec
+from lora_ft.compare.results import Comparison, RunResult, RunSpec, shown_metric
 
 
 def print_comparison(c: Comparison, console) -> None:
@@ -64,8 +64,10 @@ class CompareProgress:
     def run_event(self, event: dict[str, Any]) -> None:
         if "loss" in event:
             self.status = f"loss {event['loss']:.4f}"
-        if "eval_accuracy" in event:
-            self.status = f"{self.status.split('  ')[0]}  val acc {event['eval_accuracy']:.4f}"
+        if "eval_metric" in event:
+            self.status = (
+                f"{self.status.split('  ')[0]}  val {_short(event['metric'])} {event['eval_metric']:.4f}"
+            )
         if event.get("step") == 0:
             self.status = "training"
         self.progress.update(self.task, total=event["max_steps"], completed=event["step"], status=self.status)
@@ -103,14 +105,19 @@ class CompareLines:
         where = f"step {event['step']}/{event['max_steps']}"
         if "loss" in event:
             self._line(f"{where}  loss {event['loss']:.4f}")
-        if "eval_accuracy" in event:
-            self._line(f"{where}  val acc {event['eval_accuracy']:.4f}")
+        if "eval_metric" in event:
+            self._line(f"{where}  val {_short(event['metric'])} {event['eval_metric']:.4f}")
 
     def run_finished(self, result: RunResult) -> None:
         self._line(_outcome(result))
 
 
+def _short(metric: str) -> str:
+    return "acc" if metric == "accuracy" else metric.replace("_", " ")
+
+
 def _outcome(result: RunResult) -> str:
     if not result.ok:
         return f"failed: {result.error}"
-    return f"{'reused' if result.reused else 'done'}: val acc {result.metrics['validation']['accuracy']:.4f}"
+    metric = shown_metric(result.metrics)
+    return f"{'reused' if result.reused else 'done'}: val {_short(metric)} {result.metrics['validation'][metric]:.4f}"

@@ -68,8 +68,15 @@ def _mean_curve(
     return epochs, values.mean(axis=0), std
 
 
-# The evaluation on the validation split after training is the accuracy curve's last point.
-CURVES = {"loss": ("loss",), "accuracy": ("eval_accuracy", "validation_accuracy")}
+def _metric(rows: list[dict[str, Any]]) -> str:
+    """The quality figure the rows plot (``results.shown_metric``): accuracy unless a row says otherwise."""
+    return next((r["metric"] for r in rows if r.get("metric")), "accuracy")
+
+
+def _curve_keys(key: str) -> tuple[str, ...]:
+    """The log keys of one curve; the evaluation on the validation split after training is a metric
+    curve's last point."""
+    return ("loss",) if key == "loss" else (f"eval_{key}", f"validation_{key}")
 
 
 def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, Any]]]], path: Path) -> Path:
@@ -79,17 +86,18 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
     """
     fig, (loss_ax, acc_ax) = _figure(11, 4.2, ncols=2)
     palette = colors(rows)
+    metric = _metric(rows)
     for row in rows:
         if not logs.get(row["label"]):
             continue
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-            x, mean, std = _mean_curve(logs[row["label"]], CURVES[key])
+        for ax, key in ((loss_ax, "loss"), (acc_ax, metric)):
+            x, mean, std = _mean_curve(logs[row["label"]], _curve_keys(key))
             if not len(x):
                 continue
             ax.plot(
                 x,
                 mean,
-                marker="o" if key == "accuracy" else None,
+                marker="o" if key != "loss" else None,
                 ms=3,
                 lw=1.6,
                 color=palette[row["label"]],
@@ -101,7 +109,8 @@ def plot_curves(rows: list[dict[str, Any]], logs: dict[str, list[list[dict[str, 
     if seeds > 1:
         fig.suptitle(f"Mean over {seeds} seeds; shading: ± one standard deviation", fontsize="medium")
     loss_ax.set(title="Training loss", xlabel="epoch", ylabel="training loss (cross-entropy)")
-    acc_ax.set(title="Validation accuracy during training", xlabel="epoch", ylabel="validation accuracy")
+    name = metric.replace("_", " ")
+    acc_ax.set(title=f"Validation {name} during training", xlabel="epoch", ylabel=f"validation {name}")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         if ax.has_data():
@@ -115,9 +124,10 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]]) -> Figure:
     fig, ax = _figure(6.4, 4.4)
     palette = colors(rows)
     drawn = [row for row in rows if row["status"] != "failed"]
+    metric = _metric(rows)
     placed: list[tuple[float, float]] = []
     for row in drawn:
-        x, acc = row["trainable_params"], row["validation"]["accuracy"]
+        x, acc = row["trainable_params"], row["validation"][metric]
         ax.errorbar(
             x,
             acc["mean"],
@@ -144,10 +154,11 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]]) -> Figure:
         ax.axhline(baseline, ls=":", lw=1.2, color="black", label=f"majority class ({baseline:.3f})")
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.2)
+    name = metric.replace("_", " ")
     ax.set(
-        title="Accuracy vs trainable parameters",
+        title=f"{name[0].upper()}{name[1:]} vs trainable parameters",
         xlabel="trainable parameters (log scale)",
-        ylabel="validation accuracy",
+        ylabel=f"validation {name}",
     )
     ax.grid(alpha=0.3, which="both")
     if ax.has_data():
@@ -167,8 +178,9 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
         (r for r in rows if r["rank"] is not None and r["status"] != "failed"), key=lambda r: r["rank"]
     )
     ranks = [r["rank"] for r in swept]
-    means = [r["validation"]["accuracy"]["mean"] for r in swept]
-    stds = [r["validation"]["accuracy"]["std"] or 0 for r in swept]
+    metric = _metric(rows)
+    means = [r["validation"][metric]["mean"] for r in swept]
+    stds = [r["validation"][metric]["std"] or 0 for r in swept]
     ax.errorbar(ranks, means, yerr=stds, fmt="-o", ms=6, capsize=4, color=METHOD_COLORS["lora"], label="lora")
     for rank, mean, row in zip(ranks, means, swept, strict=True):
         ax.annotate(
@@ -183,7 +195,7 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
     for row in rows:
         if row["rank"] is None and row["status"] != "failed":
             ax.axhline(
-                row["validation"]["accuracy"]["mean"],
+                row["validation"][metric]["mean"],
                 ls="--",
                 lw=1.2,
                 color=METHOD_COLORS[row["method"]],
@@ -197,7 +209,7 @@ def plot_accuracy_vs_rank(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set(
         title="LoRA rank sweep (labels: trainable parameters)",
         xlabel="LoRA rank r (log scale)",
-        ylabel="validation accuracy",
+        ylabel=f"validation {metric.replace('_', ' ')}",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")

@@ -60,13 +60,16 @@ def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     headers = ["method", "status", "learning rate"]
     short = {"validation": "val", "test": "test"}
     f1 = f1_heading(r.get("f1_average") for r in rows)
-    headers += [f"{short[s]} {m}" for s in splits for m in ("acc", f1, "loss")]
+    # One data set per comparison, so one task: the first finished row's figures head every row.
+    keys = next((tuple(r["quality_keys"]) for r in rows if r.get("quality_keys")), ("accuracy", "f1", "loss"))
+    names = {"accuracy": "acc", "f1": f1}
+    headers += [f"{short[s]} {names.get(k, k.replace('_', ' '))}" for s in splits for k in keys]
     cells = []
     for row in rows:
         line = [row["label"], _status(row), f"{row['learning_rate']:.1e}" if "learning_rate" in row else "—"]
         for split in splits:
             stats = row.get(split) or {}
-            line += [fmt_stat(stats.get(k)) for k in ("accuracy", "f1", "loss")]
+            line += [fmt_stat(stats.get(k)) for k in keys]
         cells.append(line)
     return headers, cells
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lora_ft.config import RunConfig
 from lora_ft.data.metrics import f1_average, majority_accuracy
+from lora_ft.data.task import METRIC_KEYS, Task
 from lora_ft.training.layout import ADAPTER_DIR, LOG_FILE, MODEL_DIR
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
@@ -29,6 +30,24 @@ COSTS = (
     "optimizer_state_mb",
     "ship_mb",
 )
+
+
+def shown_metric(metrics: dict[str, Any]) -> str:
+    """The quality figure a comparison shows first and plots, from a run's ``metrics.json``: accuracy for
+    single-label (and runs recorded before tasks), else the task's primary metric (entity F1 for tokens)."""
+    task = Task.from_dict(metrics["task"], "metrics.json") if metrics.get("task") else None
+    return task.primary_metric if task is not None and not task.is_single_label else "accuracy"
+
+
+def quality_keys(metrics: dict[str, Any]) -> tuple[str, ...]:
+    """The split figures a comparison reports: accuracy, F1 and loss (single-label), else ``shown_metric``
+    first, the task's other metrics, then the loss."""
+    shown = shown_metric(metrics)
+    if shown == "accuracy":
+        return ("accuracy", "f1", "loss")
+    others = METRIC_KEYS[metrics["task"]["problem_type"]]
+    return (shown, *(k for k in others if k != shown), "loss")
+
 
 # Names only `compare --methods` knows: a LoRA run (train.method=lora, lora's learning rate) with these
 # lora.* keys set, so a variant is compared with plain LoRA under one budget.
@@ -196,11 +215,10 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         if first.get("validation_label_counts")
         else None,
     )
+    row.update(metric=shown_metric(first), quality_keys=quality_keys(first))
     for split in ("validation", "test"):
         if all(r.metrics.get(split) for r in done):
-            row[split] = {
-                k: aggregate([r.metrics[split][k] for r in done]) for k in ("accuracy", "f1", "loss")
-            }
+            row[split] = {k: aggregate([r.metrics[split][k] for r in done]) for k in row["quality_keys"]}
         else:
             row[split] = None
     for key in (

@@ -18,6 +18,8 @@ from transformers import TrainerCallback
 
 from lora_ft.compare.process import PROGRESS_PREFIX, Emit
 from lora_ft.config import load_config
+from lora_ft.data.presets import apply_preset, preset_for
+from lora_ft.data.task import DEFAULT_PRIMARY, SINGLE_LABEL
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.checkpoint import last_checkpoint
 from lora_ft.training.layout import CONFIG_FILE
@@ -26,10 +28,12 @@ from lora_ft.training.train import train
 
 
 class _Progress(TrainerCallback):
-    """Each optimisation step, and each logged loss and validation accuracy, as an event for ``emit``."""
+    """Each optimisation step, and each logged loss and validation ``metric`` (``eval_metric``, with the
+    metric's name), as an event for ``emit``."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, metric: str = "accuracy") -> None:
         self.emit = emit
+        self.metric = metric
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.emit({"step": 0, "max_steps": state.max_steps})
@@ -38,7 +42,10 @@ class _Progress(TrainerCallback):
         self.emit({"step": state.global_step, "max_steps": state.max_steps})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        picked = {k: logs[k] for k in ("loss", "eval_accuracy") if k in (logs or {})}
+        logs = logs or {}
+        picked = {"loss": logs["loss"]} if "loss" in logs else {}
+        if f"eval_{self.metric}" in logs:
+            picked.update(eval_metric=logs[f"eval_{self.metric}"], metric=self.metric)
         if picked:
             self.emit({"step": state.global_step, "max_steps": state.max_steps, **picked})
 
@@ -59,13 +66,22 @@ def train_one(
     than started over, unless ``force``; one interrupted before its first checkpoint starts over.
     """
     cfg = load_config(config_path, trust_remote_code=trust_remote_code)
-    callbacks = [_Progress(emit)] if emit is not None else []
+    callbacks = [_Progress(emit, _shown_metric(cfg))] if emit is not None else []
     run = RunDir(run_dir)
     if not force and (run.partial / CONFIG_FILE).is_file() and last_checkpoint(run.checkpoints):
         return train(cfg, run_dir, resume=True, callbacks=callbacks)
     # The parent reuses finished runs and refuses foreign ones, so what is left here is this config's
     # own leftover: an interrupted run with no checkpoint yet, safe to start over.
     return train(cfg, run_dir, force=force or run.partial.exists(), callbacks=callbacks)
+
+
+def _shown_metric(cfg) -> str:
+    """What the comparison shows during training (``results.shown_metric``), from the config alone."""
+    data = apply_preset(cfg.data)
+    if data.problem_type == SINGLE_LABEL:
+        return "accuracy"
+    preset = preset_for(data.name)
+    return (preset.primary_metric if preset else "") or DEFAULT_PRIMARY[data.problem_type]
 
 
 def _print_progress(event: dict[str, Any]) -> None:

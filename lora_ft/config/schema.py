@@ -18,18 +18,18 @@ from lora_ft.errors import LoraFtError
 from lora_ft.lora.scaling import lora_scaling
 
 METHODS = ("lora", "full", "head")
-# What a model predicts, with Hugging Face's names (config.problem_type picks the Trainer's loss);
-# data/task.py is the idea's home, these are the names a config may give.
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# What a model predicts, in Hugging Face's names (config.problem_type picks the Trainer's loss; a token
+# task, one label per word, AutoModelForTokenClassification); data/task.py is the idea's home.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression",
+                 "token_classification")  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
-# What evaluations report (data/metrics.py: data/task.py's METRIC_KEYS of every problem type, and
-# f1_accuracy_mean; plus the Trainer's loss): what train.metric_for_best may name. Which of them a run
-# has depends on its data's problem type, checked when the data is read (training/prepare.py).
+# What evaluations report (data/metrics.py: METRIC_KEYS of every problem type, f1_accuracy_mean, the
+# Trainer's loss): what train.metric_for_best may name; a run's depend on its problem type (training/prepare.py).
 BEST_METRICS = tuple(
-    "loss accuracy f1 macro_f1 matthews_correlation f1_accuracy_mean micro_f1 subset_accuracy "
-    "pearson spearman pearson_spearman_mean mse mae".split()
+    "loss accuracy f1 macro_f1 matthews_correlation f1_accuracy_mean micro_f1 subset_accuracy pearson "
+    "spearman pearson_spearman_mean mse mae entity_f1 entity_precision entity_recall token_accuracy".split()
 )
 # The experiment trackers train.report_to may name (each an extra: pip install 'lora-ft[tensorboard]').
 TRACKERS = ("tensorboard", "mlflow", "trackio")
@@ -91,8 +91,8 @@ class DataConfig:
     # null: single texts.
     text_pair_column: str | None = None
     label_column: str = "label"
-    # single_label_classification, multi_label_classification (labels: a list per row, or a string
-    # split on label_separator) or regression (float labels, one output).
+    # single_label_classification, multi_label_classification (a list per row, or split on label_separator),
+    # regression (float labels, one output) or token_classification (words, IOB2 tags: data/token_data.py).
     problem_type: str = "single_label_classification"
     label_separator: str | None = None  # multi-label labels given as one string: "fire;flood"
     # Names of integer labels 0..K-1, in id order (checked against the data when it is read);

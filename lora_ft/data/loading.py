@@ -4,7 +4,8 @@ its columns, checks every cell, fixes the label names, carves a validation split
 Every split comes out with the columns ``sentence`` (str), ``sentence2`` (str, the second text of a
 pair task: ``data.text_pair_column``) and ``label``: a ``ClassLabel`` (ids 0..K-1) for single-label
 classification; for multi-label a multi-hot float list and for regression a float
-(data/label_types.py reads those two; data/task.py gives the types). A preset data name
+(data/label_types.py reads those two; data/task.py gives the types); a token task's splits have
+``tokens`` (list of words) and ``label`` (one tag id per word) instead (data/token_data.py). A preset data name
 (``glue/mrpc``, ``data/presets.py``) sets the columns, problem type and label names the user leaves
 at their defaults. Empty or null sentences and labels are errors naming the file, the row (counted
 from 1, a csv header not counted) and the column: nothing is dropped silently, so the same data gives
@@ -33,7 +34,8 @@ from lora_ft.data.label_types import (
 )
 from lora_ft.data.presets import apply_preset, preset_for
 from lora_ft.data.sources import SPLITS, RawSplits, read_spec
-from lora_ft.data.task import MULTI_LABEL, REGRESSION, SENTENCE2, Task
+from lora_ft.data.task import MULTI_LABEL, REGRESSION, SENTENCE2, TOKEN_CLASSIFICATION, Task
+from lora_ft.data.token_data import token_splits
 from lora_ft.errors import LoraFtError
 
 CARVE_FRACTION, CARVE_SEED = 0.1, 42
@@ -263,10 +265,13 @@ def load_data(cfg: DataConfig) -> LoadedData:
     preset = preset_for(cfg.name)
     extra = preset.extra_eval_splits if preset else ()
     raw = read_spec(cfg, extra)
-    columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
-    for split, ds in columns.items():
-        _check_cells(ds, raw.where[split], cfg)
-    splits, names, notes = _typed(columns, raw, cfg)
+    if cfg.problem_type == TOKEN_CLASSIFICATION:
+        (splits, names), notes = token_splits(raw, cfg), []
+    else:
+        columns = {split: _map_columns(ds, raw.where[split], cfg) for split, ds in raw.splits.items()}
+        for split, ds in columns.items():
+            _check_cells(ds, raw.where[split], cfg)
+        splits, names, notes = _typed(columns, raw, cfg)
     if "validation" not in splits:
         if len(splits["train"]) < 2:
             raise LoraFtError(f"{raw.where['train']} has one row; need more to carve out a validation split")

@@ -4,7 +4,12 @@ by problem type (data/task.py), computed with scikit-learn (and scipy's correlat
 ``task_metrics(task, predictions, labels)`` takes the raw head outputs, ``(N, K)`` logits (regression
 ``(N, 1)`` scores), and returns the flat float keys ``METRIC_KEYS[task.problem_type]`` (plus
 ``f1_accuracy_mean`` for single-label) and, for reports, the non-scalar ``per_class`` and
-``confusion_matrix`` (single-label) or ``per_label`` (multi-label).
+``confusion_matrix`` (single-label) or ``per_label`` (multi-label). Token classification takes
+``(N, T, K)`` logits and ``(N, T)`` tag ids, ``IGNORE`` (-100) where a position is no word's first
+sub-token (data/tokenization.py), and scores the words' tag sequences with seqeval (the library
+CoNLL and WNUT results are reported with): micro-averaged entity precision, recall and F1 in seqeval's
+default (conlleval) mode, where an ``I-X`` after ``O`` opens an entity as conlleval reads it, each
+entity type's figures (``per_entity``), and word-level tag accuracy.
 
 Conventions where a figure has nothing to measure, so that no metric is ever NaN for finite outputs:
   - F1, precision and recall with an empty denominator are 0 (scikit-learn's ``zero_division=0``).
@@ -25,6 +30,11 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
+from seqeval.metrics import accuracy_score as seqeval_accuracy
+from seqeval.metrics import classification_report
+from seqeval.metrics import f1_score as seqeval_f1
+from seqeval.metrics import precision_score as seqeval_precision
+from seqeval.metrics import recall_score as seqeval_recall
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -35,7 +45,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from lora_ft.data.task import F1_ACCURACY_MEAN, METRIC_KEYS, Task
+from lora_ft.data.task import F1_ACCURACY_MEAN, IGNORE, METRIC_KEYS, Task
 from lora_ft.errors import LoraFtError
 
 THRESHOLD = 0.5  # multi-label: a label is predicted when its sigmoid probability is >= this
@@ -122,6 +132,51 @@ def _multi_label(task: Task, logits: np.ndarray, labels: np.ndarray, threshold: 
     }
 
 
+def tag_sequences(
+    task: Task, logits: np.ndarray, labels: np.ndarray
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The true and predicted tag names of each row's words: the positions whose label is not ``IGNORE``."""
+    names = task.label_names
+    preds = logits.argmax(-1)
+    truth, predicted = [], []
+    for row_labels, row_preds in zip(labels, preds, strict=True):
+        keep = row_labels != IGNORE
+        truth.append([names[i] for i in row_labels[keep]])
+        predicted.append([names[i] for i in row_preds[keep]])
+    return truth, predicted
+
+
+def entity_types(task: Task) -> list[str]:
+    """The entity types of the task's IOB2 tags, in tag order (``B-person`` -> ``person``)."""
+    return list(dict.fromkeys(name[2:] for name in task.label_names if name != "O"))
+
+
+def _token_classification(task: Task, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    truth, predicted = tag_sequences(task, logits, labels.astype(np.int64))
+    if not any(truth):
+        raise LoraFtError("no words to score: every position of the evaluation split is ignored")
+    report = classification_report(truth, predicted, output_dict=True, zero_division=0)
+    per_entity = []
+    for kind in entity_types(task):
+        row = report.get(kind, {})
+        per_entity.append(
+            {
+                "label": kind,
+                "precision": float(row.get("precision", 0.0)),
+                "recall": float(row.get("recall", 0.0)),
+                "f1": float(row.get("f1-score", 0.0)),
+                "support": int(row.get("support", 0)),
+            }
+        )
+    return {
+        "entity_f1": float(seqeval_f1(truth, predicted, zero_division=0)),
+        "entity_precision": float(seqeval_precision(truth, predicted, zero_division=0)),
+        "entity_recall": float(seqeval_recall(truth, predicted, zero_division=0)),
+        "token_accuracy": float(seqeval_accuracy(truth, predicted)),
+        "per_entity": per_entity,
+    }
+
+
 def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
     """``fn``'s coefficient of ``x`` and ``y``; 0.0 when either is constant (undefined: module docstring)."""
     if np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -147,12 +202,13 @@ def task_metrics(
     task: Task, predictions: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD
 ) -> dict[str, Any]:
     """Every metric of ``task`` from the raw head outputs ``predictions`` ``(N, K)`` and ``labels``
-    (``(N,)`` ids, ``(N, K)`` multi-hot, or ``(N,)`` scores); ``threshold``: multi-label only.
+    (``(N,)`` ids, ``(N, K)`` multi-hot, or ``(N,)`` scores); token classification: ``(N, T, K)``
+    and ``(N, T)`` tag ids with ``IGNORE``; ``threshold``: multi-label only.
 
     Returns:
         ``scalar_keys(task)`` as floats, plus ``per_class`` (a list of {label, precision, recall, f1,
         support}) and ``confusion_matrix`` (rows = true, columns = predicted, in label-id order) for
-        single-label, ``per_label`` for multi-label.
+        single-label, ``per_label`` for multi-label, ``per_entity`` (by entity type) for tokens.
 
     Raises:
         LoraFtError: no rows, or outputs whose width is not ``task.num_labels``.
@@ -172,6 +228,8 @@ def task_metrics(
         return _single_label(task, predictions, labels)
     if task.is_multi_label:
         return _multi_label(task, predictions, labels, threshold)
+    if task.is_token_classification:
+        return _token_classification(task, predictions, labels)
     return _regression(predictions, labels)
 
 

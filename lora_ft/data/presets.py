@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lora_ft.config import DataConfig
-from lora_ft.data.task import F1_ACCURACY_MEAN, MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from lora_ft.data.task import F1_ACCURACY_MEAN, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TOKEN_CLASSIFICATION
 
 # The DataConfig fields a preset may set; None in a Preset leaves the field to the user.
 PRESET_FIELDS = (
@@ -116,6 +116,7 @@ PRESETS: dict[str, Preset] = {
     "disaster-response-genre": Preset(
         label_column="genre", problem_type=SINGLE_LABEL, primary_metric="macro_f1"
     ),
+    "wnut16": Preset(problem_type=TOKEN_CLASSIFICATION, primary_metric="entity_f1"),
 }
 
 _DEFAULTS = DataConfig()

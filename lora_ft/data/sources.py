@@ -3,8 +3,8 @@
 ``DataConfig.name`` is resolved, in order, as:
 
 - a built-in name (``rt-sentences``): prepared by :mod:`lora_ft.data.assets`, read like a directory;
-- a local file (``.csv``, ``.tsv``, ``.jsonl``/``.json``, ``.parquet``): the train split (``loading``
-  carves a validation split out of it);
+- a local file (``.csv``, ``.tsv``, ``.jsonl``/``.json``, ``.parquet``, or ``.conll`` for a token task:
+  data/iob2.py): the train split (``loading`` carves a validation split out of it);
 - a local directory of split files ``train.*``, ``validation.*`` (or ``dev.*``/``valid.*``), ``test.*``
   (``<split>-*`` shards too), optionally with ``labels.json`` (the label names, index = id);
 - otherwise a Hugging Face Hub data set (``glue/sst2``, ``rotten_tomatoes``), when online.
@@ -33,6 +33,7 @@ import datasets
 
 from lora_ft.config import DataConfig
 from lora_ft.data import assets
+from lora_ft.data.iob2 import parse_conll
 from lora_ft.data.labels import check_label_names
 from lora_ft.data.manifest import sha256_file
 from lora_ft.errors import LoraFtError
@@ -48,7 +49,9 @@ FILE_BUILDERS = {
     ".jsonl": ("json", {}),
     ".json": ("json", {}),
     ".parquet": ("parquet", {}),
+    ".conll": ("conll", {}),  # read here (data/iob2.py), not by a datasets builder
 }
+CONLL_LINES = "conll_lines"  # a CoNLL split's column: each word's line in its file, for error messages
 HUB_CONFIG_PARENTS = ("glue", "super_glue")  # "glue/sst2" is load_dataset("glue", "sst2"), not a repo id
 
 
@@ -144,6 +147,8 @@ def _read_files(paths: list[Path]) -> tuple[datasets.Dataset, dict[str, str]]:
         if builder != "parquet":
             _check_utf8(path)
         digests[os.path.abspath(path)] = sha256_file(path)
+    if builder == "conll":
+        return _read_conll(paths), digests
     if builder == "csv":
         kwargs = {**kwargs, "na_filter": False}  # keep sentences such as "NA" or "null" as text
     # datasets keys its cache of a local file by path and mtime; one cache directory per content makes
@@ -161,6 +166,20 @@ def _read_files(paths: list[Path]) -> tuple[datasets.Dataset, dict[str, str]]:
             raise LoraFtError(f"data file {paths[0]} has no rows") from None
         raise LoraFtError(f"could not read data file {paths[0]}: {_root_cause(exc)}") from None
     return ds, digests
+
+
+def _read_conll(paths: list[Path]) -> datasets.Dataset:
+    """CoNLL files as one split: ``tokens``, ``tags`` and ``CONLL_LINES`` (each word's line)."""
+    sentences = [
+        s for path in paths for s in parse_conll(path.read_text(encoding="utf-8"), f"data file {path}")
+    ]
+    return datasets.Dataset.from_dict(
+        {
+            "tokens": [s.tokens for s in sentences],
+            "tags": [s.tags for s in sentences],
+            CONLL_LINES: [s.lines for s in sentences],
+        }
+    )
 
 
 def _split_files(directory: Path, cfg: DataConfig, extra: tuple[str, ...]) -> dict[str, list[Path]]:

@@ -11,7 +11,10 @@ Label columns after ``load_data``, by problem type:
   - ``single_label_classification``: ``label``, a ``ClassLabel`` (ids 0..K-1); the loss is cross-entropy.
   - ``multi_label_classification``: ``label``, a multi-hot list of K floats (0.0/1.0); BCE-with-logits.
   - ``regression``: ``label``, one float; MSE; ``label_names == ("score",)``, so ``num_labels == 1``.
-Inputs: ``sentence`` (str), and ``sentence2`` (str) when ``text_pair`` is true.
+  - ``token_classification``: ``label``, one tag id per word (``label_names`` are IOB2 tags, ``O``
+    first); cross-entropy per word, scored by entity (seqeval): data/token_data.py reads it.
+Inputs: ``sentence`` (str), and ``sentence2`` (str) when ``text_pair`` is true; a token task's input
+is ``tokens`` (a list of words, ``TOKENS``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from lora_ft.config.schema import PROBLEM_TYPES
 from lora_ft.errors import LoraFtError
 
-SINGLE_LABEL, MULTI_LABEL, REGRESSION = PROBLEM_TYPES
+SINGLE_LABEL, MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION = PROBLEM_TYPES
 REGRESSION_LABELS = ("score",)
 
 # The keys every problem type's metrics carry (data/metrics.py computes them), and the one that ranks
@@ -31,12 +34,20 @@ METRIC_KEYS = {
     SINGLE_LABEL: ("accuracy", "f1", "macro_f1", "matthews_correlation"),
     MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy"),
     REGRESSION: ("pearson", "spearman", "pearson_spearman_mean", "mse", "mae"),
+    TOKEN_CLASSIFICATION: ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
 }
-DEFAULT_PRIMARY = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "micro_f1", REGRESSION: "pearson_spearman_mean"}
+DEFAULT_PRIMARY = {
+    SINGLE_LABEL: "accuracy",
+    MULTI_LABEL: "micro_f1",
+    REGRESSION: "pearson_spearman_mean",
+    TOKEN_CLASSIFICATION: "entity_f1",  # CoNLL's and WNUT's ranking figure: micro-averaged entity F1
+}
 # Single-label only: GLUE's MRPC and QQP rank by the mean of F1 and accuracy.
 F1_ACCURACY_MEAN = "f1_accuracy_mean"
 LOWER_IS_BETTER = frozenset({"mse", "mae", "loss"})
 SENTENCE2 = "sentence2"
+TOKENS = "tokens"
+IGNORE = -100  # a token task's position that is no word's first sub-token (the loss's ignore_index)
 
 
 def check_problem_type(value: Any, where: str = "data.problem_type") -> str:
@@ -94,6 +105,10 @@ class Task:
     @property
     def is_regression(self) -> bool:
         return self.problem_type == REGRESSION
+
+    @property
+    def is_token_classification(self) -> bool:
+        return self.problem_type == TOKEN_CLASSIFICATION
 
     @property
     def greater_is_better(self) -> bool:

@@ -30,11 +30,18 @@ def metrics_lines(metrics: dict[str, Any] | None, f1_average: str | None = None)
     if not rows:
         return []
     lines = [f"## Metrics of the training run (data: {metrics.get('data', 'unknown')})", ""]
-    f1 = f1_heading([f1_average or metrics.get("f1_average")])
-    lines += [f"| split | accuracy | {f1} | loss |", "|---|---|---|---|"]
-    lines += [
-        f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |" for s, m in rows
-    ]
+    task = metrics.get("task") if isinstance(metrics.get("task"), dict) else {}
+    if task.get("problem_type", "single_label_classification") == "single_label_classification":
+        keys, heads = (
+            ("accuracy", "f1", "loss"),
+            ["accuracy", f1_heading([f1_average or metrics.get("f1_average")]), "loss"],
+        )
+    else:  # the task's primary metric first, then its other figures as the run recorded them
+        primary = task.get("primary_metric")
+        keys = (primary, *(k for k in rows[0][1] if k not in (primary, "loss")), "loss")
+        heads = [k.replace("_", " ") for k in keys]
+    lines += [f"| split | {' | '.join(heads)} |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {s} | {' | '.join(_fmt(m.get(k)) for k in keys)} |" for s, m in rows]
     return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [])]
 
 
@@ -56,8 +63,16 @@ def _is_hub_id(name: str) -> bool:
 
 
 def _peft_snippet(
-    base: str, labels: list[str] | None, num_layers: int | None, with_tokenizer: bool
+    config: dict[str, Any], labels: list[str] | None, num_layers: int | None, with_tokenizer: bool
 ) -> list[str]:
+    """The card's PEFT example; a token classifier's (``task_type: TOKEN_CLS``) tags every token."""
+    base, tokens = config["base_model_name_or_path"], config.get("task_type") == "TOKEN_CLS"
+    auto = "AutoModelForTokenClassification" if tokens else "AutoModelForSequenceClassification"
+    shown = (
+        "print([model.config.id2label[int(i)] for i in logits.argmax(-1)[0]])"
+        if tokens
+        else "print(model.config.id2label[int(logits.argmax(-1)[0])])"
+    )
     kwargs = []
     if labels is not None:
         # JSON strings are Python literals too, in the double quotes of the lines around them.
@@ -74,11 +89,11 @@ def _peft_snippet(
         "```python",
         "import torch",
         "from peft import PeftModel",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f"from transformers import {auto}, AutoTokenizer",
         "",
         f'base = "{base}"  # offline: a local directory with the base\'s config.json and weights',
         f'adapter = "{ADAPTER_PLACEHOLDER}"',
-        "model = AutoModelForSequenceClassification.from_pretrained(",
+        f"model = {auto}.from_pretrained(",
         "    base,",
         *kwargs,
         ")",
@@ -86,7 +101,7 @@ def _peft_snippet(
         f"tokenizer = AutoTokenizer.from_pretrained({'adapter' if with_tokenizer else 'base'})",
         "with torch.no_grad():",
         '    logits = model(**tokenizer(["a gorgeous, moving film"], return_tensors="pt")).logits',
-        "print(model.config.id2label[int(logits.argmax(-1)[0])])",
+        shown,
         "```",
     ]
 
@@ -132,7 +147,7 @@ def adapter_card(
             "",
         ]
     lines += metrics_lines(metrics)
-    lines += ["## Use it with PEFT", "", *_peft_snippet(base, label_names, num_layers, with_tokenizer), ""]
+    lines += ["## Use it with PEFT", "", *_peft_snippet(config, label_names, num_layers, with_tokenizer), ""]
     lines += [
         "PEFT reads no label names from this directory, so they are passed to the base above. "
         "Offline (`HF_HUB_OFFLINE=1`), set `base` to a local copy of the base model"

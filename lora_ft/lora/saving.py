@@ -78,7 +78,7 @@ def save_adapter(
     tensors = _adapter_tensors(model, layers, head)
     require_finite(tensors, f"refusing to write the adapter {out}, its weights are not finite")
     cut = (model_settings or {}).get("num_layers")
-    config = _adapter_config(model, layers, head, base_model_name_or_path, init, cut)
+    config = _adapter_config(model, layers, head, base_model_name_or_path, init, cut, task)
     card = adapter_card(
         config,
         label_names=label_names,
@@ -142,9 +142,11 @@ def _adapter_config(
     base: str,
     init: str | None,
     cut: int | None,
+    task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``adapter_config.json``: the most common rank and alpha, the others as PEFT's patterns, and the
-    layer cut ``cut`` (``CUT_KEY``) when the base was cut."""
+    layer cut ``cut`` (``CUT_KEY``) when the base was cut; PEFT's ``task_type`` from ``task``'s problem
+    type (``TOKEN_CLS`` for a token task: PeftModelForTokenClassification loads it)."""
     r = Counter(layer.r for layer in layers.values()).most_common(1)[0][0]
     alpha = Counter(layer.alpha for layer in layers.values()).most_common(1)[0][0]
     first = next(iter(layers.values()))
@@ -159,7 +161,7 @@ def _adapter_config(
     init = init or first.init
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": "TOKEN_CLS" if (task or {}).get("problem_type") == "token_classification" else "SEQ_CLS",
         "base_model_name_or_path": base,
         "r": r,
         "lora_alpha": alpha,

@@ -27,7 +27,7 @@ from transformers import AutoConfig
 from lora_ft.config import DataConfig, ModelConfig, RunConfig, config_from_dict, read_yaml
 from lora_ft.data import assets
 from lora_ft.data.labels import check_label_names
-from lora_ft.data.task import Task
+from lora_ft.data.task import TOKEN_CLASSIFICATION, Task
 from lora_ft.errors import LoraFtError
 from lora_ft.fsutil import read_json_record
 from lora_ft.lora.apply import apply_adapter
@@ -199,6 +199,12 @@ def _adapter_labels(adapter: Adapter, run: RunRecord | None, model_cfg: ModelCon
     return names if len(set(names)) == count else [f"LABEL_{i}" for i in range(count)]
 
 
+def _load_task(task: Task) -> Task:
+    """What to build the model with before the task is applied (``with_task``): a token task as it is
+    (its head is another class), any other as single-label over its head's outputs, as before tasks."""
+    return task if task.is_token_classification else Task.legacy(task.label_names)
+
+
 def _covered(module: str, head: dict[str, Any]) -> bool:
     return any(module == h or module.startswith(h + ".") or h.startswith(module + ".") for h in head)
 
@@ -217,7 +223,8 @@ def _from_adapter(
     model_cfg = _base_config(adapter, run, base, trust_remote_code)
     try:
         labels = _adapter_labels(adapter, run, model_cfg)
-        loaded = load_model(model_cfg, Task.legacy(labels))
+        task = adapter_task(adapter, run, labels)
+        loaded = load_model(model_cfg, _load_task(task))
     except LoraFtError as exc:
         raise LoraFtError(
             f"{exc} (the base model of adapter {adir}; pass --base to use another copy)"
@@ -231,7 +238,6 @@ def _from_adapter(
             f"adapter {adir} does not hold it; the adapter must be saved with it (PEFT: modules_to_save)"
         )
     settings = {"name": model_cfg.name, "num_layers": model_cfg.num_layers, "revision": model_cfg.revision}
-    task = adapter_task(adapter, run, labels)
     return Artifact(
         model=_ready(with_task(model, task)),
         tokenizer=loaded.tokenizer,
@@ -272,12 +278,6 @@ def _from_model(
         raise LoraFtError(f"cannot read {mdir / MODEL_CONFIG}: {load_error(exc)}") from None
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     check_label_names(labels, f"{mdir / MODEL_CONFIG}: id2label")
-    loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), Task.legacy(labels))
-    if loaded.newly_initialized:
-        raise LoraFtError(
-            f"{mdir} has no trained classification head ({', '.join(loaded.newly_initialized)} would be "
-            "randomly initialised); give a fine-tuned model, a run directory or an adapter"
-        )
     provenance = _read_provenance(mdir)
     task = model_task(
         [
@@ -285,8 +285,14 @@ def _from_model(
             (provenance.get("task"), f"{mdir / PROVENANCE_NAME}: task"),
         ],
         labels,
-        config.problem_type,
+        _problem_type(config),
     )
+    loaded = load_model(ModelConfig(name=str(mdir), trust_remote_code=trust_remote_code), _load_task(task))
+    if loaded.newly_initialized:
+        raise LoraFtError(
+            f"{mdir} has no trained classification head ({', '.join(loaded.newly_initialized)} would be "
+            "randomly initialised); give a fine-tuned model, a run directory or an adapter"
+        )
     labels = list(task.label_names)  # a regression head's one output is "score", whatever id2label says
     data = run.config.data if run else None
     if data is None and isinstance(provenance.get("data"), dict):
@@ -305,6 +311,16 @@ def _from_model(
         metrics=run.metrics if run else provenance.get("metrics"),
         provenance=provenance,
     )
+
+
+def _problem_type(config) -> str | None:
+    """A model config's problem type; a token classifier saved by other tools (no ``problem_type``) by its
+    architecture's name (``BertForTokenClassification``)."""
+    if config.problem_type is None and any(
+        a.endswith("ForTokenClassification") for a in config.architectures or ()
+    ):
+        return TOKEN_CLASSIFICATION
+    return config.problem_type
 
 
 def _model_max_length(tokenizer, model: nn.Module) -> int:

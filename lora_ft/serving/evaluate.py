@@ -15,10 +15,11 @@ import torch
 from lora_ft.config import DataConfig
 from lora_ft.data import metrics
 from lora_ft.data.loading import LoadedData, load_data
-from lora_ft.data.task import SENTENCE2, Task
+from lora_ft.data.task import SENTENCE2, TOKENS, Task
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import Artifact
-from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, predict_logits
+from lora_ft.serving.predict import DEFAULT_BATCH_SIZE, predict_logits, resolve_device
+from lora_ft.serving.tokens import padded, word_logits
 
 log = logging.getLogger("lora_ft")
 
@@ -120,17 +121,11 @@ def evaluate_loaded(
     """
     task = artifact.task
     ds = loaded.splits[split]
-    labels = model_labels(task, loaded, np.asarray(ds["label"][:]))
-    logits = predict_logits(
-        artifact.model,
-        artifact.tokenizer,
-        ds["sentence"][:],
-        text_pairs=ds[SENTENCE2][:] if SENTENCE2 in ds.column_names else None,
-        max_length=artifact.max_length,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
+    if task.is_token_classification:
+        logits, labels = _token_outputs(artifact, loaded, split, batch_size, device)
+    else:
+        labels = model_labels(task, loaded, np.asarray(ds["label"][:]))
+        logits = _logits(artifact, ds, batch_size, device, progress)
     out = {
         "split": split,
         "data": loaded.source,
@@ -144,6 +139,46 @@ def evaluate_loaded(
     return out
 
 
+def _logits(artifact: Artifact, ds, batch_size: int, device: str | None, progress: bool) -> np.ndarray:
+    return predict_logits(
+        artifact.model,
+        artifact.tokenizer,
+        ds["sentence"][:],
+        text_pairs=ds[SENTENCE2][:] if SENTENCE2 in ds.column_names else None,
+        max_length=artifact.max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+
+
+def _token_outputs(
+    artifact: Artifact, loaded: LoadedData, split: str, batch_size: int, device: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A token task's ``(N, W, K)`` per-word logits and ``(N, W)`` tag ids in the model's terms."""
+    ds = loaded.splits[split]
+    mapping = label_map(list(loaded.label_names), list(artifact.task.label_names))
+    check_same_task(artifact.task, loaded)
+    logits, scored = word_logits(
+        artifact.model,
+        artifact.tokenizer,
+        ds[TOKENS][:],
+        max_length=artifact.max_length,
+        batch_size=batch_size,
+        device=resolve_device(device),
+    )
+    return padded(logits, scored, [mapping[np.asarray(t, dtype=np.int64)].tolist() for t in ds["label"][:]])
+
+
+def check_same_task(task: Task, loaded: LoadedData) -> None:
+    """Refuse data of another problem type than the model's ``task``."""
+    if loaded.task.problem_type != task.problem_type:
+        raise LoraFtError(
+            f"the data {loaded.source} is a {loaded.task.problem_type} task but the model was trained for "
+            f"{task.problem_type}; evaluate on data of the model's task (data.problem_type)"
+        )
+
+
 def model_labels(task: Task, loaded: LoadedData, labels: np.ndarray) -> np.ndarray:
     """The data's labels in the model's terms: class ids through ``label_map`` (single-label), multi-hot
     columns in the model's label order (multi-label), scores as they are (regression).
@@ -151,12 +186,7 @@ def model_labels(task: Task, loaded: LoadedData, labels: np.ndarray) -> np.ndarr
     Raises:
         LoraFtError: data of another problem type than the model's, or labels the model does not have.
     """
-    data_task = loaded.task
-    if data_task.problem_type != task.problem_type:
-        raise LoraFtError(
-            f"the data {loaded.source} is a {data_task.problem_type} task but the model was trained for "
-            f"{task.problem_type}; evaluate on data of the model's task (data.problem_type)"
-        )
+    check_same_task(task, loaded)
     if task.is_regression:
         return labels.astype(np.float32).reshape(-1)
     mapping = label_map(list(loaded.label_names), list(task.label_names))
@@ -170,6 +200,8 @@ def model_labels(task: Task, loaded: LoadedData, labels: np.ndarray) -> np.ndarr
 def _loss(task: Task, logits: np.ndarray, labels: np.ndarray) -> float:
     """The mean loss the task trains with (what ``config.problem_type`` makes transformers compute)."""
     x, y = torch.from_numpy(logits), torch.from_numpy(labels)
+    if task.is_token_classification:  # cross-entropy over the scored words (IGNORE skipped)
+        return float(torch.nn.functional.cross_entropy(x.reshape(-1, x.shape[-1]), y.reshape(-1)).item())
     if task.is_regression:
         return float(torch.nn.functional.mse_loss(x[:, 0], y).item())
     if task.is_multi_label:

@@ -6,11 +6,13 @@ batch: max |Δlogit| ≤ ``TOLERANCE`` and identical predictions as the task rea
 labels at probability 0.5; the score). The checkpoint (``config.json`` with the task in transformers'
 own fields, ``problem_type``, ``id2label``, ``label2id``; ``model.safetensors``, tokenizer files, a model card and ``lora-ft.json``) is built in a
 hidden temporary directory and renamed into place, so it loads with
-``AutoModelForSequenceClassification.from_pretrained`` with no lora-ft or PEFT installed.
+``AutoModelForSequenceClassification.from_pretrained`` (a token task's:
+``AutoModelForTokenClassification``; its probe compares every scored word) with no lora-ft or PEFT installed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -20,11 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from lora_ft import __version__
 from lora_ft.data import assets
-from lora_ft.data.loading import load_data
 from lora_ft.data.metrics import f1_average
 from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError
@@ -35,41 +35,14 @@ from lora_ft.lora.card import metrics_lines, render_card
 from lora_ft.lora.inject import lora_layers, merge_and_unload
 from lora_ft.outputs import check_output_dir, publish_dir
 from lora_ft.serving.artifacts import PROVENANCE_FORMAT, PROVENANCE_NAME, Artifact, load_artifact
-from lora_ft.serving.evaluate import model_labels
-from lora_ft.serving.predict import predict_logits
+from lora_ft.serving.probe import DEFAULT_PROBE_SIZE, Probe, probe_batch, probe_outputs
 from lora_ft.training.layout import ADAPTER
+from lora_ft.training.modeling import auto_class
 
 log = logging.getLogger("lora_ft")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOLERANCE = 1e-4
-DEFAULT_PROBE_SIZE = 64
-# Used when the run's data is unknown or unreadable: varied length, sentiment and vocabulary.
-PROBE_SENTENCES = [
-    "A gorgeous, deeply moving film with two superb performances.",
-    "The plot is a tedious mess and the jokes fall flat.",
-    "It's not great, but it is never boring either.",
-    "An instant classic.",
-    "I wanted to leave after twenty minutes.",
-    "The cinematography is stunning, even when the script wobbles in its second half.",
-    "Dull, lifeless and far too long.",
-    "Sharp, funny and surprisingly warm.",
-    "The film opens in Paris in 1962.",
-    "Neither the director nor the cast seems to know what this story is about.",
-    "A small, wise movie that earns every one of its tears.",
-    "Predictable from start to finish.",
-    "Its ambition outruns its budget, yet the result is strangely affecting.",
-    "Worst sequel of the decade.",
-    "You will laugh, and then you will think about it for days.",
-    "Two hours of noise.",
-]
-
-
-@dataclass
-class Probe:
-    texts: list[str]
-    labels: np.ndarray | None  # in the model's terms (evaluate.model_labels), when the sentences have labels
-    source: str
 
 
 @dataclass
@@ -92,24 +65,6 @@ class MergeReport:
     agreement: float
     accuracy: float | None
     drift: dict[str, Any] | None = None
-
-
-def probe_batch(artifact: Artifact, size: int = DEFAULT_PROBE_SIZE) -> Probe:
-    """``size`` validation sentences of the data the model was trained on, else the built-in sentences."""
-    if size < 1:
-        raise LoraFtError(f"--probe must be >= 1, got {size}")
-    if artifact.data is not None:
-        try:
-            data = load_data(artifact.data)
-        except LoraFtError as exc:
-            log.warning("cannot read the run's data for the merge probe (%s); using built-in sentences", exc)
-        else:
-            ds = data.splits["validation"]
-            ds = ds.select(range(min(size, len(ds))))
-            labels = model_labels(artifact.task, data, np.asarray(ds["label"][:]))
-            return Probe(ds["sentence"][:], labels, f"{len(ds)} validation sentences of {data.source}")
-    texts = PROBE_SENTENCES[:size]
-    return Probe(texts, None, f"{len(texts)} built-in sentences")
 
 
 def _agree(task: Task, reference: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -161,12 +116,10 @@ def verify_merge(task: Task, reference: np.ndarray, merged: np.ndarray, probe: P
     return check
 
 
-def _check_plain(model: torch.nn.Module, trust_remote_code: bool) -> None:
+def _check_plain(model: torch.nn.Module, task: Task, trust_remote_code: bool) -> None:
     """After unloading: no LoRA layer left, and exactly the state-dict keys of the base architecture."""
     with torch.device("meta"):
-        reference = AutoModelForSequenceClassification.from_config(
-            model.config, trust_remote_code=trust_remote_code
-        )
+        reference = auto_class(task).from_config(model.config, trust_remote_code=trust_remote_code)
     extra = sorted(set(model.state_dict()) ^ set(reference.state_dict()))
     if lora_layers(model) or extra:
         raise LoraFtError(
@@ -206,7 +159,7 @@ def export_merged(
     if artifact.kind != ADAPTER:
         raise LoraFtError(
             f"{path} holds a complete model, not a LoRA adapter: there is nothing to merge, and it already "
-            "loads with AutoModelForSequenceClassification.from_pretrained"
+            f"loads with {auto_class(artifact.task).__name__}.from_pretrained"
         )
     if artifact.run_dir is not None:
         check_output_dir(out, force, [artifact.run_dir])
@@ -223,19 +176,21 @@ def _merge_verified(
     Raises:
         LoraFtError: a merge that does not reproduce the adapter model, or not finite in ``dtype``.
     """
-    model, tok = artifact.model, artifact.tokenizer
+    model = artifact.model
 
-    def logits(which: str) -> np.ndarray:
+    def logits(which: str) -> tuple[np.ndarray, np.ndarray | None]:
         try:
-            return predict_logits(model, tok, probe.texts, max_length=artifact.max_length, device="cpu")
+            return probe_outputs(artifact, probe)
         except LoraFtError as exc:
             raise LoraFtError(f"merge verification failed, {which}: {exc}; nothing was written") from None
 
-    reference = logits("the adapter model")
+    reference, labels = logits("the adapter model")
+    # The labels in the rows of the outputs (a token probe's: the scored words' tags, flattened).
+    scored = dataclasses.replace(probe, labels=labels)
     merge_and_unload(model)
-    merged = logits("the merged model")
-    check = verify_merge(artifact.task, reference, merged, probe)
-    _check_plain(model, trust_remote_code)
+    merged, _ = logits("the merged model")
+    check = verify_merge(artifact.task, reference, merged, scored)
+    _check_plain(model, artifact.task, trust_remote_code)
     report = MergeReport(
         out=out,
         dtype=dtype,
@@ -252,7 +207,9 @@ def _merge_verified(
         model.state_dict(), f"the merged model in {dtype} is not finite{hint}, so nothing was written"
     )
     if dtype != "float32":
-        report.drift = _compare(artifact.task, merged, logits(f"the merged model in {dtype}"), probe.labels)
+        report.drift = _compare(
+            artifact.task, merged, logits(f"the merged model in {dtype}")[0], scored.labels
+        )
     return report
 
 
@@ -310,6 +267,7 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
     cut = f" (first {settings['num_layers']} layers)" if settings.get("num_layers") else ""
     ad = provenance["adapter"]
     labels = ", ".join(f"{i} = {name}" for i, name in enumerate(artifact.label_names))
+    pipeline = "token-classification" if artifact.task.is_token_classification else "text-classification"
     lines = [
         f"# {report.out.name}",
         "",
@@ -323,7 +281,7 @@ def model_card(artifact: Artifact, report: MergeReport, provenance: dict[str, An
         "",
         "```python",
         "from transformers import pipeline",
-        f'classifier = pipeline("text-classification", model="{report.out.name}")',
+        f'classifier = pipeline("{pipeline}", model="{report.out.name}")',
         "```",
         "",
     ]

@@ -104,7 +104,8 @@ def load_adapter_set(
         trust_remote_code=trust_remote_code,
     )
     labels = {name: _adapter_labels(a, found[name][1], cfg) for name, a in read.items()}
-    loaded = load_model(cfg, Task.legacy(next(iter(labels.values()))))
+    tasks = {name: adapter_task(a, found[name][1], labels[name]) for name, a in read.items()}
+    loaded = load_model(cfg, _base_task(list(tasks.values())))
     model = loaded.model.float().eval()  # float32, as a single adapter is loaded (artifacts)
     model.requires_grad_(False)
     aset = AdapterSet(model, loaded.tokenizer, base_name=cfg.name, untrained=loaded.newly_initialized)
@@ -120,12 +121,27 @@ def load_adapter_set(
                 "run_dir": run.path if run else None,
                 "data": run.config.data if run else None,
                 "metrics": run.metrics if run else None,
-                "task": adapter_task(adapter, run, labels[name]),
+                "task": tasks[name],
             },
         )
         _warn_other_base(name, adapter, cfg.name)  # it fits: only a different record remains to say
     aset.set_adapter(next(iter(read)))
     return aset
+
+
+def _base_task(tasks: list[Task]) -> Task:
+    """What the shared base is built with: a token task as it is (another model class), any other as
+    single-label over the first adapter's outputs (``with_task`` applies each adapter's own).
+
+    Raises:
+        LoraFtError: token and text classifiers mixed: one base has one kind of head.
+    """
+    if len({t.is_token_classification for t in tasks}) > 1:
+        raise LoraFtError(
+            "the adapters mix token classification and text classification, which need different model "
+            "classes; serve each kind apart"
+        )
+    return tasks[0] if tasks[0].is_token_classification else Task.legacy(tasks[0].label_names)
 
 
 def adapter_artifact(aset: AdapterSet, name: str) -> Artifact:

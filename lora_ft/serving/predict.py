@@ -22,6 +22,7 @@ from lora_ft.data.presets import apply_preset
 from lora_ft.data.task import SENTENCE2, Task
 from lora_ft.errors import LoraFtError
 from lora_ft.serving.artifacts import Artifact
+from lora_ft.serving.tokens import Entity, entities, split_words, word_logits
 
 log = logging.getLogger("lora_ft")
 
@@ -155,6 +156,7 @@ class Prediction:
             sigmoid probability; regression: empty.
         labels: multi-label: the labels with probability >= the threshold, most likely first; else None.
         score: regression: the model's output; else None.
+        entities: token classification: the entities found, in text order (``label`` is then ""); else None.
     """
 
     text: str
@@ -164,6 +166,7 @@ class Prediction:
     text_pair: str | None = None
     labels: list[str] | None = None
     score: float | None = None
+    entities: list[Entity] | None = None
 
 
 def predictions_from_logits(
@@ -245,6 +248,8 @@ def predict(
     """Each text's prediction for ``artifact.task`` (``predictions_from_logits``); ``threshold`` cuts
     multi-label probabilities."""
     check_threshold(threshold)
+    if artifact.task.is_token_classification:
+        return predict_entities(artifact, texts, batch_size=batch_size, device=device)
     logits = predict_logits(
         artifact.model,
         artifact.tokenizer,
@@ -256,3 +261,31 @@ def predict(
         progress=progress,
     )
     return predictions_from_logits(artifact.task, texts, logits, threshold, text_pairs)
+
+
+def predict_entities(
+    artifact: Artifact, texts: list[str], *, batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None
+) -> list[Prediction]:
+    """Each text's entities (``serving/tokens.py``): the text split into words (``split_words``), each
+    entity with its word span, its character span in the text and its score."""
+    spans = [split_words(t) for t in texts]
+    if any(not s for s in spans):
+        first = next(i for i, s in enumerate(spans) if not s)
+        raise LoraFtError(f"text {first + 1} has no words to tag: {texts[first]!r}")
+    words = [[w for w, _, _ in s] for s in spans]
+    logits, scored = word_logits(
+        artifact.model,
+        artifact.tokenizer,
+        words,
+        max_length=artifact.max_length,
+        batch_size=batch_size,
+        device=resolve_device(device),
+    )
+    out = []
+    for text, span, row_words, x, flags in zip(texts, spans, words, logits, scored, strict=True):
+        found = entities(artifact.task, row_words, x, flags)
+        for e in found:
+            e.char_start, e.char_end = span[e.start][1], span[e.end - 1][2]
+            e.text = text[e.char_start : e.char_end]
+        out.append(Prediction(text, "", None, {}, entities=found))
+    return out

@@ -14,7 +14,12 @@ import datasets
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from lora_ft.config import ModelConfig, RunConfig
 from lora_ft.data import assets
@@ -176,8 +181,18 @@ def check_max_length(loaded: LoadedModel, max_length: int) -> None:
         )
 
 
+def auto_class(task: Task):
+    """The transformers auto class of ``task``'s head: one output row per word
+    (``AutoModelForTokenClassification``) or per text (``AutoModelForSequenceClassification``)."""
+    return (
+        AutoModelForTokenClassification
+        if task.is_token_classification
+        else AutoModelForSequenceClassification
+    )
+
+
 def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
-    """Load tokenizer + ``AutoModelForSequenceClassification`` with ``task.num_labels`` outputs, the
+    """Load tokenizer + the task's ``auto_class`` with ``task.num_labels`` outputs, the
     task's label names as ``id2label`` and its ``problem_type`` in the model config: the loss the model
     computes (cross-entropy, BCE-with-logits, MSE), for the Trainer and for any plain-transformers loader.
 
@@ -201,7 +216,7 @@ def load_model(cfg: ModelConfig, task: Task) -> LoadedModel:
             problem_type=task.problem_type,
             **overrides,
         )
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = auto_class(task).from_pretrained(
             path,
             config=config,
             revision=cfg.revision,

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback, TrainingArguments
+from transformers import (
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    TrainingArguments,
+)
 
 from lora_ft.config import DATA_FINGERPRINT, TASK_RECORD, RunConfig, dump_config
 from lora_ft.data.assets import hub_id_of, with_absolute_paths
@@ -252,7 +258,12 @@ def _trainer(
         args=args,
         train_dataset=p.tokenized["train"],
         eval_dataset=p.tokenized["validation"],
-        data_collator=DataCollatorWithPadding(p.loaded.tokenizer),
+        # A token task pads its per-position labels too (with -100, which the loss skips).
+        data_collator=(
+            DataCollatorForTokenClassification(p.loaded.tokenizer)
+            if p.data.task.is_token_classification
+            else DataCollatorWithPadding(p.loaded.tokenizer)
+        ),
         processing_class=p.loaded.tokenizer,
         compute_metrics=compute_metrics_for(p.data.task),
         callbacks=[JsonlLogCallback(run.partial / LOG_FILE), StopOnNonFinite(), *callbacks],

