@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_ft.config import RunConfig
+from lora_ft.config import TASK_RECORD, RunConfig
 from lora_ft.data.metrics import f1_average, majority_accuracy
+from lora_ft.data.task import METRIC_KEYS, SINGLE_LABEL, Task
 from lora_ft.training.layout import ADAPTER_DIR, LOG_FILE, MODEL_DIR
 
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
@@ -138,6 +139,26 @@ def optimisation_throughput(metrics: dict[str, Any], log_lines: list[dict[str, A
     )
 
 
+def run_task(metrics: dict[str, Any]) -> Task:
+    """The task a run's metrics.json records; single-label over its labels for a record from before tasks."""
+    record = metrics.get(TASK_RECORD)
+    if record is None:
+        return Task.legacy(metrics.get("label_names") or ())
+    return Task.from_dict(record, "metrics.json")
+
+
+def quality_keys(task: Task) -> tuple[str, ...]:
+    """The figures of each split a row aggregates: accuracy, F1 and loss for single-label (and the
+    task's primary metric if it is another, e.g. CoLA's Matthews correlation); for multi-label and
+    regression, the problem type's metrics (data/task.py) and the loss."""
+    keys = (
+        ("accuracy", "f1", "loss")
+        if task.problem_type == SINGLE_LABEL
+        else (*METRIC_KEYS[task.problem_type], "loss")
+    )
+    return keys if task.primary_metric in keys else (*keys, task.primary_metric)
+
+
 def _ship_dir(run_dir: Path) -> Path:
     return run_dir / ADAPTER_DIR if (run_dir / ADAPTER_DIR).is_dir() else run_dir / MODEL_DIR
 
@@ -181,7 +202,9 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         return row
     first = done[0].metrics
     logs = [read_log(r.run_dir) for r in done]
+    task = run_task(first)
     row.update(
+        primary_metric=task.primary_metric,
         learning_rate=first["learning_rate"],
         lora=first.get("lora") and {k: first["lora"].get(k) for k in ("r", "alpha", "rslora", "use_dora")},
         trainable_params=first["trainable_params"],
@@ -190,7 +213,9 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         optimizer_state_mb=ADAM_BYTES_PER_PARAM * first["trainable_params"] / MB,
         ship_dir=_ship_dir(done[0].run_dir).name,
         ship_mb=aggregate([dir_size_mb(_ship_dir(r.run_dir)) for r in done]),
-        f1_average=f1_average(len(first["label_names"])) if first.get("label_names") else None,
+        f1_average=f1_average(len(first["label_names"]))
+        if first.get("label_names") and task.is_single_label
+        else None,
         # Every run of a comparison evaluates on the same split; None for a run from before lora-ft recorded it.
         majority_accuracy=majority_accuracy(first["validation_label_counts"])
         if first.get("validation_label_counts")
@@ -198,9 +223,7 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
     )
     for split in ("validation", "test"):
         if all(r.metrics.get(split) for r in done):
-            row[split] = {
-                k: aggregate([r.metrics[split][k] for r in done]) for k in ("accuracy", "f1", "loss")
-            }
+            row[split] = {k: aggregate([r.metrics[split].get(k) for r in done]) for k in quality_keys(task)}
         else:
             row[split] = None
     for key in (
