@@ -31,22 +31,26 @@ def metrics_lines(metrics: dict[str, Any] | None, f1_average: str | None = None)
         return []
     lines = [f"## Metrics of the training run (data: {metrics.get('data', 'unknown')})", ""]
     f1 = f1_heading([f1_average or metrics.get("f1_average")])
-    lines += [f"| split | accuracy | {f1} | loss |", "|---|---|---|---|"]
-    lines += [
-        f"| {s} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('f1'))} | {_fmt(m.get('loss'))} |" for s, m in rows
-    ]
-    return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [])]
+    # Single-label: accuracy, F1, loss; multi-label and regression: the metrics the split has, then loss.
+    keys = ["accuracy", "f1", "loss"] if "accuracy" in rows[0][1] else list(rows[0][1])
+    headings = [{"f1": f1}.get(k, k.replace("_", " ")) for k in keys]
+    lines += [f"| split | {' | '.join(headings)} |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {s} | {' | '.join(_fmt(m.get(k)) for k in keys)} |" for s, m in rows]
+    metric = (metrics.get("task") or {}).get("primary_metric") or "accuracy"
+    return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [], metric)]
 
 
-def _evaluation_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """metrics.json's ``evaluations`` (one per periodic evaluation) as a markdown table."""
+def _evaluation_lines(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """metrics.json's ``evaluations`` (one per periodic evaluation, with the task's primary ``metric``) as
+    a markdown table."""
     if not rows:
         return []
-    lines = ["### Evaluations during training", "", "| step | train loss | validation loss | accuracy |"]
+    heading = metric.replace("_", " ")
+    lines = ["### Evaluations during training", "", f"| step | train loss | validation loss | {heading} |"]
     lines.append("|---|---|---|---|")
     for r in rows:
         lines.append(
-            f"| {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['validation_loss'])} | {_fmt(r['accuracy'])} |"
+            f"| {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['validation_loss'])} | {_fmt(r.get(metric))} |"
         )
     return [*lines, ""]
 
