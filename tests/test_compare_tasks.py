@@ -209,3 +209,65 @@ def test_progress_outcome_names_the_primary_metric():
         "[1/2] rt-ratings lora-seed42: starting",
         "[1/2] rt-ratings lora-seed42: done: val pearson 0.8125",
     ]
+
+
+def test_train_refuses_a_data_name_that_lists_several(tmp_path):
+    from lora_ft.config import DataConfig
+    from lora_ft.data.loading import load_data
+
+    with pytest.raises(LoraFtError) as info:
+        load_data(DataConfig(name="rt-sentences,rt-ratings"))
+    assert str(info.value) == (
+        "data.name 'rt-sentences,rt-ratings' lists several data sets; this command takes one "
+        "(lora-ft compare --data rt-sentences,rt-ratings runs every method on each)"
+    )
+
+
+def test_the_table_marks_failed_cells_leaves_their_average_out_and_shows_mean_and_std(tmp_path):
+    from lora_ft.compare.results import Comparison, RunResult, RunSpec, aggregate
+    from lora_ft.compare.tasks import MultiTaskComparison, render_markdown, summary_rows, tasks_table
+    from lora_ft.config import RunConfig
+
+    def comparison(name: str, task: dict, rows: list[dict]) -> Comparison:
+        metrics = {"task": task, "validation": {}}
+        done = RunResult(RunSpec("lora", 1), tmp_path / name, metrics)
+        failed = RunResult(RunSpec("full", 1), tmp_path / name, None, error="out of memory")
+        return Comparison(tmp_path / name, RunConfig(), [done.spec, failed.spec], [done, failed], rows)
+
+    single = {
+        "problem_type": "single_label_classification",
+        "label_names": ["a", "b"],
+        "primary_metric": "accuracy",
+    }
+    score = {"problem_type": "regression", "label_names": ["score"], "primary_metric": "pearson"}
+    two_seeds = {"method": "lora", "seeds": [1, 2], "runs": ["lora-seed1", "lora-seed2"]}
+    failed_row = {"label": "full", "method": "full", "status": "failed", "seeds": [], "runs": ["full-seed1"]}
+    c = MultiTaskComparison(
+        tmp_path,
+        RunConfig(),
+        ["t1", "t2"],
+        {
+            "t1": comparison("t1", single, [
+                {"label": "lora", "status": "ok", "primary_metric": "accuracy", **two_seeds,
+                 "validation": {"accuracy": aggregate([0.8, 0.9])}},
+                {**failed_row, "label": "full"},
+            ]),
+            "t2": comparison("t2", score, [
+                {"label": "lora", "status": "ok", "primary_metric": "pearson", **two_seeds,
+                 "validation": {"pearson": aggregate([0.5, 0.7])}},
+                {"label": "full", "status": "partial", "primary_metric": "pearson", **two_seeds, "method": "full",
+                 "validation": {"pearson": aggregate([0.6])}},
+            ]),
+        },
+        "lora-ft compare --data t1,t2",
+    )  # fmt: skip
+    assert [row["average"] for row in summary_rows(c)] == [pytest.approx(0.725), None]
+    headers, cells = tasks_table(c)
+    assert headers == ["method", "t1", "t2", "Avg."]
+    assert cells == [
+        ["metric", "validation accuracy", "validation pearson", "mean of the tasks"],
+        ["lora", "0.8500 ± 0.0707", "0.6000 ± 0.1414", "0.7250"],
+        ["full", "FAILED", "0.6000 (partial)", "—"],
+    ]
+    report = render_markdown(c)
+    assert "- t1 `full-seed1`: out of memory" in report and "- t2 `full-seed1`: out of memory" in report
