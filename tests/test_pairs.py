@@ -140,6 +140,39 @@ def test_stsb_preset_is_a_regression_pair_task_ranked_by_pearson_spearman():
     assert PRESETS["glue/stsb"].primary_metric == "pearson_spearman_mean"
 
 
+def test_stsb_reads_the_hubs_layout_as_regression_with_float_labels_and_one_output(hub, tiny_bert_dir):
+    import torch
+
+    from lora_ft.config import ModelConfig
+    from lora_ft.data.metrics import primary, task_metrics
+    from lora_ft.training.modeling import load_model
+
+    root, calls = hub
+    write_hub_layout(root, "stsb")
+    loaded = load_data(DataConfig(name="glue/stsb"))
+    assert calls == [("glue", "stsb")]
+    assert list(loaded.splits) == ["train", "validation"]  # the unlabelled test split is not used
+    assert loaded.task == Task(REGRESSION, ("score",), True, "pearson_spearman_mean", "glue/stsb")
+    assert loaded.task.num_labels == 1
+    train = loaded.splits["train"]
+    assert train.column_names == ["sentence", SENTENCE2, "label"]
+    assert train.features["label"].dtype in ("float32", "float64")
+    assert train["label"][:] == [i % 5 * 1.25 for i in range(12)]  # the scores as written, not class ids
+    assert train["sentence"][0].startswith("sentence1 ") and train[SENTENCE2][0].startswith("sentence2 ")
+
+    model = load_model(ModelConfig(name=str(tiny_bert_dir)), loaded.task).model
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    assert model.classifier.out_features == 1
+    target = torch.tensor([0.0, 1.0, 2.0, 4.0])
+    out = model(input_ids=torch.tensor([[101, 2000, 102]] * 4), labels=target)
+    assert out.logits.shape == (4, 1)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), target))
+    scores = [[0.5], [1.0], [3.0], [2.5]]  # ranks 1 2 4 3 against 1 2 3 4: Spearman 0.8
+    m = task_metrics(loaded.task, scores, target.numpy())
+    assert m["pearson"] == pytest.approx(0.7789240586) and m["spearman"] == pytest.approx(0.8)
+    assert primary(loaded.task, m) == pytest.approx((0.7789240586 + 0.8) / 2)
+
+
 def test_preset_labels_integer_labels_and_the_user_wins(hub, tmp_path):
     root, _ = hub
     folder = root / "rte"

@@ -297,8 +297,9 @@ def test_eval_prints_per_class_rows_and_the_confusion_matrix():
         ({"problem_type": MULTI_LABEL, "micro_f1": 0.6123, "macro_f1": 0.4, "subset_accuracy": 0.25,
           "per_label": [{"label": "sports", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4}]},
          ["micro f1", "0.6123", "subset accuracy", "per label", "sports", "0.7500"]),
-        ({"problem_type": REGRESSION, "pearson": 0.8123, "spearman": 0.7987, "mse": 0.31, "mae": 0.45},
-         ["pearson", "0.8123", "spearman", "0.7987", "mae", "0.4500"]),
+        ({"problem_type": REGRESSION, "pearson": 0.8123, "spearman": 0.7987, "pearson_spearman_mean": 0.8055,
+          "mse": 0.31, "mae": 0.45},
+         ["pearson", "0.8123", "spearman", "0.7987", "pearson spearman mean", "0.8055", "mae", "0.4500"]),
     ],
 )  # fmt: skip
 def test_eval_prints_each_problem_types_figures(metrics, wanted):

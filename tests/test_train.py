@@ -262,6 +262,37 @@ def test_evaluation_rows_pair_each_evaluation_with_the_last_train_loss():
     ]
 
 
+def test_evaluations_carry_the_tasks_primary_metric_to_the_summary_and_the_card():
+    from lora_ft.cli.tables import evaluation_metric, print_evaluations
+    from lora_ft.lora.card import metrics_lines
+    from lora_ft.training.record import evaluation_rows
+
+    history = [
+        {"step": 2, "loss": 1.25},
+        {"step": 2, "eval_loss": 1.0, "eval_pearson": 0.5, "eval_mse": 1.0},
+        {"step": 4, "eval_loss": 0.75},  # an evaluation without it
+    ]
+    rows = evaluation_rows(history, "pearson")
+    assert rows == [
+        {"step": 2, "train_loss": 1.25, "validation_loss": 1.0, "pearson": 0.5},
+        {"step": 4, "train_loss": 1.25, "validation_loss": 0.75, "pearson": None},
+    ]
+    task = {"problem_type": "regression", "label_names": ["score"], "primary_metric": "pearson"}
+    metrics = {"task": task, "validation": {"pearson": 0.5, "mse": 1.0, "loss": 1.0}, "evaluations": rows}
+    assert evaluation_metric(metrics) == "pearson"
+    assert evaluation_metric({"evaluations": []}) == "accuracy"  # a run from before tasks were recorded
+    console = Console(file=io.StringIO(), width=200)
+    print_evaluations(rows, console, "pearson")
+    lines = [line.strip("│┃ ") for line in console.file.getvalue().splitlines()]
+    assert any(line.split() == ["step", "┃", "train", "loss", "┃", "validation", "loss", "┃", "pearson"]
+               for line in lines), lines  # fmt: skip
+    assert any(line.split() == ["2", "│", "1.2500", "│", "1.0000", "│", "0.5000"] for line in lines), lines
+    card = metrics_lines(metrics)
+    assert "| split | pearson | mse | loss |" in card and "| validation | 0.5000 | 1.0000 | 1.0000 |" in card
+    assert "| step | train loss | validation loss | pearson |" in card
+    assert "| 2 | 1.2500 | 1.0000 | 0.5000 |" in card and "| 4 | 1.2500 | 0.7500 | — |" in card
+
+
 def test_the_evaluation_table_and_inference_speed_reach_metrics_the_card_and_the_summary(
     tmp_path, tiny_bert_dir, toy_data_dir
 ):

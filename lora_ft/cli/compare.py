@@ -32,6 +32,16 @@ def compare(
     seeds: Annotated[
         int, typer.Option("--seeds", help="Seeds per method (train.seed, +1, ...); N > 1 gives mean ± std.")
     ] = 1,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Compare on several tasks: comma-separated data names or paths (rt-sentences,rt-ratings,"
+            "glue/cola); each task's comparison goes to DIR/TASK/ and one table of their primary metrics "
+            "to DIR/report.md. Default: data.name (which may list several the same way).",
+        ),
+    ] = None,
     ranks: Annotated[
         str | None,
         typer.Option("--ranks", help="Sweep the LoRA rank, e.g. 1,2,4,8,16 (alpha/r kept as in the config)."),
@@ -68,34 +78,39 @@ def compare(
         lora-ft compare configs/compare.yaml --methods lora,dora,rslora
 
         lora-ft compare configs/smoke.yaml --ranks 1,2,4,8,16 --set train.epochs=2 --force
+
+        lora-ft compare configs/compare.yaml --data rt-sentences,rt-ratings,disaster-response-genre
     """
-    from lora_ft.compare.display import compare_progress, print_comparison
+    from lora_ft.compare.display import compare_progress, print_comparison, print_tasks_comparison
     from lora_ft.compare.runner import compare as run_compare
     from lora_ft.compare.runner import parse_methods, parse_ranks
+    from lora_ft.compare.tasks import compare_tasks, parse_tasks
     from lora_ft.config import load_config
 
     cfg = load_config(config, list(set_ or []), trust_remote_code=trust_remote_code)
     method_list = parse_methods(methods)
     rank_list = parse_ranks(ranks) if ranks else None
+    tasks = parse_tasks(data or cfg.data.name)
+    if data is not None and len(tasks) == 1:
+        cfg.data.name = tasks[0]
     out_dir = out or Path("runs") / f"compare-{Path(config).stem if config else 'default'}"
-    command = _command_line(config, method_list, seeds, rank_list, out_dir, set_, trust_remote_code)
+    command = _command_line(config, method_list, seeds, rank_list, out_dir, set_, trust_remote_code, data)
+    options = {"methods": method_list, "seeds": seeds, "ranks": rank_list, "force": force}
     output = console()
     with compare_progress(output) as progress:
-        result = run_compare(
-            cfg,
-            out_dir,
-            methods=method_list,
-            seeds=seeds,
-            ranks=rank_list,
-            force=force,
-            progress=progress,
-            command=command,
-        )
-    print_comparison(result, output)
-    if result.failed:
-        names = ", ".join(r.spec.name for r in result.failed)
+        if len(tasks) > 1:
+            result = compare_tasks(cfg, out_dir, tasks, progress=progress, command=command, **options)
+        else:
+            result = run_compare(cfg, out_dir, progress=progress, command=command, **options)
+    if len(tasks) > 1:
+        print_tasks_comparison(result, output)
+        failed, total = [f"{t} {r.spec.name}" for t, r in result.failed], result.total_runs
+    else:
+        print_comparison(result, output)
+        failed, total = [r.spec.name for r in result.failed], len(result.results)
+    if failed:
         raise LoraFtError(
-            f"{len(result.failed)} of {len(result.results)} runs failed ({names}); "
+            f"{len(failed)} of {total} runs failed ({', '.join(failed)}); "
             f"{result.out / 'report.md'} says why, and a rerun retries only them"
         )
 
@@ -108,9 +123,11 @@ def _command_line(
     out: Path,
     set_: list[str] | None,
     trust_remote_code: bool,
+    data: str | None = None,
 ) -> str:
     """The command that reproduces the comparison, for its report: spelled out whatever the user abbreviated."""
-    words = ["lora-ft", "compare", *([str(config)] if config else []), "--methods", ",".join(methods)]
+    words = ["lora-ft", "compare", *([str(config)] if config else []), *(["--data", data] if data else [])]
+    words += ["--methods", ",".join(methods)]
     words += ["--seeds", str(seeds), *(["--ranks", ",".join(map(str, ranks))] if ranks else [])]
     words += ["--out", str(out), *(w for s in set_ or [] for w in ("--set", s))]
     words += ["--trust-remote-code"] if trust_remote_code else []

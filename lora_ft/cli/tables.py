@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lora_ft import fmt
-from lora_ft.data.task import SINGLE_LABEL
+from lora_ft.data.task import METRIC_KEYS, SINGLE_LABEL
 from lora_ft.data.textlines import shorten
 
 
@@ -38,7 +38,7 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     for key, name in rows:
         table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
     console.print(table)
-    print_evaluations(metrics.get("evaluations") or [], console)
+    print_evaluations(metrics.get("evaluations") or [], console, evaluation_metric(metrics))
     cost = Table(show_header=False, box=None)
     cost.add_column(style="bold")
     cost.add_column(justify="right")
@@ -59,16 +59,23 @@ def print_run_summary(metrics: dict[str, Any], out: Path, console: Console) -> N
     console.print(cost)
 
 
-def print_evaluations(rows: list[dict[str, Any]], console: Console) -> None:
-    """metrics.json's ``evaluations``: step, train loss, validation loss, accuracy per periodic evaluation."""
+def evaluation_metric(metrics: dict[str, Any]) -> str:
+    """The metric of metrics.json's ``evaluations`` rows: the task's primary metric (accuracy for a run
+    from before tasks were recorded)."""
+    return (metrics.get("task") or {}).get("primary_metric") or "accuracy"
+
+
+def print_evaluations(rows: list[dict[str, Any]], console: Console, metric: str = "accuracy") -> None:
+    """metrics.json's ``evaluations``: step, train loss, validation loss and ``metric`` (the task's primary
+    metric) per periodic evaluation."""
     if not rows:
         return
     table = Table(title="evaluations during training", show_header=True)
-    for name in ("step", "train loss", "validation loss", "accuracy"):
+    for name in ("step", "train loss", "validation loss", metric.replace("_", " ")):
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(
-            str(row["step"]), _fmt(row["train_loss"]), _fmt(row["validation_loss"]), _fmt(row["accuracy"])
+            str(row["step"]), _fmt(row["train_loss"]), _fmt(row["validation_loss"]), _fmt(row.get(metric))
         )
     console.print(table)
 
@@ -127,16 +134,6 @@ def print_savings(savings, console: Console) -> None:
     )
 
 
-# The scalar columns of ``eval``'s table, by problem type (keys of ``metrics.task_metrics``; "f1" is
-# headed by how it was averaged).
-_EVAL_COLUMNS = {
-    "single_label_classification": ("accuracy", "f1", "macro_f1", "matthews_correlation", "loss"),
-    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
-    "regression": ("pearson", "spearman", "mse", "mae", "loss"),
-    "token_classification": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss"),
-}
-
-
 def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
     """The ``lora-ft eval`` tables: one row per adapter (``metrics`` keyed by name), or one row for the one
     model ``what`` names (keyed by None), all on the same split of the same data; then each model's
@@ -148,7 +145,8 @@ def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Co
     named = any(name is not None for name in metrics)
     if named:
         table.add_column("adapter", justify="left")
-    keys = _EVAL_COLUMNS[first.get("problem_type", "single_label_classification")]
+    # The problem type's metrics (data/task.py; "f1" headed by how it was averaged), then the loss.
+    keys = (*METRIC_KEYS[first.get("problem_type", SINGLE_LABEL)], "loss")
     f1 = f1_heading(m.get("f1_average") for m in metrics.values())
     for column in ("samples", *(f1 if k == "f1" else k.replace("_", " ") for k in keys)):
         table.add_column(column, justify="right")

@@ -8,8 +8,9 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lora_ft.compare.report import REPORT_FILE, RESULTS_FILE, tables
-from lora_ft.compare.results import Comparison, RunResult, RunSpec, shown_metric
+from lora_ft.compare.report import REPORT_FILE, RESULTS_FILE, metric_heading, tables
+from lora_ft.compare.results import Comparison, RunResult, RunSpec, run_task
+from lora_ft.compare.tasks import MultiTaskComparison, tasks_table
 
 
 def print_comparison(c: Comparison, console) -> None:
@@ -23,6 +24,24 @@ def print_comparison(c: Comparison, console) -> None:
     for r in c.failed:
         console.print(f"[red]{r.spec.name} failed[/red]: {r.error}", markup=True, highlight=False)
     console.print(f"wrote {c.out / REPORT_FILE}, {c.out / RESULTS_FILE} and the plots", highlight=False)
+
+
+def print_tasks_comparison(c: MultiTaskComparison, console) -> None:
+    """The table across tasks (``tasks.tasks_table``), then one line per failed run."""
+    headers, cells = tasks_table(c)
+    table = Table(title="Primary metric per task")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in cells:
+        table.add_row(*row, style="red" if "FAILED" in row else None)
+    console.print(table)
+    for task, r in c.failed:
+        console.print(f"[red]{task} {r.spec.name} failed[/red]: {r.error}", markup=True, highlight=False)
+    console.print(
+        f"wrote {c.out / REPORT_FILE}, {c.out / RESULTS_FILE} and each task's report in "
+        f"{', '.join(str(comp.out) for comp in c.comparisons.values())}",
+        highlight=False,
+    )
 
 
 def compare_progress(console) -> CompareProgress | CompareLines:
@@ -42,8 +61,9 @@ class CompareProgress:
             TextColumn("{task.fields[status]}"),
             console=console,
         )
-        self.task = None
+        self.bar = None
         self.status = ""
+        self.task = ""  # the task whose runs follow, in a comparison across tasks (compare/tasks.py)
 
     def __enter__(self) -> CompareProgress:
         return self
@@ -57,8 +77,8 @@ class CompareProgress:
         if not self.progress.live.is_started:
             self.progress.start()
         self.status = "reused (metrics.json present)" if reused else "starting"
-        self.task = self.progress.add_task(
-            f"[{index + 1}/{total}] {spec.name}", total=None, status=self.status
+        self.bar = self.progress.add_task(
+            f"[{index + 1}/{total}] {_prefix(self.task)}{spec.name}", total=None, status=self.status
         )
 
     def run_event(self, event: dict[str, Any]) -> None:
@@ -70,14 +90,14 @@ class CompareProgress:
             )
         if event.get("step") == 0:
             self.status = "training"
-        self.progress.update(self.task, total=event["max_steps"], completed=event["step"], status=self.status)
+        self.progress.update(self.bar, total=event["max_steps"], completed=event["step"], status=self.status)
 
     def run_finished(self, result: RunResult) -> None:
         if result.ok:
             total = result.metrics["global_steps"]
-            self.progress.update(self.task, total=total, completed=total, status=_outcome(result))
+            self.progress.update(self.bar, total=total, completed=total, status=_outcome(result))
         else:
-            self.progress.update(self.task, total=1, completed=0, status=f"[red]{_outcome(result)}")
+            self.progress.update(self.bar, total=1, completed=0, status=f"[red]{_outcome(result)}")
 
 
 class CompareLines:
@@ -87,6 +107,7 @@ class CompareLines:
     def __init__(self, console) -> None:
         self.console = console
         self.name = ""
+        self.task = ""  # as CompareProgress.task
 
     def __enter__(self) -> CompareLines:
         return self
@@ -98,7 +119,7 @@ class CompareLines:
         self.console.print(f"{self.name}: {text}", markup=False, highlight=False)
 
     def run_started(self, spec: RunSpec, index: int, total: int, reused: bool) -> None:
-        self.name = f"[{index + 1}/{total}] {spec.name}"
+        self.name = f"[{index + 1}/{total}] {_prefix(self.task)}{spec.name}"
         self._line("reused (metrics.json present)" if reused else "starting")
 
     def run_event(self, event: dict[str, Any]) -> None:
@@ -116,8 +137,13 @@ def _short(metric: str) -> str:
     return "acc" if metric == "accuracy" else metric.replace("_", " ")
 
 
+def _prefix(task: str) -> str:
+    return f"{task} " if task else ""
+
+
 def _outcome(result: RunResult) -> str:
     if not result.ok:
         return f"failed: {result.error}"
-    metric = shown_metric(result.metrics)
-    return f"{'reused' if result.reused else 'done'}: val {_short(metric)} {result.metrics['validation'][metric]:.4f}"
+    key = run_task(result.metrics).primary_metric
+    value = result.metrics["validation"][key]
+    return f"{'reused' if result.reused else 'done'}: val {metric_heading(key)} {value:.4f}"

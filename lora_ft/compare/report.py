@@ -55,15 +55,22 @@ def _status(row: dict[str, Any]) -> str:
     return f"{len(row['seeds'])}/{total} seeds" if row["status"] == "partial" or total > 1 else "ok"
 
 
+def metric_heading(key: str, f1: str = "F1") -> str:
+    """A metric's column heading: ``acc``, ``f1``'s own (``F1 (binary)``), else its key spelt out."""
+    return {"accuracy": "acc", "f1": f1}.get(key, key.replace("_", " "))
+
+
 def quality_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Per split, the figures ``results.quality_keys`` gave the rows (those of the first finished row)."""
     splits = [s for s in ("validation", "test") if any(r.get(s) for r in rows)]
+    finished = [r for r in rows if any(r.get(s) for s in splits)]
+    keys = next((list(r[s]) for s in splits for r in finished if r.get(s)), [])
+    if "f1" in keys and all(r.get("f1_average") == "macro" for r in finished):
+        keys = [k for k in keys if k != "macro_f1"]  # more than two classes: F1 is macro-F1 already
     headers = ["method", "status", "learning rate"]
     short = {"validation": "val", "test": "test"}
     f1 = f1_heading(r.get("f1_average") for r in rows)
-    # One data set per comparison, so one task: the first finished row's figures head every row.
-    keys = next((tuple(r["quality_keys"]) for r in rows if r.get("quality_keys")), ("accuracy", "f1", "loss"))
-    names = {"accuracy": "acc", "f1": f1}
-    headers += [f"{short[s]} {names.get(k, k.replace('_', ' '))}" for s in splits for k in keys]
+    headers += [f"{short[s]} {metric_heading(m, f1)}" for s in splits for m in keys]
     cells = []
     for row in rows:
         line = [row["label"], _status(row), f"{row['learning_rate']:.1e}" if "learning_rate" in row else "—"]
@@ -290,10 +297,13 @@ def write_plots(c: Comparison) -> dict[str, str]:
         if r.ok:
             logs.setdefault(r.spec.label, []).append(read_log(r.run_dir))
     wanted = {}
+    # The accuracy plots need a task that has an accuracy (single-label); the curves draw the loss of any.
+    accuracy = any("accuracy" in (row.get("validation") or {}) for row in ok)
     if ok:
         wanted["curves"] = lambda p: plot_curves(c.rows, logs, p)
+    if ok and accuracy:
         wanted["params"] = lambda p: plot_accuracy_vs_params(c.rows, p)
-    if any(row["rank"] is not None for row in ok):
+    if accuracy and any(row["rank"] is not None for row in ok):
         wanted["rank"] = lambda p: plot_accuracy_vs_rank(c.rows, p)
     for key, name in PLOTS.items():
         if key in wanted:

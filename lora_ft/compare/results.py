@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_ft.config import RunConfig
+from lora_ft.config import TASK_RECORD, RunConfig
 from lora_ft.data.metrics import f1_average, majority_accuracy
 from lora_ft.data.task import METRIC_KEYS, Task
 from lora_ft.training.layout import ADAPTER_DIR, LOG_FILE, MODEL_DIR
@@ -30,24 +30,6 @@ COSTS = (
     "optimizer_state_mb",
     "ship_mb",
 )
-
-
-def shown_metric(metrics: dict[str, Any]) -> str:
-    """The quality figure a comparison shows first and plots, from a run's ``metrics.json``: accuracy for
-    single-label (and runs recorded before tasks), else the task's primary metric (entity F1 for tokens)."""
-    task = Task.from_dict(metrics["task"], "metrics.json") if metrics.get("task") else None
-    return task.primary_metric if task is not None and not task.is_single_label else "accuracy"
-
-
-def quality_keys(metrics: dict[str, Any]) -> tuple[str, ...]:
-    """The split figures a comparison reports: accuracy, F1 and loss (single-label), else ``shown_metric``
-    first, the task's other metrics, then the loss."""
-    shown = shown_metric(metrics)
-    if shown == "accuracy":
-        return ("accuracy", "f1", "loss")
-    others = METRIC_KEYS[metrics["task"]["problem_type"]]
-    return (shown, *(k for k in others if k != shown), "loss")
-
 
 # Names only `compare --methods` knows: a LoRA run (train.method=lora, lora's learning rate) with these
 # lora.* keys set, so a variant is compared with plain LoRA under one budget.
@@ -157,6 +139,32 @@ def optimisation_throughput(metrics: dict[str, Any], log_lines: list[dict[str, A
     )
 
 
+def run_task(metrics: dict[str, Any]) -> Task:
+    """The task a run's metrics.json records; single-label over its labels for a record from before tasks."""
+    record = metrics.get(TASK_RECORD)
+    if record is None:
+        return Task.legacy(metrics.get("label_names") or ())
+    return Task.from_dict(record, "metrics.json")
+
+
+def shown_metric(metrics: dict[str, Any]) -> str:
+    """The quality figure a comparison shows first and plots, from a run's ``metrics.json``: accuracy for
+    single-label (and runs recorded before tasks), else the task's primary metric (entity F1 for tokens)."""
+    task = run_task(metrics)
+    return "accuracy" if task.is_single_label else task.primary_metric
+
+
+def quality_keys(task: Task) -> tuple[str, ...]:
+    """The figures of each split a row aggregates: accuracy, F1 and loss for single-label (and the
+    task's primary metric if it is another, e.g. CoLA's Matthews correlation); for the other problem
+    types, the primary metric first, the problem type's other metrics (data/task.py), then the loss."""
+    if task.is_single_label:
+        keys = ("accuracy", "f1", "loss")
+        return keys if task.primary_metric in keys else (*keys, task.primary_metric)
+    shown = task.primary_metric
+    return (shown, *(k for k in METRIC_KEYS[task.problem_type] if k != shown), "loss")
+
+
 def _ship_dir(run_dir: Path) -> Path:
     return run_dir / ADAPTER_DIR if (run_dir / ADAPTER_DIR).is_dir() else run_dir / MODEL_DIR
 
@@ -200,7 +208,11 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         return row
     first = done[0].metrics
     logs = [read_log(r.run_dir) for r in done]
+    task = run_task(first)
     row.update(
+        primary_metric=task.primary_metric,
+        metric=shown_metric(first),
+        quality_keys=quality_keys(task),
         learning_rate=first["learning_rate"],
         lora=first.get("lora") and {k: first["lora"].get(k) for k in ("r", "alpha", "rslora", "use_dora")},
         trainable_params=first["trainable_params"],
@@ -209,16 +221,17 @@ def _row(label: str, group: list[RunResult]) -> dict[str, Any]:
         optimizer_state_mb=ADAM_BYTES_PER_PARAM * first["trainable_params"] / MB,
         ship_dir=_ship_dir(done[0].run_dir).name,
         ship_mb=aggregate([dir_size_mb(_ship_dir(r.run_dir)) for r in done]),
-        f1_average=f1_average(len(first["label_names"])) if first.get("label_names") else None,
+        f1_average=f1_average(len(first["label_names"]))
+        if first.get("label_names") and task.is_single_label
+        else None,
         # Every run of a comparison evaluates on the same split; None for a run from before lora-ft recorded it.
         majority_accuracy=majority_accuracy(first["validation_label_counts"])
         if first.get("validation_label_counts")
         else None,
     )
-    row.update(metric=shown_metric(first), quality_keys=quality_keys(first))
     for split in ("validation", "test"):
         if all(r.metrics.get(split) for r in done):
-            row[split] = {k: aggregate([r.metrics[split][k] for r in done]) for k in row["quality_keys"]}
+            row[split] = {k: aggregate([r.metrics[split].get(k) for r in done]) for k in row["quality_keys"]}
         else:
             row[split] = None
     for key in (

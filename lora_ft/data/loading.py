@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 
@@ -259,8 +260,14 @@ def load_data(cfg: DataConfig) -> LoadedData:
             text, empty data or sentences, labels out of range or unseen in train, ``data.label_names``
             that do not fit the labels, a multi-label row naming an unknown label, a regression label
             that is not a finite number, or a hub data
-            set that cannot be reached.
+            set that cannot be reached, or ``data.name`` listing several data sets (only ``compare``
+            takes a list).
     """
+    if "," in cfg.name and not Path(cfg.name).exists():
+        raise LoraFtError(
+            f"data.name {cfg.name!r} lists several data sets; this command takes one "
+            f"(lora-ft compare --data {cfg.name} runs every method on each)"
+        )
     cfg = apply_preset(cfg)
     preset = preset_for(cfg.name)
     extra = preset.extra_eval_splits if preset else ()

@@ -42,18 +42,21 @@ def metrics_lines(metrics: dict[str, Any] | None, f1_average: str | None = None)
         heads = [k.replace("_", " ") for k in keys]
     lines += [f"| split | {' | '.join(heads)} |", "|---|" + "---|" * len(keys)]
     lines += [f"| {s} | {' | '.join(_fmt(m.get(k)) for k in keys)} |" for s, m in rows]
-    return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [])]
+    metric = task.get("primary_metric") or "accuracy"
+    return [*lines, "", *_evaluation_lines(metrics.get("evaluations") or [], metric)]
 
 
-def _evaluation_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """metrics.json's ``evaluations`` (one per periodic evaluation) as a markdown table."""
+def _evaluation_lines(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """metrics.json's ``evaluations`` (one per periodic evaluation, with the task's primary ``metric``) as
+    a markdown table."""
     if not rows:
         return []
-    lines = ["### Evaluations during training", "", "| step | train loss | validation loss | accuracy |"]
+    heading = metric.replace("_", " ")
+    lines = ["### Evaluations during training", "", f"| step | train loss | validation loss | {heading} |"]
     lines.append("|---|---|---|---|")
     for r in rows:
         lines.append(
-            f"| {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['validation_loss'])} | {_fmt(r['accuracy'])} |"
+            f"| {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['validation_loss'])} | {_fmt(r.get(metric))} |"
         )
     return [*lines, ""]
 

@@ -55,21 +55,22 @@ def _final_validation(trainer, step: int, task: Task) -> dict[str, float] | None
     return None
 
 
-def evaluation_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluation_rows(log_history: list[dict[str, Any]], metric: str = "accuracy") -> list[dict[str, Any]]:
     """One row per periodic evaluation: ``step``, ``train_loss`` (the last training loss logged at or
-    before it; None before the first), ``validation_loss``, ``accuracy`` (None for a task without)."""
+    before it; None before the first), ``validation_loss``, and ``metric`` (the task's primary metric,
+    under its own name; None where an evaluation lacks it)."""
     rows, train_loss = [], None
     for entry in log_history:
         if "loss" in entry:
             train_loss = float(entry["loss"])
         if "eval_loss" in entry:
-            accuracy = entry.get("eval_accuracy")
+            value = entry.get(f"eval_{metric}")
             rows.append(
                 {
                     "step": int(entry["step"]),
                     "train_loss": train_loss,
                     "validation_loss": float(entry["eval_loss"]),
-                    "accuracy": None if accuracy is None else float(accuracy),
+                    metric: None if value is None else float(value),
                 }
             )
     return rows
@@ -106,7 +107,7 @@ def run_metrics(
         "train_samples_per_second": float(tm.get("train_samples_per_second", 0.0)),
         "train_loss": float(tm.get("train_loss", float("nan"))),
         **inference_speed(trainer, p.tokenized["validation"]),
-        "evaluations": evaluation_rows(trainer.state.log_history),
+        "evaluations": evaluation_rows(trainer.state.log_history, task.primary_metric),
         "train_samples": len(p.tokenized["train"]),
         "epochs": float(t.epochs),
         "global_steps": int(trainer.state.global_step),
