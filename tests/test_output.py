@@ -114,7 +114,7 @@ def test_piped_compare_prints_progress_lines_and_whole_numbers(monkeypatch, tmp_
             progress.run_event({"step": 0, "max_steps": 4})
             progress.run_event({"step": 1, "max_steps": 4})
             progress.run_event({"step": 2, "max_steps": 4, "loss": 0.69314})
-            progress.run_event({"step": 2, "max_steps": 4, "eval_accuracy": 0.5})
+            progress.run_event({"step": 2, "max_steps": 4, "eval_metric": 0.5, "metric": "accuracy"})
             progress.run_finished(r)
         return Comparison(out, cfg, [r.spec for r in results], results, summarize(results))
 
