@@ -10,7 +10,7 @@ For ``P`` parameters of which ``N`` train (``calculator.savings`` counts both), 
 Activations, for ``T = batch x seq_len`` tokens, ``L`` layers, hidden ``h``, attention width
 ``q = heads x head_dim``, intermediate ``i``, ``a`` heads and ``s`` = seq_len, in values per token
 (what autograd saves in PyTorch 2 on the CPU, tensor by tensor; ``tests/test_memory.py`` holds the
-formula equal to the tensors autograd actually saves on tiny models):
+formula within 2.5% of the tensors autograd actually saves on tiny models):
 
     Llama-style decoder layer (RMSNorm, SDPA flash attention, gated MLP):
         6h + 4q + 4i + a + s + 2
@@ -23,16 +23,18 @@ formula equal to the tensors autograd actually saves on tiny models):
         3as; the attention input, 2 residual sums, the feed-forward input, 2 dropout masks: 6h; GELU
         input and output: 2i; 2 LayerNorm means and rstds: 4); the embeddings add 2h + 2.
 
-LoRA with a frozen base changes what is kept: norms with frozen weights keep no normalised copy (-2h per
-Llama layer, the final norm -h), a frozen Linear that no wrapped Linear shares an input with keeps no input
-(Llama: q/k/v -h, gate/up -h, down -i; BERT: query/key/value -h, attention output -q, intermediate -h,
-output -i), and each wrapped
-Linear keeps its rank-r ``A x`` (+r).
-(With all-linear LoRA only the norms' copies go; with q/v only, much of the feed-forward's inputs too.) Gradient checkpointing (per layer, as Transformers does it) keeps each
-layer's input (h) and recomputes one layer at a time in the backward pass: ``L h + one layer + the
-model-level terms``. Under LoRA, nothing below the first layer trains, so the embeddings keep nothing
-and the first layer's norm no input. Not counted: the transient gradients of activations in the backward pass, the
-optimizer's temporaries, the allocator's slack and the framework's own buffers.
+LoRA with a frozen base changes what is kept: a norm with a frozen weight keeps no normalised copy
+(-2h per Llama layer); a frozen Linear keeps no input unless a wrapped Linear shares it (Llama: q/k/v
+-h, gate/up -h, down -i; BERT: query/key/value -h, attention output -q, intermediate -h, output -i; so
+all-linear LoRA loses only the norms' copies, q/v LoRA much of the feed-forward's inputs too); each
+wrapped Linear keeps its rank-r ``A x`` (+r); and nothing below the first layer trains, so the
+embeddings keep nothing and the first norm no input (the model-level terms become h + 1 and 0).
+Gradient checkpointing (per layer, as Transformers does it) keeps each layer's input and recomputes one
+layer at a time in the backward pass: ``L h + one layer + the model-level terms``.
+
+Not counted: the forward and backward passes' transient tensors, the optimizer's temporaries, the
+allocator's retained pages and the libraries' buffers (the README compares the estimate with measured
+peaks).
 """
 
 from __future__ import annotations
