@@ -149,9 +149,12 @@ def test_cli_table_prints_each_method():
     ],
 )
 def test_cli_bad_memory_options(args, phrase):
-    assert_one_line_error(runner.invoke(app, ["targets", LLAMA_7B, *args]), phrase)
+    result = runner.invoke(app, ["targets", LLAMA_7B, *args])
+    assert_one_line_error(result, phrase)
+    assert result.stdout == ""  # refused before the targets table, not after it
 
 
 def test_unsupported_family_is_one_line_error(tiny_distilbert_dir):
     result = runner.invoke(app, ["targets", str(tiny_distilbert_dir), "--batch-size", "2", "--seq-len", "8"])
     assert_one_line_error(result, "no activation-memory formula for model type 'distilbert'")
+    assert result.stdout == ""

@@ -192,6 +192,7 @@ def targets(
     activations (with and without gradient checkpointing) for full fine-tuning, LoRA at each rank
     (--ranks, else --r) and LoRA on a bf16 base; Llama-style decoders and BERT-family encoders.
     """
+    from lora_ft.lora.memory import model_shape
     from lora_ft.lora.targets import default_targets
     from lora_ft.training.modeling import load_model_skeleton
 
@@ -201,12 +202,13 @@ def targets(
         spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
     skeleton = load_model_skeleton(model, trust_remote_code=trust_remote_code)
     output = console()
+    if batch_size is not None:
+        model_shape(skeleton)  # a model the memory formula does not cover is refused before any table
     if not as_json:
         print_targets(skeleton, spec, r, output, all_rows=all_rows)
-    if not rank_list:
-        return
-    spec = spec if spec is not None else default_targets(skeleton)
-    _print_plan(skeleton, model, spec, rank_list, (batch_size, seq_len, checkpointing), as_json, output)
+    if rank_list:
+        spec = spec if spec is not None else default_targets(skeleton)
+        _print_plan(skeleton, model, spec, rank_list, (batch_size, seq_len, checkpointing), as_json, output)
 
 
 def _plan_ranks(r: int, ranks: str | None, batch_size: int | None, seq_len: int | None, as_json: bool):
@@ -219,6 +221,8 @@ def _plan_ranks(r: int, ranks: str | None, batch_size: int | None, seq_len: int 
         raise LoraFtError(
             "--batch-size and --seq-len go together: give both for the memory estimate, or neither"
         )
+    if batch_size is not None and (batch_size < 1 or seq_len < 1):
+        raise LoraFtError(f"--batch-size and --seq-len must be >= 1, got {batch_size} and {seq_len}")
     rank_list = parse_ranks(ranks) if ranks is not None else None
     if batch_size is not None and not rank_list:
         rank_list = [r]
