@@ -47,6 +47,7 @@ _LAZY = {
     "Spectrum": "lora_ft.lora.analysis",
     # what LoRA trains and ships at several ranks, from a config.json alone
     "savings": "lora_ft.lora.calculator",
+    "memory_plan": "lora_ft.lora.memory",
     "load_model_skeleton": "lora_ft.training.modeling",
 }
 
@@ -69,6 +70,7 @@ __all__ = [  # LoraFtError, __version__ and _LAZY's keys
     "lora_state_dict",
     "lora_svd",
     "merge_and_unload",
+    "memory_plan",
     "merge_lora",
     "read_adapter",
     "save_adapter",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
     )
     from lora_ft.lora.io import Adapter, read_adapter
     from lora_ft.lora.layer import LoRALinear
+    from lora_ft.lora.memory import memory_plan
     from lora_ft.lora.saving import save_adapter
     from lora_ft.lora.scaling import lora_scaling
     from lora_ft.training.modeling import load_model_skeleton

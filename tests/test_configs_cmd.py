@@ -25,6 +25,7 @@ NAMES = [
     "default",
     *(f"glue-{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli")),
     "smoke",
+    "smollm2-lora",
     "sst2-distilbert",
 ]
 runner = CliRunner()

@@ -134,6 +134,33 @@ def print_savings(savings, console: Console) -> None:
     )
 
 
+def print_memory(rows, batch: int, seq_len: int, checkpointing: bool, console: Console) -> None:
+    """The ``lora-ft targets --batch-size --seq-len`` estimate: training memory per method."""
+    mode = "with" if checkpointing else "without"
+    table = Table(title=f"training memory, batch {batch} x {seq_len} tokens, {mode} gradient checkpointing")
+    for column in ("method", "weights", "gradients", "AdamW", "activations", "total", "added by training"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    names = {"full": "full (fp32)", "lora": "LoRA r={r}", "lora-bf16": "LoRA r={r}, bf16 base"}
+    for row in rows:
+        acts = row.activations_checkpointed if checkpointing else row.activations
+        table.add_row(
+            names[row.method].format(r=row.r),
+            *(fmt.size(n) for n in (row.weights, row.gradients, row.optimizer, acts)),
+            fmt.size(row.total(checkpointing)),
+            fmt.size(row.added_by_training(checkpointing)),
+        )
+    console.print(table)
+    other = ", ".join(
+        f"{names[row.method].format(r=row.r)} {fmt.size(row.total(not checkpointing))}" for row in rows
+    )
+    console.print(
+        f"{'without' if checkpointing else 'with'} gradient checkpointing, totals: {other}.\nGradients and AdamW "
+        "(2 fp32 moments) for what trains, in fp32; activations: what autograd keeps for one batch (formula in "
+        "lora_ft/lora/memory.py; bf16 base: 2 bytes a value). Not counted: the optimizer's temporaries, "
+        "allocator slack, the framework's buffers."
+    )
+
+
 def print_eval(what: str, metrics: dict[str | None, dict[str, Any]], console: Console) -> None:
     """The ``lora-ft eval`` tables: one row per adapter (``metrics`` keyed by name), or one row for the one
     model ``what`` names (keyed by None), all on the same split of the same data; then each model's

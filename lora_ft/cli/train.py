@@ -7,13 +7,14 @@ The layers below (and torch, transformers, yaml with them) are imported inside e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lora_ft.cli.options import ConfigArg, ForceOpt, SetOpt, TrustOpt, console, flag, guarded
-from lora_ft.cli.tables import print_run_summary, print_savings, print_targets
+from lora_ft.cli.tables import print_memory, print_run_summary, print_savings, print_targets
 from lora_ft.errors import LoraFtError
 
 PrintConfigOpt = Annotated[
@@ -123,33 +124,54 @@ def _run_config(
     return _resolved_config(config, overrides, out_dir, trust), out_dir
 
 
+TargetsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--targets",
+        "-t",
+        help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's query/value; "
+        "train's own default is all-linear).",
+    ),
+]
+RanksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ranks",
+        help="Parameter-savings calculator: LoRA params, % of the model and adapter size at each rank, "
+        "e.g. 4,8,16,64, against full fine-tuning.",
+    ),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", help="With --seq-len: estimate training memory per method for batches of this size."
+    ),
+]
+SeqLenOpt = Annotated[int | None, typer.Option("--seq-len", help="Tokens per row for the memory estimate.")]
+CheckpointingOpt = Annotated[
+    bool, flag("--gradient-checkpointing", help="Total the memory estimate with gradient checkpointing.")
+]
+JsonOpt = Annotated[
+    bool, flag("--json", help="Print the savings (and the memory estimate) as one JSON object, no tables.")
+]
+
+
 @guarded
 def targets(
     model: Annotated[
         str, typer.Argument(help="Built-in name, model directory, hub id, or a config.json.")
     ] = "minilm-l6",
-    targets_: Annotated[
-        str | None,
-        typer.Option(
-            "--targets",
-            "-t",
-            help="Comma-separated names/suffixes/regexes, or all-linear (default: the model type's query/value; "
-            "train's own default is all-linear).",
-        ),
-    ] = None,
+    targets_: TargetsOpt = None,
     r: Annotated[int, typer.Option("--r", "-r", help="LoRA rank for the parameter counts.")] = 8,
     all_rows: Annotated[bool, flag("--all", help="List every Linear, not only the wrapped ones.")] = False,
-    ranks: Annotated[
-        str | None,
-        typer.Option(
-            "--ranks",
-            help="Parameter-savings calculator: LoRA params, % of the model and adapter size at each rank, "
-            "e.g. 4,8,16,64, against full fine-tuning.",
-        ),
-    ] = None,
+    ranks: RanksOpt = None,
+    batch_size: BatchOpt = None,
+    seq_len: SeqLenOpt = None,
+    checkpointing: CheckpointingOpt = False,
+    as_json: JsonOpt = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Dry run: which Linear modules a target spec would wrap, and what LoRA would train.
+    """Dry run: which Linear modules a target spec would wrap, what LoRA would train, and in how much memory.
 
     No weights are loaded: the model is built from its config on the meta device, so a config.json
     alone is enough, even for a 70B decoder.
@@ -163,24 +185,71 @@ def targets(
         lora-ft targets ./my-model --targets all-linear --all
 
         lora-ft targets ./llama-2-7b/config.json --ranks 4,8,16,64
+
+        lora-ft targets smollm2-135m --ranks 8 --batch-size 16 --seq-len 32 --json
+
+    With --batch-size and --seq-len, training memory per method: weights, gradients, AdamW state and
+    activations (with and without gradient checkpointing) for full fine-tuning, LoRA at each rank
+    (--ranks, else --r) and LoRA on a bf16 base; Llama-style decoders and BERT-family encoders.
     """
-    from lora_ft.compare.runner import parse_ranks
-    from lora_ft.lora.calculator import savings
-    from lora_ft.lora.targets import default_head, default_targets
+    from lora_ft.lora.memory import model_shape
+    from lora_ft.lora.targets import default_targets
     from lora_ft.training.modeling import load_model_skeleton
 
-    if r < 1:
-        raise LoraFtError(f"--r must be >= 1, got {r}")
-    rank_list = parse_ranks(ranks) if ranks is not None else None
+    rank_list = _plan_ranks(r, ranks, batch_size, seq_len, as_json)
     spec = None
     if targets_ is not None:
         spec = targets_ if targets_ == "all-linear" else [t.strip() for t in targets_.split(",") if t.strip()]
     skeleton = load_model_skeleton(model, trust_remote_code=trust_remote_code)
     output = console()
-    print_targets(skeleton, spec, r, output, all_rows=all_rows)
+    if batch_size is not None:
+        model_shape(skeleton)  # a model the memory formula does not cover is refused before any table
+    if not as_json:
+        print_targets(skeleton, spec, r, output, all_rows=all_rows)
     if rank_list:
         spec = spec if spec is not None else default_targets(skeleton)
-        print_savings(savings(skeleton, spec, rank_list, default_head(skeleton), name=model), output)
+        _print_plan(skeleton, model, spec, rank_list, (batch_size, seq_len, checkpointing), as_json, output)
+
+
+def _plan_ranks(r: int, ranks: str | None, batch_size: int | None, seq_len: int | None, as_json: bool):
+    """The ranks ``targets`` plans for (``--ranks``; ``--r`` alone for a memory estimate), or None."""
+    from lora_ft.compare.runner import parse_ranks
+
+    if r < 1:
+        raise LoraFtError(f"--r must be >= 1, got {r}")
+    if (batch_size is None) != (seq_len is None):
+        raise LoraFtError(
+            "--batch-size and --seq-len go together: give both for the memory estimate, or neither"
+        )
+    if batch_size is not None and (batch_size < 1 or seq_len < 1):
+        raise LoraFtError(f"--batch-size and --seq-len must be >= 1, got {batch_size} and {seq_len}")
+    rank_list = parse_ranks(ranks) if ranks is not None else None
+    if batch_size is not None and not rank_list:
+        rank_list = [r]
+    if as_json and not rank_list:
+        raise LoraFtError(
+            "--json prints the calculator: give --ranks (and --batch-size/--seq-len for memory)"
+        )
+    return rank_list
+
+
+def _print_plan(skeleton, name: str, spec, ranks: list[int], batch: tuple, as_json: bool, output) -> None:
+    """``targets``' calculator: savings per rank and, given ``batch`` = (size, seq_len, checkpointing), memory."""
+    from lora_ft.lora.calculator import savings
+    from lora_ft.lora.memory import memory_plan, savings_json
+    from lora_ft.lora.targets import default_head
+
+    batch_size, seq_len, checkpointing = batch
+    plan = savings(skeleton, spec, ranks, default_head(skeleton), name=name)
+    rows = (
+        None if batch_size is None else memory_plan(skeleton, plan, plan.wrapped_names, batch_size, seq_len)
+    )
+    if as_json:
+        typer.echo(json.dumps(savings_json(plan, rows, batch_size, seq_len), indent=2))
+        return
+    print_savings(plan, output)
+    if rows is not None:
+        print_memory(rows, batch_size, seq_len, checkpointing, output)
 
 
 @guarded

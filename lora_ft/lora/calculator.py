@@ -56,6 +56,7 @@ class Savings:
     targeted_params: int  # weight matrices of the wrapped Linears: what full fine-tuning of them trains
     total_params: int  # every parameter of the model: what full fine-tuning trains
     ranks: list[RankCost] = field(default_factory=list)
+    wrapped_names: list[str] = field(default_factory=list)  # the wrapped Linears' module names
 
     @property
     def full_model_bytes(self) -> int:
@@ -121,6 +122,7 @@ def savings(model: nn.Module, targets, ranks: list[int], head: list[str], *, nam
         linears=totals["linears"],
         targeted_params=sum(row["in_features"] * row["out_features"] for row in wrapped),
         total_params=base_total,
+        wrapped_names=[row["name"] for row in wrapped],
     )
     for r in ranks:
         lora = r * sum(row["in_features"] + row["out_features"] for row in wrapped)
