@@ -421,14 +421,15 @@ def test_several_token_adapters_share_one_token_classifier_base(token_adapter):
 
 
 def test_compare_reports_the_primary_metric_of_a_token_task():
-    from lora_ft.compare.results import quality_keys, shown_metric
+    from lora_ft.compare.results import quality_keys, run_task, shown_metric
 
     token = {"task": TASK.to_dict()}
     assert shown_metric(token) == "entity_f1"
-    assert quality_keys(token) == ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
+    keys = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
+    assert quality_keys(run_task(token)) == keys
     single = {"task": Task("single_label_classification", ("neg", "pos")).to_dict()}
     assert shown_metric(single) == shown_metric({}) == "accuracy"
-    assert quality_keys(single) == ("accuracy", "f1", "loss")
+    assert quality_keys(run_task(single)) == quality_keys(run_task({})) == ("accuracy", "f1", "loss")
 
 
 def test_peft_loads_a_token_adapter_with_the_same_logits(token_adapter):
