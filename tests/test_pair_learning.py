@@ -8,7 +8,8 @@ decides it. The identical sentence against another of the same length stayed at 
 2 layers of the built-in model with 320 rows (LoRA and full fine-tuning alike), and this task on 1 or 3
 layers too (0.49, 0.51). On all 6 layers, 400 rows for 2 epochs gave 0.575 (while the source of text_a
 alone, as the label, reached 0.925 on that budget), and 800 rows brought the training loss to 0.35 by
-the second epoch: hence 800 rows here.
+the second epoch: hence 800 rows here. Measured with this test's seed 0: the pair 0.870 held-out
+accuracy, text_a alone 0.535 (both runs 126 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations
