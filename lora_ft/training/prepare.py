@@ -20,6 +20,7 @@ from lora_ft.data.loading import LoadedData, load_data
 from lora_ft.data.tokenization import tokenize_data
 from lora_ft.errors import LoraFtError
 from lora_ft.training.arguments import check_metric_for_best
+from lora_ft.training.head_prior import init_bias_to_prior
 from lora_ft.training.modeling import (
     BuildReport,
     LoadedModel,
@@ -54,6 +55,8 @@ def prepare(cfg: RunConfig, method: str | None = None) -> Prepared:
     set_seed(cfg.train.seed)
     loaded = load_model(cfg.model, data.task)
     check_max_length(loaded, cfg.data.max_length)
+    if "train" in data.splits:
+        init_bias_to_prior(loaded.model, data.task, data.splits["train"]["label"], loaded.newly_initialized)
     build = build_for_method(loaded, cfg, method)
     tokenized = tokenize_data(data, loaded.tokenizer, cfg.data.max_length)
     # Evaluation batches are padded to their longest sentence; sorted by length they pad ~2x less.
