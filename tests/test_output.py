@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from importlib import metadata
+from types import SimpleNamespace
 
 import pytest
 import typer
@@ -233,3 +234,29 @@ def test_version_imports_no_library():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     first, last = out.stdout.splitlines()
     assert first.startswith(f"lora-ft {__version__} (") and last == "[]"
+
+
+@pytest.mark.parametrize(
+    "metrics, shown",
+    [
+        (
+            {"accuracy": 0.5, "f1": 0.4, "macro_f1": 0.3, "matthews_correlation": 0.1},
+            ["loss", "accuracy", "f1"],
+        ),
+        ({"micro_f1": 0.36, "macro_f1": 0.03, "subset_accuracy": 0.2}, ["loss", "micro_f1", "macro_f1"]),
+        ({"pearson": 0.75, "spearman": 0.74, "mse": 1.7, "mae": 0.9}, ["loss", "pearson", "spearman"]),
+        ({"entity_f1": 0.15, "entity_precision": 0.2, "token_accuracy": 0.9}, ["loss", "entity_f1"]),
+    ],
+)
+def test_progress_lines_show_each_problem_types_own_metrics(metrics, shown):
+    from lora_ft.training.callbacks import LineProgressCallback, shown_keys
+
+    logs = {"eval_loss": 0.25, "eval_runtime": 1.0, **{f"eval_{k}": v for k, v in metrics.items()}}
+    assert shown_keys(logs, "eval") == shown
+    written = []
+    callback = LineProgressCallback(written.append)
+    callback.begin = callback.last = (0.0, 0)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4, max_steps=8, epoch=0.5)
+    callback.on_log(None, state, None, logs=logs)
+    values = "  ".join(f"{k} {logs[f'eval_{k}']:.4f}" for k in shown)
+    assert written == [f"step 4/8  epoch 0.50  eval  {values}"]

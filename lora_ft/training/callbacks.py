@@ -73,6 +73,21 @@ class MemoryCallback(TrainerCallback):
         return max(0.0, self.peak_mb - self.before_mb)
 
 
+# What a progress line shows of an evaluation, per problem type (data/task.py's METRIC_KEYS): the loss,
+# then accuracy and F1 for single-label, micro/macro-F1 for multi-label, Pearson/Spearman for regression.
+_SHOWN = (("accuracy", "f1"), ("micro_f1", "macro_f1"), ("pearson", "spearman"), ("entity_f1",))
+
+
+def shown_keys(logs: dict, split: str) -> list[str]:
+    """The metric keys of ``split`` in ``logs`` that a progress line shows: the loss, then the first
+    problem type's pair whose keys are present."""
+    keys = ["loss"] if f"{split}_loss" in logs else []
+    for group in _SHOWN:
+        if f"{split}_{group[0]}" in logs:
+            return keys + [k for k in group if f"{split}_{k}" in logs]
+    return keys
+
+
 class RichProgressCallback(TrainerCallback):
     """One progress bar over the optimisation steps, with the latest loss and eval accuracy."""
 
@@ -111,8 +126,9 @@ class RichProgressCallback(TrainerCallback):
             return
         if "loss" in logs:
             self.status = f"loss {logs['loss']:.4f}"
-        if "eval_accuracy" in logs:
-            self.status += f"  val acc {logs['eval_accuracy']:.4f}"
+        if "eval_loss" in logs:
+            shown = [k for k in shown_keys(logs, "eval") if k != "loss"][:1]
+            self.status += "".join(f"  val {k} {logs[f'eval_{k}']:.4f}" for k in shown)
         self.progress.update(self.task, status=self.status)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -158,11 +174,7 @@ class LineProgressCallback(TrainerCallback):
             self.write(f"{where}  done in {fmt.duration(logs['train_runtime'])}")
         elif split is not None:  # an evaluation: eval_* during training, validation_*/test_* after it
             self.eval_seconds += logs[f"{split}_runtime"]
-            values = "  ".join(
-                f"{key} {logs[f'{split}_{key}']:.4f}"
-                for key in ("loss", "accuracy", "f1")
-                if f"{split}_{key}" in logs
-            )
+            values = "  ".join(f"{key} {logs[f'{split}_{key}']:.4f}" for key in shown_keys(logs, split))
             self.write(f"{where}  {split}  {values}")
 
     def _samples_per_second(self, args, state, now: float) -> str:
