@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_ft.lora import LoRALinear
-from lora_ft.lora.fused import _dropped_positions
+from lora_ft.lora.sparse_dropout import dropped_positions
 
 IN, OUT, R = 12, 10, 4
 
@@ -101,7 +101,7 @@ def test_forward_matches_formula_with_nonzero_b():
 def _keep(shape: tuple[int, ...], p: float) -> torch.Tensor:
     """The keep mask ``LoRALinear`` draws on the CPU for dropout ``p`` <= 0.25, from the same RNG state."""
     keep = torch.ones(math.prod(shape))
-    keep[_dropped_positions(keep.numel(), p)] = 0.0
+    keep[dropped_positions(keep.numel(), p)] = 0.0
     return keep.view(shape)
 
 
@@ -230,7 +230,7 @@ def test_dropped_positions_are_independent_with_probability_p(p):
     n, runs = 6400, 50
     masks = torch.zeros(runs, n, dtype=torch.bool)
     for row in masks:
-        positions = _dropped_positions(n, p)
+        positions = dropped_positions(n, p)
         assert positions.dtype == torch.int64 and bool((positions[1:] > positions[:-1]).all())
         assert positions.min() >= 0 and positions.max() < n
         row[positions] = True

@@ -4,18 +4,14 @@
 shape ``(..., in_features)`` with the same values and gradients as the plain formula, through one
 autograd Function (``_LoRAUpdate``) that accumulates the update into the base's output in place. On
 the CPU, at dropout ``p <= SPARSE_DROPOUT_MAX``, it draws where the dropped elements are
-(``_dropped_positions``) instead of one Bernoulli draw per element.
+(``sparse_dropout.dropped_positions``) instead of one Bernoulli draw per element.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-# Up to this dropout probability the LoRA branch on the CPU draws where the dropped elements are
-# (_dropped_positions); above it, or on a GPU, one draw per element (nn.Dropout) is the cheaper.
-SPARSE_DROPOUT_MAX = 0.25
+from lora_ft.lora.sparse_dropout import SPARSE_DROPOUT_MAX, dropped_positions, zero_at
 
 
 def lora_forward(layer, x: torch.Tensor) -> torch.Tensor:
@@ -44,15 +40,15 @@ class _LoRAUpdate(torch.autograd.Function):
     ``B`` accumulates into ``out`` (``addmm_``), and every thin product keeps ``r`` as its short
     outer dimension (``A @ x.T``, ``grad_u.T @ x``), the orientation MKL is fastest at: autograd's
     ``x.T @ grad_u`` is 5x slower for r = 8 on one core. With ``p > 0`` (the CPU's sparse dropout) the
-    dropped positions are drawn here (``_dropped_positions``); backward keeps them (8 bytes each) and
+    dropped positions are drawn here (``dropped_positions``); backward keeps them (8 bytes each) and
     ``x``, which the layer's other users hold anyway, not a dropped copy and a float mask.
     """
 
     @staticmethod
     def forward(ctx, out, x, a, b, scale: float, p: float):
         x = x.contiguous()  # (N, in)
-        dropped = _dropped_positions(x.numel(), p) if p else None
-        h = x if dropped is None else _zero_at(x, dropped)
+        dropped = dropped_positions(x.numel(), p) if p else None
+        h = x if dropped is None else zero_at(x, dropped)
         u_t = (a @ h.t()).mul_(scale)  # (r, N): the scaled x A^T, transposed
         out.addmm_(u_t.t().to(out.dtype), b.t().to(out.dtype))
         ctx.mark_dirty(out)
@@ -73,28 +69,8 @@ class _LoRAUpdate(torch.autograd.Function):
                 grad_x.view(-1).index_fill_(0, dropped, 0.0)
             grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[2]:
-            h = x if dropped is None else _zero_at(x, dropped)
+            h = x if dropped is None else zero_at(x, dropped)
             grad_a = (gu_t @ h.to(dtype)).to(a.dtype)  # (r, in)
         if ctx.needs_input_grad[3]:
             grad_b = (u_t @ grad_out).t().to(b.dtype)  # (out, r)
         return grad, grad_x, grad_a, grad_b, None, None
-
-
-def _zero_at(x: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
-    """A copy of contiguous ``x`` with the elements at ``flat_positions`` set to zero."""
-    return x.clone().view(-1).index_fill_(0, flat_positions, 0.0).view(x.shape)
-
-
-def _dropped_positions(n: int, p: float) -> torch.Tensor:
-    """Indices in ``[0, n)``, each present independently with probability ``p``, sorted; int64.
-
-    The gaps between successes of independent Bernoulli(p) trials are independent Geometric(p), so
-    drawing about ``p * n`` gaps gives the same distribution as ``n`` Bernoulli draws.
-    """
-    mean = n * p
-    count = int(mean + 8 * math.sqrt(mean) + 8)  # enough gaps to pass n, but for a 1e-15 chance
-    ends = torch.empty(count, dtype=torch.float64).geometric_(p).cumsum_(0)  # 1-based, exact in float64
-    while ends[-1] < n:
-        more = torch.empty(count, dtype=torch.float64).geometric_(p).cumsum_(0)
-        ends = torch.cat([ends, more + ends[-1]])
-    return ends[ends <= n].long() - 1

@@ -26,6 +26,7 @@ from lora_ft.data import assets
 from lora_ft.data.task import Task
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.lora.inject import InjectionReport, count_parameters, freeze_for_method, inject_lora
+from lora_ft.lora.sparse_dropout import use_sparse_dropout
 from lora_ft.lora.targets import default_head, default_targets
 
 log = logging.getLogger("lora_ft")
@@ -275,6 +276,10 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
     """Make ``loaded.model`` trainable for ``method`` (default ``cfg.train.method``), in place."""
     method = method or cfg.train.method
     model = loaded.model
+    if method != "full":
+        # A frozen base's dropout: the same distribution, drawn as the dropped positions (cheaper on
+        # the CPU). Full fine-tuning keeps the plain modules: it is the reference the others meet.
+        use_sparse_dropout(model)
     head = list(cfg.lora.head) if cfg.lora.head else default_head(model, loaded.newly_initialized)
     if method == "lora":
         targets = cfg.lora.targets if cfg.lora.targets is not None else default_targets(model)
