@@ -11,7 +11,12 @@ Sections (``--only`` picks some):
 - ``scaling``: step time vs LoRA rank (ours and PEFT, with and without dropout), vs sequence length,
   vs wrapped modules (query/value, all attention, all-linear);
 - ``e2e``: ``lora-ft train`` on a short budget against the step-level rate on batches of the same
-  shapes, and how soon a second run (tokenization cached) starts training.
+  shapes, and how soon a second run (tokenization cached) starts training;
+- ``cli``: the command a new user types, ``lora-ft train --method lora|full`` on the built-in defaults
+  with 512 training sentences and one epoch, alternated, each in its own process: the Trainer's
+  samples/s, training memory, and where the rest of the process's wall time goes;
+- ``decoder``: the built-in SmolLM2-135M decoder (``configs/smollm2-lora.yaml``): full, floor and LoRA
+  step time in fp32 and bf16, and each one's training memory (one process per method).
 
 Speed figures come from one process in which the methods take turns on the same batch, round after
 round (each round starts at a different method); a ratio is the median over rounds of the per-round
@@ -60,7 +65,7 @@ from bench_models import (
 
 from lora_ft.training.precision import native_bf16
 
-SECTIONS = ("speed", "threads", "inference", "memory", "scaling", "e2e")
+SECTIONS = ("speed", "threads", "inference", "memory", "scaling", "e2e", "cli", "decoder")
 PHASES = ("forward", "backward", "optimizer")
 FLOOR, FULL = Method("floor"), Method("full")
 LORA, PEFT = Method("lora", dropout=0.05), Method("peft", dropout=0.05)
@@ -129,6 +134,7 @@ def speed(setup: Setup, args) -> dict:
     in bf16 (``train.precision=bf16``); their ratios are to the bf16 full and floor rows.
     """
     methods = [FULL, Method("head"), FLOOR, LORA.with_(dropout=0.0), LORA, PEFT.with_(dropout=0.0), PEFT]
+    methods += [m.with_(sparse_base=True) for m in (FLOOR, LORA.with_(dropout=0.0))]
     bf16 = native_bf16()
     if bf16:
         methods += [m.with_(bf16=True) for m in (FULL, FLOOR, LORA)]
@@ -171,6 +177,10 @@ def speed(setup: Setup, args) -> dict:
         )  # fmt: skip
     for peft in ("peft r8 d0", "peft r8 d0.05"):
         out["methods"][peft]["peft_over_ours"] = paired_ratio(times, peft, peft.replace("peft", "lora"))
+    out["sparse_base_over_torch"] = {
+        r.name: paired_ratio(times, r.with_(sparse_base=True).name, r.name)
+        for r in (FLOOR, LORA.with_(dropout=0.0))
+    }
     if bf16:
         out["bf16_over_fp32"] = {
             r.name: paired_ratio(times, r.with_(bf16=True).name, r.name) for r in (FULL, FLOOR, LORA)
@@ -183,6 +193,10 @@ def speed(setup: Setup, args) -> dict:
          "GFLOP", "GFLOP/s", "of peak"],
         rows,
     )  # fmt: skip
+    print(
+        "base dropout drawn sparse (train.base_dropout=sparse) over nn.Dropout's: "
+        + ", ".join(f"{n} {fmt_ratio(r)} time" for n, r in out["sparse_base_over_torch"].items())
+    )
     print("GEMM peak: " + ", ".join(f"{n} {r / 1e9:.1f} GFLOP/s" for n, r in gemm_rate.items()))
     print(
         "GFLOP: counted by torch's FlopCounterMode over a real forward + backward, so only what the method runs "
@@ -269,17 +283,22 @@ def inference(setup: Setup, args) -> dict:
     return out
 
 
+def _memory_of(method: Method, args, *extra: str) -> dict:
+    """The memory worker's figures for ``method``, in a process of its own (a process's peak only grows)."""
+    command = [sys.executable, __file__, "--worker", "memory", "--method", json.dumps(method.__dict__)]
+    command += _passthrough(args) + list(extra)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise SystemExit(f"memory worker for {method.name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def memory(args) -> dict:
     """Item 3: what a training step adds to peak RSS (CUDA peak on a GPU), one process per method."""
     methods = [FULL, Method("head"), FLOOR, LORA.with_(dropout=0.0), LORA, PEFT.with_(dropout=0.0), PEFT]
     out = {"batch": [args.batch, args.memory_tokens], "methods": {}}
     for method in methods:
-        command = [sys.executable, __file__, "--worker", "memory", "--method", json.dumps(method.__dict__)]
-        command += _passthrough(args)
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode:
-            raise SystemExit(f"memory worker for {method.name} failed:\n{result.stderr[-3000:]}")
-        out["methods"][method.name] = json.loads(result.stdout.strip().splitlines()[-1])
+        out["methods"][method.name] = _memory_of(method, args)
     full_mb = out["methods"][FULL.name]["train_mb"]
     rows = []
     for name, m in out["methods"].items():
@@ -295,15 +314,28 @@ def memory(args) -> dict:
     return out
 
 
+def _return_free_heap() -> None:
+    """Hand glibc's free heap back to the OS, so RSS counts live memory only (no-op elsewhere)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_worker(args) -> None:
     from lora_ft.training.resources import cuda_peak_mb, peak_rss_mb, reset_peak_rss, rss_mb
 
     fields = json.loads(args.method)
     method = Method(**{**fields, "targets": tuple(fields["targets"])})
-    setup = Setup.load(bench_config(args.overrides))
+    setup = Setup.load(bench_config(args.overrides, args.config))
     trainee = Trainee(setup, method)
     batch = setup.batch(args.batch, args.memory_tokens)
     del setup
+    _return_free_heap()  # else a bf16 copy's freed fp32 weights stay resident and hide the step's growth
     start = rss_mb()
     steps = []
     for _ in range(args.memory_steps):
@@ -519,6 +551,119 @@ def e2e_worker(args) -> None:
     print(json.dumps(out))
 
 
+def _cli_run(method: str, out: Path, args) -> dict:
+    """One ``lora-ft train --method METHOD`` on the built-in defaults, in a process of its own."""
+    command = [sys.executable, "-m", "lora_ft", "train", "--method", method, "--out", str(out)]
+    for o in ("data.max_train_samples=512", "train.epochs=1", f"train.threads={args.threads}"):
+        command += ["--set", o]
+    t0 = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if result.returncode:
+        raise SystemExit(f"lora-ft train --method {method} failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    evaluate = sum(e.get(k, 0.0) for e in logged for k in ("eval_runtime", "test_runtime"))
+    return {
+        "wall_s": wall,
+        "train_s": metrics["train_seconds"],
+        "evaluate_s": evaluate,
+        "other_s": wall - metrics["train_seconds"] - evaluate,
+        "samples_per_s": metrics["train_samples_per_second"],
+        "train_memory_mb": metrics["train_memory_mb"],
+        "precision": metrics["precision"],
+    }
+
+
+def cli(args) -> dict:
+    """Item 4 of #16: what a user sees from the command line, LoRA against full fine-tuning on the
+    built-in defaults (512 training sentences, one epoch), alternated ``lora full full lora ...`` so a
+    load that drifts over the run weighs on both; ratios are per pair, then the median."""
+    runs: dict[str, list[dict]] = {"lora": [], "full": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.cli_rounds):
+            for method in ("lora", "full") if i % 2 == 0 else ("full", "lora"):
+                runs[method].append(_cli_run(method, Path(tmp) / f"{method}-{i}", args))
+    pairs = list(zip(runs["lora"], runs["full"], strict=True))
+    out = {
+        "runs": runs,
+        "samples_per_s_ratio": statistics.median(lo["samples_per_s"] / f["samples_per_s"] for lo, f in pairs),
+        "train_memory_ratio": statistics.median(
+            lo["train_memory_mb"] / f["train_memory_mb"] for lo, f in pairs
+        ),
+    }
+    print(
+        f"\n## lora-ft train --method lora|full, built-in defaults, 512 sentences, 1 epoch, "
+        f"{args.cli_rounds} pairs alternated, {args.threads or 'all'} thread(s), wall clock"
+    )
+    rows = [
+        [f"{m} #{i + 1}", r["precision"], f"{r['wall_s']:.1f}", f"{r['train_s']:.1f}", f"{r['evaluate_s']:.1f}",
+         f"{r['other_s']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['train_memory_mb']:.0f}"]
+        for m, rs in runs.items() for i, r in enumerate(rs)
+    ]  # fmt: skip
+    table(
+        [
+            "run",
+            "precision",
+            "process s",
+            "train s",
+            "eval+test s",
+            "start-up etc. s",
+            "samples/s",
+            "train MB",
+        ],
+        rows,
+    )
+    print(
+        f"LoRA over full: samples/s {out['samples_per_s_ratio']:.2f}x, training memory {out['train_memory_ratio']:.2f}x "
+        "(medians over pairs). 'start-up etc.': imports, loading, tokenization (cached after the first run), saving."
+    )
+    return out
+
+
+def decoder(args) -> dict:
+    """Item 5 of #16: the built-in SmolLM2-135M decoder, where AdamW's state dominates full fine-tuning's
+    memory: full, floor and LoRA (q_proj, v_proj, r 8) step time in fp32 and bf16, taking turns in one
+    process, and each one's training memory in a process of its own."""
+    config = "configs/smollm2-lora.yaml"
+    lora = Method("lora", dropout=0.0, targets=("q_proj", "v_proj"))
+    methods = [FULL, FLOOR, lora]
+    if native_bf16():
+        methods += [m.with_(bf16=True) for m in (FULL, FLOOR, lora)]
+    setup = Setup.load(bench_config(args.overrides, config))
+    batch = setup.batch(args.decoder_batch, args.tokens)
+    times = _turns(setup, methods, batch, args.decoder_rounds)
+    del setup
+    extra = ("--config", config, "--batch", str(args.decoder_batch), "--memory-tokens", str(args.tokens))
+    memory = {m.name: _memory_of(m, args, *extra) for m in methods}
+    out = {"batch": [args.decoder_batch, args.tokens], "methods": {}}
+    rows = []
+    for m in methods:
+        full, floor = (r.with_(bf16=m.bf16).name for r in (FULL, FLOOR))
+        entry = {
+            "step_ms": median_ms(times[m.name]),
+            "vs_full": paired_ratio(times, m.name, full),
+            "vs_floor": paired_ratio(times, m.name, floor),
+            "train_mb": memory[m.name]["train_mb"],
+            "memory_vs_full": memory[m.name]["train_mb"] / memory[full]["train_mb"],
+        }
+        if m.bf16:
+            entry["vs_fp32"] = paired_ratio(times, m.name, m.with_(bf16=False).name)
+        out["methods"][m.name] = entry
+        rows.append(
+            [m.name, f"{entry['step_ms']:.0f}", fmt_ratio(entry["vs_full"]), fmt_ratio(entry["vs_floor"]),
+             fmt_ratio(entry["vs_fp32"]) if m.bf16 else "-", f"{entry['train_mb']:.0f}", f"{entry['memory_vs_full']:.2f}"]
+        )  # fmt: skip
+    print(
+        f"\n## SmolLM2-135M decoder ({config}), batch {args.decoder_batch} x {args.tokens} tokens, "
+        f"{args.decoder_rounds} rounds, {_clock_note(args)}"
+    )
+    table(
+        ["method", "step ms", "x full time", "x floor time", "x fp32 time", "train MB", "memory x full"], rows
+    )
+    return out
+
+
 # --- targets ------------------------------------------------------------------------------------
 
 
@@ -563,6 +708,17 @@ def targets(results: dict, clock: str) -> list[tuple[str, str, bool]]:
     if e:
         r = e["e2e_over_step_level"][clock]
         out.append(("train end to end >= 0.9x the step-level rate", f"{r:.3f}x", r >= 0.9))
+    # Issue #16
+    bf16 = results.get("speed", {}).get("bf16_over_fp32")
+    if bf16:
+        r = bf16["lora r8 d0.05"]["median"]
+        out.append(("lora r8 d0.05: bf16 step <= 0.58x fp32 time", f"{r:.3f}x", r <= 0.58))
+    c = results.get("cli")
+    if c:
+        r = c["samples_per_s_ratio"]
+        out.append(("lora-ft train: LoRA samples/s >= 1.6x full", f"{r:.2f}x", r >= 1.6))
+        r = c["train_memory_ratio"]
+        out.append(("lora-ft train: LoRA training memory <= 0.6x full", f"{r:.2f}x", r <= 0.6))
     return out
 
 
@@ -634,6 +790,9 @@ def main() -> None:
     parser.add_argument("--memory-tokens", type=int, default=64)
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--e2e-steps", type=int, default=30)
+    parser.add_argument("--cli-rounds", type=int, default=2, help="lora/full pairs of the cli section")
+    parser.add_argument("--decoder-batch", type=int, default=8, help="batch of the decoder section")
+    parser.add_argument("--decoder-rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0: one per core")
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="cpu", help="time steps by wall or CPU time"
@@ -643,6 +802,7 @@ def main() -> None:
     parser.add_argument("--json", default="runs/bench/bench.json")
     parser.add_argument("--worker", choices=("memory", "e2e"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="configs/default.yaml", help=argparse.SUPPRESS)
     parser.add_argument("--launched", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -662,7 +822,7 @@ def main() -> None:
     results: dict = {"machine": machine(), "command": " ".join(sys.argv)}
     print(json.dumps(results["machine"]))
     started = time.perf_counter()
-    in_process = ("speed", "threads", "inference", "scaling")
+    in_process = ("speed", "threads", "inference", "scaling")  # share one loaded model
     needs_model = set(in_process) & set(only) or args.profile
     setup = Setup.load(bench_config(args.overrides)) if needs_model else None
     if args.profile:
@@ -674,7 +834,7 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
     results["targets"] = [{"target": t, "measured": v, "pass": p} for t, v, p in targets(results, args.clock)]
-    print("\n## Targets (issue #5)")
+    print("\n## Targets (issues #5 and #16)")
     table(
         ["target", "measured", ""],
         [[t, v, "PASS" if p else "MISS"] for t, v, p in targets(results, args.clock)],

@@ -51,27 +51,29 @@ class Method:
     bf16: bool = (
         False  # frozen weights stored in bf16 and the forward autocast to bf16 (train.precision=bf16)
     )
+    sparse_base: bool = False  # the frozen base's nn.Dropout drawn sparse (train.base_dropout=sparse)
     label: str = ""
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
+        sparse = " sparse-base" if self.sparse_base else ""
         if self.kind not in ("lora", "peft"):
-            return self.kind + ("-bf16" if self.bf16 else "")
+            return self.kind + ("-bf16" if self.bf16 else "") + sparse
         targets = next((k for k, v in TARGET_SETS.items() if v == self.targets), "+".join(self.targets))
-        name = f"{self.kind} r{self.r} d{self.dropout:g}" + (" bf16" if self.bf16 else "")
+        name = f"{self.kind} r{self.r} d{self.dropout:g}" + (" bf16" if self.bf16 else "") + sparse
         return name if targets == "q/v" else f"{name} {targets}"
 
     def with_(self, **changes) -> Method:
         return replace(self, **{"label": "", **changes})
 
 
-def bench_config(overrides: list[str] = ()):
-    """``configs/default.yaml`` (the demo: MiniLM-L6, rt-sentences) with ``--set`` overrides."""
+def bench_config(overrides: list[str] = (), config: str = "configs/default.yaml"):
+    """``config`` (default: the demo, MiniLM-L6 on rt-sentences) with ``--set`` overrides."""
     from lora_ft.config import load_config
 
-    return load_config("configs/default.yaml", list(overrides))
+    return load_config(config, list(overrides))
 
 
 @dataclass
@@ -118,12 +120,14 @@ class Setup:
         stream, labels = self._stream, self.train["labels"]
         start = (index * size * tokens) % (len(stream) - size * tokens)
         ids = torch.tensor(stream[start : start + size * tokens]).view(size, tokens)
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
-            "token_type_ids": torch.zeros_like(ids),
             "labels": torch.tensor([labels[(index * size + i) % len(labels)] for i in range(size)]),
         }
+        if "token_type_ids" in self.tokenizer.model_input_names:  # BERT's; a Llama decoder takes none
+            batch["token_type_ids"] = torch.zeros_like(ids)
+        return batch
 
     def build(self, method: Method, seed: int = 0) -> torch.nn.Module:
         """A fresh copy of the base model, made trainable for ``method``, in train mode."""
@@ -159,6 +163,10 @@ class Setup:
             model = get_peft_model(model, config)
         else:
             raise ValueError(f"unknown method kind {method.kind!r}; one of {', '.join(KINDS)}")
+        if method.sparse_base:
+            from lora_ft.lora.sparse_dropout import use_sparse_dropout
+
+            use_sparse_dropout(model)
         if method.bf16:
             set_dtypes(model, torch.bfloat16)
         return model.train()

@@ -15,6 +15,12 @@ that got less CPU than it wanted shows it (cpu/wall well below the thread count)
     .venv/bin/python scripts/time_to_accuracy.py                    # both recipes, ~15 min on 2 cores
     .venv/bin/python scripts/time_to_accuracy.py --only default     # one of them
     .venv/bin/python scripts/time_to_accuracy.py --json runs/tta.json
+    .venv/bin/python scripts/time_to_accuracy.py --race --seeds 42,43,44   # previous default vs today's
+
+``--race`` (issue #16) runs the previous default recipe (the same recipe in fp32 with torch's own
+dropout in the frozen base: ``train.precision=fp32``, ``train.base_dropout=torch``) against today's
+default, once per seed, alternating which goes first, and compares the median per-seed ratio of
+training time and the mean test accuracy.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ("classic", "default")
+RECIPES = ("classic", "default", "previous")
+# The default recipe before bf16 autocast and the sparse base dropout became defaults (issue #16).
+PREVIOUS = ["train.precision=fp32", "train.base_dropout=torch"]
 
 
 def _classic(out: Path) -> dict:
@@ -115,15 +124,18 @@ def _default(out: Path, config: str, overrides: list[str]) -> dict:
 
 
 def _worker(recipe: str, out: Path, config: str, overrides: list[str]) -> None:
-    result = _classic(out) if recipe == "classic" else _default(out, config, overrides)
+    if recipe == "classic":
+        result = _classic(out)
+    else:
+        result = _default(out, config, (PREVIOUS if recipe == "previous" else []) + overrides)
     (out / "result.json").write_text(json.dumps(result))
 
 
-def _measure(recipe: str, args) -> dict:
+def _measure(recipe: str, args, extra: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"tta-{recipe}-") as tmp:
         out = Path(tmp)
         cmd = [sys.executable, __file__, "--worker", recipe, "--scratch", tmp, "--config", args.config]
-        for item in args.set:
+        for item in [*args.set, *extra]:
             cmd += ["--set", item]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         load0 = os.getloadavg()[0]
@@ -142,6 +154,49 @@ def _measure(recipe: str, args) -> dict:
     }
 
 
+def race(args) -> None:
+    """The previous default against today's, one pair per seed, alternating which goes first."""
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    runs: dict[str, list[dict]] = {"previous": [], "default": []}
+    for i, seed in enumerate(seeds):
+        for recipe in ("previous", "default") if i % 2 == 0 else ("default", "previous"):
+            r = _measure(recipe, args, (f"train.seed={seed}",))
+            runs[recipe].append({**r, "seed": seed})
+            print(
+                f"{recipe:<9} seed {seed}  train {r['train_seconds']:6.1f} s  wall {r['wall_seconds']:6.1f} s  "
+                f"cpu/wall {r['cpu_seconds'] / r['wall_seconds']:.2f}  load {r['load_before']:.1f}  "
+                f"val {r['validation_accuracy']:.4f}  test {r['test_accuracy']:.4f}",
+                flush=True,
+            )
+    p, d = runs["previous"], runs["default"]
+    ratio = statistics.median(b["train_seconds"] / a["train_seconds"] for a, b in zip(p, d, strict=True))
+    wall = statistics.median(b["wall_seconds"] / a["wall_seconds"] for a, b in zip(p, d, strict=True))
+    summary = {}
+    for recipe, rs in runs.items():
+        summary[recipe] = {
+            key: (
+                statistics.mean(r[key] for r in rs),
+                statistics.stdev(r[key] for r in rs) if len(rs) > 1 else 0.0,
+            )
+            for key in ("validation_accuracy", "test_accuracy", "train_seconds", "wall_seconds")
+        }
+        m = summary[recipe]
+        print(
+            f"{recipe:<9} mean over {len(rs)} seed(s): val {m['validation_accuracy'][0]:.4f} ± {m['validation_accuracy'][1]:.4f}"
+            f"  test {m['test_accuracy'][0]:.4f} ± {m['test_accuracy'][1]:.4f}  train {m['train_seconds'][0]:.1f} s"
+        )
+    gain = summary["default"]["test_accuracy"][0] - summary["previous"]["test_accuracy"][0]
+    ok = ratio <= 0.5 and gain >= 0
+    print(
+        f"default/previous train time {ratio:.2f}x (median of pairs; target <= 0.5x), process wall {wall:.2f}x; "
+        f"mean test accuracy {gain:+.4f}: {'PASS' if ok else 'MISS'}"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"runs": runs, "summary": summary, "train_ratio": ratio}, indent=2) + "\n"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=RECIPES, action="append", help="run only this recipe")
@@ -150,14 +205,18 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], help="override for the lora-ft recipe")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--race", action="store_true", help="previous default vs today's, over --seeds")
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds of --race")
     parser.add_argument("--worker", choices=RECIPES, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.scratch, args.config, args.set)
         return
+    if args.race:
+        return race(args)
 
-    results = {recipe: _measure(recipe, args) for recipe in (args.only or RECIPES)}
+    results = {recipe: _measure(recipe, args) for recipe in (args.only or ("classic", "default"))}
     print(
         f"{'recipe':<9} {'wall s':>8} {'train s':>8} {'cpu/wall':>8} {'steps':>6} {'val acc':>8} {'test acc':>8}"
     )

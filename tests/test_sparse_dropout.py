@@ -81,11 +81,13 @@ def test_use_sparse_dropout_swaps_plain_dropout_modules_and_keeps_p_and_mode():
     assert use_sparse_dropout(model) == 0  # idempotent
 
 
+@pytest.mark.parametrize("base_dropout", ["sparse", "torch"])
 @pytest.mark.parametrize("method", ["lora", "head", "full"])
-def test_only_a_frozen_base_gets_the_sparse_dropout(tiny_bert_dir, method):
+def test_only_a_frozen_base_gets_the_sparse_dropout_and_only_when_asked(tiny_bert_dir, method, base_dropout):
     from lora_ft.training.modeling import build_for_method, load_model
 
-    cfg = load_config(None, [f"model.name={tiny_bert_dir}", "lora.r=2", f"train.method={method}"])
+    overrides = [f"model.name={tiny_bert_dir}", "lora.r=2", f"train.method={method}"]
+    cfg = load_config(None, [*overrides, f"train.base_dropout={base_dropout}"])
     loaded = load_model(cfg.model, Task.legacy(["neg", "pos"]))
     before = {n: m.p for n, m in loaded.model.named_modules() if type(m) is nn.Dropout}
     assert before  # the tiny BERT has embedding, attention, hidden and classifier dropout
@@ -95,7 +97,15 @@ def test_only_a_frozen_base_gets_the_sparse_dropout(tiny_bert_dir, method):
         logits = loaded.model(input_ids=x).logits
     build_for_method(loaded, cfg)
     kinds = {type(m) for n, m in loaded.model.named_modules() if n in before}
-    assert kinds == ({nn.Dropout} if method == "full" else {SparseDropout})
+    sparse = method != "full" and base_dropout == "sparse"
+    assert kinds == ({SparseDropout} if sparse else {nn.Dropout})
     assert {n: m.p for n, m in loaded.model.named_modules() if n in before} == before
     with torch.no_grad():  # in eval the swap changes nothing (LoRA's B is zero at init)
         torch.testing.assert_close(loaded.model(input_ids=x).logits, logits, rtol=0, atol=0)
+
+
+def test_an_unknown_base_dropout_is_one_clear_error():
+    from lora_ft.errors import LoraFtError
+
+    with pytest.raises(LoraFtError, match=r"train.base_dropout must be one of sparse, torch, got 'fast'"):
+        load_config(None, ["train.base_dropout=fast"])

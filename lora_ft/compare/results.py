@@ -14,11 +14,10 @@ from typing import Any
 
 from lora_ft.config import TASK_RECORD, RunConfig
 from lora_ft.data.metrics import f1_average, majority_accuracy
-from lora_ft.data.task import METRIC_KEYS, Task
+from lora_ft.data.task import METRIC_KEYS, SINGLE_LABEL, Task
+from lora_ft.lora.memory import ADAM_BYTES_PER_PARAM
 from lora_ft.training.layout import ADAPTER_DIR, LOG_FILE, MODEL_DIR
 
-# AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per trainable parameter.
-ADAM_BYTES_PER_PARAM = 8
 MB = 2**20
 # Costs compared to full fine-tuning, as ``value / full's value``.
 COSTS = (
@@ -151,7 +150,13 @@ def shown_metric(metrics: dict[str, Any]) -> str:
     """The quality figure a comparison shows first and plots, from a run's ``metrics.json``: accuracy for
     single-label (and runs recorded before tasks), else the task's primary metric (entity F1 for tokens)."""
     task = run_task(metrics)
-    return "accuracy" if task.is_single_label else task.primary_metric
+    return shown_for(task.problem_type, task.primary_metric)
+
+
+def shown_for(problem_type: str, primary_metric: str) -> str:
+    """The rule of ``shown_metric``: accuracy for single-label, whatever its primary metric (the
+    comparison's plots and table lead with it), else the primary metric."""
+    return "accuracy" if problem_type == SINGLE_LABEL else primary_metric
 
 
 def quality_keys(task: Task) -> tuple[str, ...]:

@@ -17,9 +17,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from lora_ft.compare.process import PROGRESS_PREFIX, Emit
+from lora_ft.compare.results import shown_for
 from lora_ft.config import load_config
 from lora_ft.data.presets import apply_preset, preset_for
-from lora_ft.data.task import DEFAULT_PRIMARY, SINGLE_LABEL
+from lora_ft.data.task import DEFAULT_PRIMARY
 from lora_ft.errors import LoraFtError, first_line
 from lora_ft.training.checkpoint import last_checkpoint
 from lora_ft.training.layout import CONFIG_FILE
@@ -78,10 +79,9 @@ def train_one(
 def _shown_metric(cfg) -> str:
     """What the comparison shows during training (``results.shown_metric``), from the config alone."""
     data = apply_preset(cfg.data)
-    if data.problem_type == SINGLE_LABEL:
-        return "accuracy"
     preset = preset_for(data.name)
-    return (preset.primary_metric if preset else "") or DEFAULT_PRIMARY[data.problem_type]
+    primary = (preset.primary_metric if preset else "") or DEFAULT_PRIMARY[data.problem_type]
+    return shown_for(data.problem_type, primary)
 
 
 def _print_progress(event: dict[str, Any]) -> None:

@@ -276,7 +276,7 @@ def build_for_method(loaded: LoadedModel, cfg: RunConfig, method: str | None = N
     """Make ``loaded.model`` trainable for ``method`` (default ``cfg.train.method``), in place."""
     method = method or cfg.train.method
     model = loaded.model
-    if method != "full":
+    if method != "full" and cfg.train.base_dropout == "sparse":
         # A frozen base's dropout: the same distribution, drawn as the dropped positions (cheaper on
         # the CPU). Full fine-tuning keeps the plain modules: it is the reference the others meet.
         use_sparse_dropout(model)
